@@ -1,0 +1,1 @@
+"""Datasets in the recipe's jsonl format: records, training examples, batching, sources."""
