@@ -1,0 +1,162 @@
+"""How a training or evaluation job starts its processes: one process, torchrun on one machine,
+or srun + torchrun across SLURM nodes; and which GPUs a job on a shared machine may use.
+
+Snakemake counts GPUs as a resource but does not say which ones a job gets, so concurrent jobs
+on one machine claim disjoint GPUs here, with one lock file per GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from phi3v.errors import UserError
+
+RENDEZVOUS_PORT = 29500
+
+
+def under_slurm(env: Mapping[str, str] = os.environ) -> bool:
+    """True inside a SLURM allocation (SLURM then owns CUDA_VISIBLE_DEVICES and the node list)."""
+    return "SLURM_JOB_ID" in env
+
+
+def launch_command(
+    module_args: Sequence[str],
+    *,
+    processes_per_node: int,
+    nodes: int = 1,
+    env: Mapping[str, str] = os.environ,
+    python: str = sys.executable,
+) -> list[str]:
+    """The command that runs `python -m <module_args...>` on `nodes` x `processes_per_node` processes.
+
+    - 1 process on 1 node: plain python (no launcher to get in the way of debuggers).
+    - several processes on 1 node: `torchrun --standalone`.
+    - several nodes: `srun` starts one torchrun per node; they meet at the first node of the
+      allocation (c10d rendezvous), whose name SLURM gives in SLURM_JOB_NODELIST.
+    """
+    if processes_per_node < 1 or nodes < 1:
+        raise UserError(f"processes_per_node ({processes_per_node}) and nodes ({nodes}) must be >= 1")
+    if nodes == 1 and processes_per_node == 1:
+        return [python, "-m", *module_args]
+    torchrun = [python, "-m", "torch.distributed.run", f"--nproc-per-node={processes_per_node}"]
+    if nodes == 1:
+        return [*torchrun, "--standalone", "-m", *module_args]
+    if not under_slurm(env):
+        raise UserError(
+            f"a run on {nodes} nodes needs a SLURM allocation (SLURM_JOB_ID is not set): run the "
+            "workflow with `--workflow-profile profiles/slurm`, or set nodes: 1"
+        )
+    allocated = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+    if allocated != nodes:
+        raise UserError(f"the run asks for {nodes} nodes but the SLURM job has {allocated}")
+    head = first_node(env["SLURM_JOB_NODELIST"])
+    return [
+        "srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+        *torchrun,
+        f"--nnodes={nodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={head}:{RENDEZVOUS_PORT}",
+        f"--rdzv-id={env['SLURM_JOB_ID']}",
+        "-m", *module_args,
+    ]
+
+
+def first_node(nodelist: str) -> str:
+    """First host of a SLURM node list, as `scontrol show hostnames` would print it first:
+    `gpu[07-09,12],cpu1` -> `gpu07`; `a,b` -> `a`."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if not match:
+        raise UserError(f"cannot read the SLURM node list {nodelist!r}")
+    prefix, ranges = match.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+@contextlib.contextmanager
+def claim_gpus(
+    count: int, lock_dir: str | os.PathLike, total: int, timeout_s: float = 3600.0
+) -> Iterator[list[int]]:
+    """Hold `count` of the machine's `total` GPUs exclusively (file locks) for the block.
+
+    The locks are advisory `flock`s: the kernel releases them when the process dies, so a killed
+    job never leaves a GPU claimed. Yields the GPU indices (for CUDA_VISIBLE_DEVICES).
+    """
+    if count > total:
+        raise UserError(
+            f"the job asks for {count} GPUs but this machine has {total}: lower the run's gpus "
+            "or run it on a cluster (profiles/slurm)"
+        )
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    held: list[tuple[int, int]] = []  # (gpu index, file descriptor)
+    try:
+        while len(held) < count:
+            for gpu in range(total):
+                if len(held) == count or any(g == gpu for g, _ in held):
+                    continue
+                fd = os.open(Path(lock_dir) / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append((gpu, fd))
+                except BlockingIOError:
+                    os.close(fd)
+            if len(held) < count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not claim {count} free GPUs in {timeout_s:.0f} s")
+                time.sleep(1.0)
+        yield sorted(g for g, _ in held)
+    finally:
+        for _, fd in held:
+            os.close(fd)
+
+
+def format_command(command: Sequence[str]) -> str:
+    """The command as one shell-quoted line, for logs."""
+    return shlex.join(command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m phi3v.launch [options] -- MODULE ARGS...`: claim GPUs, then run the module."""
+    import argparse
+    import subprocess
+
+    parser = argparse.ArgumentParser(prog="python -m phi3v.launch", description=main.__doc__)
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--processes-per-node", type=int, default=1)
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs per node the job uses (0: CPU)")
+    parser.add_argument("--gpus-on-machine", type=int, default=None,
+                        help="GPUs this machine has, shared by concurrent jobs (default: all visible)")
+    parser.add_argument("--lock-dir", default=".gpu-locks")
+    parser.add_argument("module_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    module_args = args.module_args[1:] if args.module_args[:1] == ["--"] else args.module_args
+    if not module_args:
+        parser.error("give the module to run after --")
+    try:
+        command = launch_command(module_args, processes_per_node=args.processes_per_node, nodes=args.nodes)
+        env = dict(os.environ)
+        with contextlib.ExitStack() as stack:
+            if args.gpus and not under_slurm(env):
+                total = args.gpus_on_machine
+                if total is None:
+                    import torch
+
+                    total = torch.cuda.device_count()
+                gpus = stack.enter_context(claim_gpus(args.gpus, args.lock_dir, total))
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+            print(f"launch: {format_command(command)}", file=sys.stderr, flush=True)
+            return subprocess.run(command, env=env).returncode
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Process launching and GPU claiming for training/evaluation jobs."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from phi3v.errors import UserError
+from phi3v.launch import claim_gpus, first_node, launch_command
+
+SLURM_2_NODES = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+
+
+def test_single_process_runs_plain_python():
+    assert launch_command(["phi3v.train", "--x"], processes_per_node=1, python="py") == ["py", "-m", "phi3v.train", "--x"]
+
+
+def test_one_node_several_processes_uses_standalone_torchrun():
+    command = launch_command(["phi3v.train"], processes_per_node=4, python="py", env={})
+    assert command == ["py", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "phi3v.train"]
+
+
+def test_several_nodes_use_srun_and_rendezvous_on_the_first_node():
+    command = launch_command(["phi3v.train"], processes_per_node=8, nodes=2, python="py", env=SLURM_2_NODES)
+    assert command[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert "--nnodes=2" in command and "--rdzv-endpoint=gpu07:29500" in command and "--rdzv-id=42" in command
+    assert command[-2:] == ["-m", "phi3v.train"]
+
+
+def test_several_nodes_outside_slurm_or_with_the_wrong_allocation_are_refused():
+    with pytest.raises(UserError, match="needs a SLURM allocation"):
+        launch_command(["m"], processes_per_node=2, nodes=2, env={})
+    with pytest.raises(UserError, match="asks for 4 nodes but the SLURM job has 2"):
+        launch_command(["m"], processes_per_node=2, nodes=4, env=SLURM_2_NODES)
+
+
+@pytest.mark.parametrize(
+    "nodelist, head",
+    [("node1", "node1"), ("a,b", "a"), ("gpu[07-09,12],cpu1", "gpu07"), ("x[3,5]", "x3"), ("n-1", "n-1")],
+)
+def test_first_node(nodelist, head):
+    assert first_node(nodelist) == head
+
+
+def test_concurrent_claims_get_disjoint_gpus(tmp_path):
+    with claim_gpus(2, tmp_path, total=4) as first, claim_gpus(2, tmp_path, total=4) as second:
+        assert sorted(first + second) == [0, 1, 2, 3]
+    with claim_gpus(4, tmp_path, total=4) as all_gpus:  # released after the blocks
+        assert all_gpus == [0, 1, 2, 3]
+
+
+def test_claim_waits_then_times_out_and_more_than_the_machine_has_is_refused(tmp_path):
+    with claim_gpus(1, tmp_path, total=1):
+        with pytest.raises(TimeoutError):
+            with claim_gpus(1, tmp_path, total=1, timeout_s=0.1):
+                pass
+    with pytest.raises(UserError, match="asks for 3 GPUs but this machine has 2"):
+        with claim_gpus(3, tmp_path, total=2):
+            pass
+
+
+def test_a_killed_job_releases_its_gpus(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from phi3v.launch import claim_gpus\n"
+         f"with claim_gpus(1, {str(tmp_path)!r}, total=1):\n print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(TimeoutError):
+        with claim_gpus(1, tmp_path, total=1, timeout_s=0.1):
+            pass
+    holder.kill()
+    holder.wait()
+    start = time.monotonic()
+    with claim_gpus(1, tmp_path, total=1, timeout_s=5) as gpus:
+        assert gpus == [0] and time.monotonic() - start < 5
