@@ -1,0 +1,24 @@
+# Fine-tune, evaluate and benchmark Phi-3.5-vision: the recipe's tables, regenerated.
+# The configuration is a preset (presets/) plus overrides (config.yaml, --config); see README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/model.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/benchmark.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    input:
+        results("tables"),
+        results("figures"),
+    default_target: True

@@ -1,0 +1,97 @@
+"""Speed benchmark: the real training step of one speed-table row, timed at the dataset's shape.
+
+The first `warmup` optimiser steps are excluded; img/s and tokens/s are the medians over the next
+`steps` steps. `weights: random` needs no download: on a GPU the full-size model of the base
+folder's config gets random weights (speed does not depend on weight values); on a CPU the tiny
+base model is used as it is.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+WEIGHTS = ("random", "pretrained")
+
+
+def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
+              per_device_batch_size: int = 1, lora_rank: int = 64) -> dict:
+    """The run config a speed row trains with: recipe settings, effective batch of the row."""
+    return {
+        "dataset": dataset_name, "run": f"speed-{row['row']}", "strategy": row["strategy"],
+        "precision": row["precision"], "attention": row["attention"], "learning_rate": 1e-5, "epochs": 1,
+        "batch_size": row["effective_batch"], "per_device_batch_size": per_device_batch_size,
+        "lora_rank": lora_rank, "lora_alpha": 2 * lora_rank, "lora_dropout": 0.0, "weight_decay": 0.01,
+        "warmup_steps": 0, "max_grad_norm": 1.0, "num_crops": num_crops,
+        "gradient_checkpointing": row.get("gradient_checkpointing", True), "packing": False,
+        "checkpoint_every": 0, "max_steps": warmup + steps, "max_train_samples": None, "seed": 0,
+        "deepspeed": row["strategy"] in ("full", "frozen_vision") and torch.cuda.is_available(),
+    }
+
+
+def write_random_full_size(base_model: Path, folder: Path) -> Path:
+    """The base folder's config with random bf16 weights, plus its processor files."""
+    from .configuration_phi3v import Phi3VConfig
+    from .modeling_phi3v import Phi3VForCausalLM
+    from .train import copy_processor_files
+
+    config = Phi3VConfig.from_pretrained(base_model)
+    model = Phi3VForCausalLM.random_init(config, device="cuda", dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    copy_processor_files(base_model, folder)
+    del model
+    torch.cuda.empty_cache()
+    return folder
+
+
+def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: int, weights: str,
+              steps: int, warmup: int, out_json) -> dict:
+    """Measure one speed row and write `results/speed/<row>.json`; return what was written."""
+    from . import provenance
+    from .train import fit, mfu_entry
+
+    if weights not in WEIGHTS:
+        raise UserError(f"speed.weights={weights!r} — choose one of {', '.join(WEIGHTS)}")
+    if steps < 1 or warmup < 1:
+        raise UserError(f"speed row {row['row']!r}: steps={steps} and warmup={warmup} must both be >= 1 "
+                        "(the first step compiles and allocates)")
+    run = speed_run(row, dataset_name=dataset_name, num_crops=num_crops, steps=steps, warmup=warmup)
+    base_model = Path(base_model)
+    with tempfile.TemporaryDirectory(prefix=".speed-", dir=Path(out_json).parent if Path(out_json).parent.exists()
+                                     else None) as work:
+        work = Path(work)
+        model_dir = base_model
+        if weights == "random" and torch.cuda.is_available():
+            model_dir = write_random_full_size(base_model, work / "model")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        result = fit(run, base_model=model_dir, data_dir=data_dir, dataset_name=dataset_name,
+                     checkpoint_dir=work / "checkpoints")
+    accelerator = result.accelerator
+    timed = result.log[warmup:]
+    step_s = statistics.median(entry["step_s"] for entry in timed)
+    samples_per_s = run["batch_size"] / step_s
+    images_per_sample = result.timed.images / max(1, result.timed.steps * run["batch_size"])
+    device = (torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda"
+              else f"cpu ({torch.get_num_threads()} threads)")
+    speed = {
+        "row": row["row"], "strategy": row["strategy"], "precision": row["precision"],
+        "attention": row["attention"], "nodes": row.get("nodes", 1), "gpus": row.get("gpus", 1),
+        "effective_batch": run["batch_size"],
+        "img_per_s": samples_per_s * images_per_sample,
+        "tokens_per_s": statistics.median(entry["tokens"] / entry["step_s"] for entry in timed),
+        "peak_mem_gib": result.metrics["peak_mem_gib"],
+        **mfu_entry(run, accelerator.unwrap_model(result.model).config, accelerator.device, result.timed,
+                    accelerator.num_processes, samples_per_s=samples_per_s),
+        "device": device, "processes": accelerator.num_processes, "weights": weights,
+        "steps_measured": len(timed), "warmup_steps": warmup,
+    }
+    if accelerator.is_main_process:
+        provenance.write_json_atomic(out_json, speed)
+    accelerator.end_training()
+    return speed

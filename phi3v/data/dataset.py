@@ -1,0 +1,120 @@
+"""Training examples and evaluation prompts built from the recipe's jsonl records."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from torch.utils.data import Dataset
+
+from phi3v.data.records import Record, Turn, read_records
+from phi3v.errors import UserError
+from phi3v.metrics import normalize_answer
+from phi3v.processing_phi3v import image_tag_numbers, load_image
+
+
+def _turn_fields(turn: Turn | Mapping[str, Any]) -> tuple[list[str], str, str]:
+    if isinstance(turn, Turn):
+        return turn.images, turn.user, turn.assistant
+    return list(turn.get("images", [])), turn["user"], turn["assistant"]
+
+
+def with_image_tags(conversations: Sequence[Turn | Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Turns for `processor.encode_example`: tags prepended to a turn whose user text has none.
+
+    Tags are numbered over the whole conversation (`<|image_1|><|image_2|>\\n` + text on the first
+    turn, `<|image_3|>\\n` + text on a later turn with one image); tags already present are kept.
+    """
+    turns = []
+    next_number = 1
+    for turn in conversations:
+        images, user, assistant = _turn_fields(turn)
+        if images and not image_tag_numbers(user):
+            tags = "".join(f"<|image_{k}|>" for k in range(next_number, next_number + len(images)))
+            user = f"{tags}\n{user}"
+        next_number += len(images)
+        turns.append({"user": user, "assistant": assistant})
+    return turns
+
+
+def _check_max_samples(max_samples: int | None) -> None:
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        raise UserError(f"max_samples={max_samples!r} — give a positive integer, or null for every sample")
+
+
+def _read_limited(jsonl_path: str | os.PathLike, max_samples: int | None) -> list[Record]:
+    _check_max_samples(max_samples)
+    return read_records(jsonl_path)[:max_samples]
+
+
+class ConversationDataset(Dataset):
+    """One training example per record: the encoded conversation with every image of it.
+
+    An item is `processor.encode_example(...)` (1-D `input_ids`, `labels`, `pixel_values`,
+    `image_sizes`) plus `num_images`.
+    """
+
+    def __init__(
+        self,
+        jsonl_path: str | os.PathLike,
+        images_dir: str | os.PathLike,
+        processor,
+        num_crops: int,
+        max_samples: int | None = None,
+    ):
+        self.records = _read_limited(jsonl_path, max_samples)
+        self.images_dir = Path(images_dir)
+        self.processor = processor
+        self.num_crops = num_crops
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        images = [load_image(self.images_dir / path) for path in record.image_paths]
+        turns = with_image_tags(record.conversations)
+        example = dict(self.processor.encode_example(turns, images, num_crops=self.num_crops))
+        example["num_images"] = len(images)
+        return example
+
+
+@dataclass
+class EvalExample:
+    id: str
+    prompt_user: str  # first turn's user text, image tags included
+    image_paths: list[str]  # first turn's images, full paths
+    answers: list[str]  # the record's `answers`, else the first turn's assistant text
+
+
+def load_eval_examples(
+    jsonl_path: str | os.PathLike, images_dir: str | os.PathLike, max_samples: int | None = None
+) -> list[EvalExample]:
+    """Evaluation uses the first turn of each record."""
+    images_dir = Path(images_dir)
+    examples = []
+    for record in _read_limited(jsonl_path, max_samples):
+        first = record.conversations[0]
+        examples.append(EvalExample(
+            id=record.id,
+            prompt_user=with_image_tags(record.conversations[:1])[0]["user"],
+            image_paths=[str(images_dir / path) for path in first.images],
+            answers=list(record.answers) if record.answers is not None else [first.assistant],
+        ))
+    return examples
+
+
+def first_turn_answers(records: Sequence[Record]) -> list[str]:
+    """Each record's first assistant text, normalised as accuracy compares answers."""
+    return [normalize_answer(record.conversations[0].assistant) for record in records]
+
+
+def majority_answer(train_jsonl: str | os.PathLike) -> str:
+    """The most frequent normalised first-turn answer of the training split (ties: first seen)."""
+    answers = first_turn_answers(read_records(train_jsonl))
+    if not answers:
+        raise UserError(f"{train_jsonl}: no records — the majority baseline needs a non-empty train split")
+    return Counter(answers).most_common(1)[0][0]

@@ -1,0 +1,386 @@
+"""The recipe's jsonl record format: one conversation a line, images under `images/`.
+
+    {"id": str, "source": str,
+     "conversations": [{"images": [path relative to images/], "user": str, "assistant": str}, ...],
+     "answers": [str, ...]}            # optional: every gold answer of the first turn
+
+`read_records` stops at the first bad line; `validate_dataset` checks every line of every split
+(structure, image files, image tags, duplicate ids) and reports all problems at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Iterator
+
+from PIL import Image
+
+from phi3v.data.sources.common import write_jsonl
+from phi3v.errors import UserError
+from phi3v.processing_phi3v import image_tag_numbers
+
+REQUIRED_SPLITS = ("train", "val")
+MAX_PROBLEMS_SHOWN = 50
+
+RECORD_KEYS = {"id": str, "source": str, "conversations": list, "answers": list}
+TURN_KEYS = {"images": list, "user": str, "assistant": str}
+OPTIONAL_RECORD_KEYS = {"answers"}
+JSON_TYPE = {str: "string", list: "list"}  # the JSON name of each expected type
+
+FORMAT_HINT = (
+    '{"id": "train-0000000000", "source": "mydata", '
+    '"conversations": [{"images": ["a.png"], "user": "question", "assistant": "answer"}]}'
+)
+
+
+@dataclass
+class Turn:
+    images: list[str]
+    user: str
+    assistant: str
+
+
+@dataclass
+class Record:
+    id: str
+    source: str
+    conversations: list[Turn]
+    answers: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> "Record":
+        """Build a record from a parsed line that `record_problems` found valid."""
+        turns = [Turn(list(t["images"]), t["user"], t["assistant"]) for t in obj["conversations"]]
+        answers = list(obj["answers"]) if obj.get("answers") is not None else None
+        return cls(obj["id"], obj["source"], turns, answers)
+
+    def to_dict(self) -> dict:
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "source": self.source,
+            "conversations": [
+                {"images": list(t.images), "user": t.user, "assistant": t.assistant}
+                for t in self.conversations
+            ],
+        }
+        if self.answers is not None:
+            obj["answers"] = list(self.answers)
+        return obj
+
+    @property
+    def image_paths(self) -> list[str]:
+        """Every image of the conversation, in order (the order `<|image_k|>` numbers them)."""
+        return [path for turn in self.conversations for path in turn.images]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset; `line` is None for problems of a whole file."""
+
+    path: str
+    line: int | None
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: {self.problem} — {self.fix}"
+
+
+def split_path(folder: str | os.PathLike, name: str, split: str) -> Path:
+    return Path(folder) / f"{name}_{split}.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# Structure of one line
+
+
+def _type_name(value: Any) -> str:
+    """The JSON name of a parsed value's type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}[type(value)]
+
+
+def _field_problems(obj: dict, spec: dict[str, type], optional: set[str], where: str) -> list[tuple[str, str]]:
+    """Missing, unknown and mistyped keys of one JSON object, as (problem, fix) pairs."""
+    problems = []
+    for key in obj:
+        if key not in spec:
+            problems.append((f"{where}unknown key {key!r}", f"remove it; allowed keys are {', '.join(spec)}"))
+    for key, expected in spec.items():
+        if key not in obj:
+            if key not in optional:
+                problems.append((f"{where}missing key {key!r}", f"add {key!r} (a {JSON_TYPE[expected]})"))
+        elif not isinstance(obj[key], expected):
+            problems.append((
+                f"{where}{key!r} is {_type_name(obj[key])}, expected a {JSON_TYPE[expected]}",
+                f"write {key!r} as a JSON {JSON_TYPE[expected]}",
+            ))
+    return problems
+
+
+def _image_path_problem(path: str) -> str | None:
+    """Why `path` cannot name a file under images/ (None when it can)."""
+    if not path.strip():
+        return "is empty"
+    if "\\" in path:
+        return "uses backslashes"
+    posix = PurePosixPath(path)
+    if posix.is_absolute() or re.match(r"^[A-Za-z]:", path):
+        return "is absolute"
+    if ".." in posix.parts:
+        return "leaves the images/ folder"
+    return None
+
+
+def _turn_problems(turn: Any, index: int, first_image_number: int) -> list[tuple[str, str]]:
+    where = f"conversations[{index}]: "
+    if not isinstance(turn, dict):
+        return [(f"{where}is {_type_name(turn)}, expected an object", 'write each turn as {"images": [...], "user": "...", "assistant": "..."}')]
+    problems = _field_problems(turn, TURN_KEYS, set(), where)
+    images = turn.get("images")
+    if isinstance(images, list):
+        for j, path in enumerate(images):
+            if not isinstance(path, str):
+                problems.append((f"{where}images[{j}] is {_type_name(path)}, expected a string", "give each image as a path relative to images/"))
+            elif (why := _image_path_problem(path)) is not None:
+                problems.append((f"{where}image path {path!r} {why}", "give a forward-slash path relative to the images/ folder"))
+    for key in ("user", "assistant"):
+        if isinstance(turn.get(key), str) and not turn[key].strip():
+            problems.append((f"{where}{key!r} text is empty", f"write the {key} text or drop the turn"))
+    if isinstance(turn.get("user"), str) and isinstance(images, list):
+        problems += _tag_problems(turn["user"], len(images), first_image_number, where)
+    return problems
+
+
+def _tags(numbers: list[int]) -> str:
+    return "".join(f"<|image_{k}|>" for k in numbers) or "no tags"
+
+
+def _tag_problems(user: str, num_images: int, first_image_number: int, where: str) -> list[tuple[str, str]]:
+    """Tags in a turn, if any, must number that turn's images in order, counting over the conversation."""
+    found = image_tag_numbers(user)
+    if not found:
+        return []
+    expected = list(range(first_image_number, first_image_number + num_images))
+    if found == expected:
+        return []
+    return [(
+        f"{where}user text has {_tags(found)} but the turn has {num_images} image(s), so it needs {_tags(expected)}",
+        "tag each of the turn's images once, in order, numbered over the whole conversation, "
+        "or remove the tags to have them added",
+    )]
+
+
+def record_problems(obj: Any) -> list[tuple[str, str]]:
+    """Everything wrong with one parsed line, without touching the image files, as (problem, fix)."""
+    if not isinstance(obj, dict):
+        return [(f"line is {_type_name(obj)}, expected an object", f"write one record per line, like {FORMAT_HINT}")]
+    problems = _field_problems(obj, RECORD_KEYS, OPTIONAL_RECORD_KEYS, "")
+    for key in ("id", "source"):
+        if isinstance(obj.get(key), str) and not obj[key].strip():
+            problems.append((f"{key!r} is empty", f"give every record a non-empty {key}"))
+    answers = obj.get("answers")
+    if isinstance(answers, list):
+        if not answers or not all(isinstance(a, str) for a in answers):
+            problems.append(("'answers' must be a non-empty list of strings", "list every gold answer of the first turn, or drop 'answers'"))
+    conversations = obj.get("conversations")
+    if isinstance(conversations, list):
+        if not conversations:
+            problems.append(("'conversations' is empty", "give at least one turn"))
+        next_image_number = 1
+        for i, turn in enumerate(conversations):
+            problems += _turn_problems(turn, i, next_image_number)
+            if isinstance(turn, dict) and isinstance(turn.get("images"), list):
+                next_image_number += len(turn["images"])
+    return problems
+
+
+def parse_line(text: str) -> tuple[Any, list[tuple[str, str]]]:
+    """Parse one jsonl line; return the object and its structural problems."""
+    if not text.strip():
+        return None, [("empty line", "remove blank lines; every line must hold one record")]
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, [(f"invalid JSON ({e.msg} at column {e.colno})", f"write one JSON object per line, like {FORMAT_HINT}")]
+    return obj, record_problems(obj)
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            yield number, text
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    """Every record of a jsonl file; a UserError `file:line: problem — fix` on the first bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found — check the dataset folder and name")
+    records = []
+    try:
+        for number, text in _numbered_lines(path):
+            obj, problems = parse_line(text)
+            if problems:
+                raise UserError(str(Problem(str(path), number, *problems[0])))
+            records.append(Record.from_dict(obj))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason}) — save the file as UTF-8") from None
+    return records
+
+
+def write_records(path: str | os.PathLike, records: Iterable[Record | dict]) -> int:
+    """Write records one a line; return how many were written."""
+    return write_jsonl(path, (r.to_dict() if isinstance(r, Record) else r for r in records))
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-dataset validation
+
+
+def _image_file_problem(images_dir: Path, relative: str) -> str | None:
+    """Why the image file cannot be used (None when it opens and decodes)."""
+    path = images_dir / relative
+    try:
+        path.resolve().relative_to(images_dir.resolve())
+    except ValueError:
+        return "leaves the images/ folder (through a link)"
+    if not path.is_file():
+        return "does not exist"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        # verify() skips the pixel data; a truncated file only fails when decoded
+        with Image.open(path) as image:
+            image.load()
+    except Exception as e:  # PIL raises many types for broken files
+        return f"cannot be decoded ({type(e).__name__}: {e})"
+    return None
+
+
+class _ImageChecker:
+    """Checks each distinct image file once, however many records use it."""
+
+    def __init__(self, images_dir: Path):
+        self.images_dir = images_dir
+        self.cache: dict[str, str | None] = {}
+
+    def problems(self, obj: dict) -> list[tuple[str, str]]:
+        problems = []
+        for i, turn in enumerate(obj["conversations"]):
+            for relative in turn["images"]:
+                if relative not in self.cache:
+                    self.cache[relative] = _image_file_problem(self.images_dir, relative)
+                if (why := self.cache[relative]) is not None:
+                    problems.append((f"conversations[{i}]: image {relative!r} {why}", f"put a readable image at {self.images_dir / relative}"))
+        return problems
+
+
+def validate_dataset(
+    folder: str | os.PathLike,
+    name: str,
+    splits: Iterable[str] = ("train", "val", "test"),
+    check_images: bool = True,
+) -> list[Problem]:
+    """Check every line of `<name>_<split>.jsonl` in `folder`; return every problem found.
+
+    train and val are required, other splits optional. Checked: JSON, keys and types, non-empty
+    texts, image paths (inside images/, present, decodable), `<|image_k|>` tags against the image
+    counts, and ids unique within and across splits.
+    """
+    folder = Path(folder)
+    images_dir = folder / "images"
+    problems: list[Problem] = []
+    if check_images and not images_dir.is_dir():
+        problems.append(Problem(str(images_dir), None, "folder not found", "put the images under images/ next to the jsonl files"))
+        check_images = False
+    checker = _ImageChecker(images_dir)
+    first_seen: dict[str, str] = {}  # id -> "file:line"
+    for split in splits:
+        path = split_path(folder, name, split)
+        if not path.is_file():
+            if split in REQUIRED_SPLITS:
+                problems.append(Problem(str(path), None, f"required {split} split not found", f"write the {split} records to {path.name}"))
+            continue
+        problems += _validate_split(path, checker if check_images else None, first_seen)
+    return problems
+
+
+def _validate_split(path: Path, checker: _ImageChecker | None, first_seen: dict[str, str]) -> list[Problem]:
+    problems = []
+    lines = 0
+    try:
+        for number, text in _numbered_lines(path):
+            lines += 1
+            obj, line_problems = parse_line(text)
+            if obj is not None and not line_problems and checker is not None:
+                line_problems = checker.problems(obj)
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                where = f"{path}:{number}"
+                if obj["id"] in first_seen:
+                    line_problems.append((f"duplicate id {obj['id']!r} (first used at {first_seen[obj['id']]})", "give every record of every split its own id"))
+                else:
+                    first_seen[obj["id"]] = where
+            problems += [Problem(str(path), number, *p) for p in line_problems]
+    except UnicodeDecodeError as e:
+        problems.append(Problem(str(path), lines + 1, f"not UTF-8 text ({e.reason})", "save the file as UTF-8"))
+    if lines == 0:
+        problems.append(Problem(str(path), None, "file is empty", "write at least one record"))
+    return problems
+
+
+def validate_or_raise(folder: str | os.PathLike, name: str) -> dict[str, int]:
+    """Validate a custom dataset; one UserError listing every problem, else records per split.
+
+    Writes nothing, so a failed check leaves no output behind.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: dataset folder not found — check the dataset's path in the config")
+    problems = validate_dataset(folder, name)
+    if problems:
+        shown = "\n".join(f"  {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
+        more = len(problems) - MAX_PROBLEMS_SHOWN
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise UserError(f"dataset {name!r} in {folder} has {len(problems)} problem(s):\n{shown}{tail}")
+    counts = {}
+    for split in ("train", "val", "test"):
+        path = split_path(folder, name, split)
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                counts[split] = sum(1 for _ in f)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check a dataset folder in the recipe's jsonl format.")
+    parser.add_argument("folder", help="folder holding <name>_<split>.jsonl and images/")
+    parser.add_argument("name", help="dataset name, the <name> in <name>_<split>.jsonl")
+    args = parser.parse_args(argv)
+    try:
+        counts = validate_or_raise(args.folder, args.name)
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(", ".join(f"{split}: {n} records" for split, n in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

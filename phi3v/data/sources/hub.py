@@ -1,0 +1,401 @@
+"""The hub's dataset layouts: fill a raw folder from the Hugging Face Hub, read it back, write records.
+
+A *raw folder* mirrors a hub dataset repository (same relative paths, same parquet columns), whether
+it was downloaded (`download_snapshot`, `download_file`) or generated for the demo. `SOURCE.json`
+at its root says where the files came from: the repository and the resolved commit, or the generator.
+The converters read raw folders with `iter_parquet_rows` and write recipe records with `SplitWriter`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import huggingface_hub
+import pyarrow.parquet as pq
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.utils import filter_repo_objects
+from PIL import Image, UnidentifiedImageError
+
+from phi3v.data.sources.common import record_id, write_jsonl
+from phi3v.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+SOURCE_FILE = "SOURCE.json"
+
+# Errors the hub client raises for a wrong repo id/revision or an unreachable hub (the names that
+# exist depend on the huggingface_hub version; its transport errors are OSError in older ones).
+_HUB_ERRORS = tuple(
+    getattr(huggingface_hub.errors, name)
+    for name in ("HfHubHTTPError", "HTTPError", "HFValidationError", "XetDownloadError")
+    if hasattr(huggingface_hub.errors, name)
+) + (OSError,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Download
+# ---------------------------------------------------------------------------------------------
+
+
+def write_source_record(raw_dir: str | os.PathLike, record: dict) -> Path:
+    """Write `raw_dir/SOURCE.json` (sorted keys, so identical sources give identical files)."""
+    path = Path(raw_dir) / SOURCE_FILE
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def read_source_record(raw_dir: str | os.PathLike) -> dict | None:
+    """The raw folder's `SOURCE.json`, or None when it has none."""
+    path = Path(raw_dir) / SOURCE_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _hub_failure(repo_id: str, revision: str | None, error: Exception) -> UserError:
+    return UserError(
+        f"could not fetch the hub dataset '{repo_id}' at revision '{revision or 'main'}': "
+        f"{type(error).__name__}: {error}. Check the repository name and revision, the network, "
+        "and HF_TOKEN for gated repositories; rerunning resumes the download."
+    )
+
+
+def _repo_files(repo_id: str, revision: str | None, repo_type: str):
+    """(commit sha, {path: sibling}) of one revision; sizes and LFS hashes as the hub publishes them."""
+    try:
+        info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, files_metadata=True)
+    except _HUB_ERRORS as error:
+        raise _hub_failure(repo_id, revision, error) from error
+    return info.sha, {sibling.rfilename: sibling for sibling in info.siblings or []}
+
+
+def _published_record(sibling) -> dict:
+    lfs = getattr(sibling, "lfs", None)
+    size = sibling.size if sibling.size is not None else (lfs.size if lfs else None)
+    return {"size": size, "sha256": lfs.sha256 if lfs else None}
+
+
+def _place_file(cached: Path, target: Path) -> None:
+    """Hard-link a cached file into the raw folder (copy across file systems): no second copy on disk."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    blob = Path(os.path.realpath(cached))
+    try:
+        os.link(blob, target)
+    except OSError:
+        shutil.copy2(blob, target)
+
+
+def _check_sizes(raw_dir: Path, files: dict[str, dict], repo_id: str, commit: str) -> None:
+    for name, published in files.items():
+        local = raw_dir / name
+        if published["size"] is not None and local.stat().st_size != published["size"]:
+            raise UserError(
+                f"{local}: {local.stat().st_size} bytes, but the hub publishes {published['size']} bytes "
+                f"for {repo_id}@{commit}/{name}. Delete the file (and the hub cache entry) and rerun."
+            )
+
+
+def download_snapshot(
+    repo_id: str,
+    raw_dir: str | os.PathLike,
+    *,
+    allow_patterns: list[str],
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    repo_type: str = "dataset",
+) -> dict:
+    """Download the files of `repo_id` matching `allow_patterns` into `raw_dir`, in the repo's layout.
+
+    The revision is resolved to a commit first and every file is fetched at that commit, so one raw
+    folder never mixes two versions. Files go through the hub cache (`cache_dir`), which resumes
+    interrupted downloads, and are hard-linked into `raw_dir`. Returns the record written to
+    `raw_dir/SOURCE.json` (repo, requested revision, commit, patterns, published size/sha256 per file).
+    """
+    raw_dir = Path(raw_dir)
+    commit, siblings = _repo_files(repo_id, revision, repo_type)
+    wanted = sorted(filter_repo_objects(siblings, allow_patterns=allow_patterns))
+    if not wanted:
+        raise UserError(
+            f"no file of {repo_id}@{commit} matches {allow_patterns}; check the dataset name and "
+            "configuration (they are case-sensitive)."
+        )
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    # A folder without SOURCE.json is incomplete: remove it first so an interrupted update is visible.
+    (raw_dir / SOURCE_FILE).unlink(missing_ok=True)
+    try:
+        snapshot = Path(
+            snapshot_download(
+                repo_id,
+                repo_type=repo_type,
+                revision=commit,
+                allow_patterns=allow_patterns,
+                cache_dir=cache_dir,
+            )
+        )
+    except _HUB_ERRORS as error:
+        raise _hub_failure(repo_id, revision, error) from error
+
+    # Files of an older revision that the patterns cover would be read by the converters: drop them.
+    for stale in sorted(filter_repo_objects(_relative_files(raw_dir), allow_patterns=allow_patterns)):
+        if stale not in wanted:
+            (raw_dir / stale).unlink()
+    for name in wanted:
+        cached = snapshot / name
+        if not cached.exists():
+            raise UserError(
+                f"the hub download of {repo_id}@{commit} lacks '{name}'; rerun to resume the download."
+            )
+        _place_file(cached, raw_dir / name)
+
+    files = {name: _published_record(siblings[name]) for name in wanted}
+    _check_sizes(raw_dir, files, repo_id, commit)
+    record = {
+        "repo_id": repo_id,
+        "repo_type": repo_type,
+        "revision": revision,
+        "commit": commit,
+        "allow_patterns": list(allow_patterns),
+        "files": files,
+    }
+    write_source_record(raw_dir, record)
+    return record
+
+
+def download_file(
+    repo_id: str,
+    filename: str,
+    raw_dir: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    repo_type: str = "dataset",
+) -> Path:
+    """Download one file of `repo_id` into `raw_dir/filename` (same rules as `download_snapshot`).
+
+    Returns the local path; `raw_dir/SOURCE.json` records the repo, requested revision and commit.
+    """
+    raw_dir = Path(raw_dir)
+    commit, siblings = _repo_files(repo_id, revision, repo_type)
+    if filename not in siblings:
+        raise UserError(
+            f"'{filename}' is not a file of {repo_id}@{commit}; check the file name (case-sensitive)."
+        )
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    (raw_dir / SOURCE_FILE).unlink(missing_ok=True)
+    try:
+        cached = hf_hub_download(
+            repo_id, filename, repo_type=repo_type, revision=commit, cache_dir=cache_dir
+        )
+    except _HUB_ERRORS as error:
+        raise _hub_failure(repo_id, revision, error) from error
+    target = raw_dir / filename
+    _place_file(Path(cached), target)
+    files = {filename: _published_record(siblings[filename])}
+    _check_sizes(raw_dir, files, repo_id, commit)
+    write_source_record(
+        raw_dir,
+        {
+            "repo_id": repo_id,
+            "repo_type": repo_type,
+            "revision": revision,
+            "commit": commit,
+            "allow_patterns": [filename],
+            "files": files,
+        },
+    )
+    return target
+
+
+def _relative_files(folder: Path) -> list[str]:
+    return [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a raw folder
+# ---------------------------------------------------------------------------------------------
+
+
+def parquet_files(raw_dir: str | os.PathLike, pattern: str, *, fix: str) -> list[Path]:
+    """The raw folder's parquet shards matching `pattern`, in shard order; UserError when there are none."""
+    files = sorted(Path(raw_dir).glob(pattern))
+    if not files:
+        raise UserError(f"{raw_dir}: no file matches '{pattern}'. {fix}")
+    return files
+
+
+def check_columns(files: list[Path], required: list[str], *, fix: str) -> None:
+    """Every shard holds the hub's columns (extra columns are fine)."""
+    for path in files:
+        try:
+            names = pq.read_schema(path).names
+        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise UserError(f"{path}: not a readable parquet file ({error}). {fix}") from error
+        missing = [name for name in required if name not in names]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {missing} (has {names}). {fix}")
+
+
+@dataclass(frozen=True)
+class RowLocator:
+    """Maps a row index over several shards back to `file row N`, for messages that name the culprit."""
+
+    files: list[Path]
+    starts: list[int]
+
+    @classmethod
+    def for_files(cls, files: list[Path]) -> "RowLocator":
+        starts, total = [], 0
+        for path in files:
+            starts.append(total)
+            total += pq.ParquetFile(path).metadata.num_rows
+        return cls(files, starts + [total])
+
+    @property
+    def num_rows(self) -> int:
+        return self.starts[-1]
+
+    def describe(self, index: int) -> str:
+        shard = bisect_right(self.starts, index) - 1
+        return f"{self.files[shard]} row {index - self.starts[shard]}"
+
+
+class CorruptImageError(Exception):
+    """An image of the raw data that does not decode."""
+
+
+def image_bytes(image: dict | None, parquet_dir: Path) -> bytes:
+    """The encoded bytes of a hub image struct `{bytes, path}` (`path` relative to the parquet file)."""
+    if image is None:
+        raise CorruptImageError("the image is missing (null)")
+    if image.get("bytes"):
+        return image["bytes"]
+    path = image.get("path")
+    if path and (parquet_dir / path).is_file():
+        return (parquet_dir / path).read_bytes()
+    raise CorruptImageError(f"the image has no bytes and its path {path!r} does not exist")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Fully decode encoded image bytes (a truncated file fails here, not later in training)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise CorruptImageError(f"{type(error).__name__}: {error}") from error
+    return image
+
+
+def image_file(data: bytes) -> tuple[str, bytes]:
+    """(extension, bytes) to store an image: PNG and JPEG unchanged, so the pixels stay exactly the
+    hub's; any other format re-encoded as PNG. Raises CorruptImageError for bytes that do not decode."""
+    image = decode_image(data)
+    if image.format == "JPEG":
+        return "jpg", data
+    if image.format == "PNG":
+        return "png", data
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "png", buffer.getvalue()
+
+
+def iter_parquet_rows(files: list[Path], image_columns: dict) -> Iterator[dict]:
+    """Rows of the shards in order, read with `datasets` (streaming: no second copy in an Arrow cache).
+
+    `image_columns` maps a column to its undecoded image feature (`Image(decode=False)` or a list of
+    them), so rows carry the images as `{bytes, path}` whether or not the parquet has HF metadata.
+    """
+    import datasets
+
+    dataset = datasets.load_dataset(
+        "parquet", data_files={"train": [str(p) for p in files]}, split="train", streaming=True
+    )
+    for column, feature in image_columns.items():
+        dataset = dataset.cast_column(column, feature)
+    yield from dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing recipe records
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawExample:
+    """One row of a raw folder, ready to become a record: its turns and its images (hub structs)."""
+
+    index: int  # the row's index in its hub split: the record id is `<split>-<index>`
+    where: str  # `file row N`, to name the row in messages
+    turns: list[tuple[str, str]]  # (user, assistant), user text without image tags
+    images: list[dict]
+    parquet_dir: Path
+    answers: list[str] | None = None
+
+
+def conversation(turns: list[tuple[str, str]], image_paths: list[str]) -> list[dict]:
+    """The recipe's `conversations`: every image tagged on the first turn, later turns text only."""
+    tags = "".join(f"<|image_{k}|>" for k in range(1, len(image_paths) + 1))
+    (first_user, first_assistant), later = turns[0], turns[1:]
+    first = {"images": image_paths, "user": f"{tags}\n{first_user}", "assistant": first_assistant}
+    return [first] + [{"images": [], "user": user, "assistant": assistant} for user, assistant in later]
+
+
+class SplitWriter:
+    """Collects one split's records and saves their images as `images/<split>/<id>.<k>.<ext>`.
+
+    A row whose image does not decode raises UserError naming the row, or is skipped (and counted)
+    with `skip_corrupt=True`. `finish()` writes `<name>_<split>.jsonl`.
+    """
+
+    def __init__(self, out_dir: Path, name: str, split: str, source: str, *, skip_corrupt: bool):
+        self.out_dir, self.name, self.split, self.source = Path(out_dir), name, split, source
+        self.skip_corrupt = skip_corrupt
+        self.records: list[dict] = []
+        self.skipped: list[str] = []
+
+    def add(self, example: RawExample) -> None:
+        files = []
+        for k, image in enumerate(example.images):
+            try:
+                files.append(image_file(image_bytes(image, example.parquet_dir)))
+            except CorruptImageError as error:
+                message = f"{example.where}: image {k} is corrupt ({error})"
+                if not self.skip_corrupt:
+                    raise UserError(
+                        f"{message}. Re-download the raw data, or convert with skip_corrupt=True "
+                        "to skip such rows."
+                    ) from error
+                logger.warning("%s; row skipped", message)
+                self.skipped.append(example.where)
+                return
+        rid = record_id(self.split, example.index)
+        paths = []
+        for k, (extension, payload) in enumerate(files):
+            relative = f"{self.split}/{rid}.{k}.{extension}"
+            target = self.out_dir / "images" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(payload)
+            paths.append(relative)
+        record = {"id": rid, "source": self.source, "conversations": conversation(example.turns, paths)}
+        if example.answers is not None:
+            record["answers"] = list(example.answers)
+        self.records.append(record)
+
+    def finish(self) -> dict:
+        """Write the jsonl; return `{"records": n, "skipped_corrupt": n}`."""
+        if not self.records:
+            raise UserError(
+                f"the {self.split} split of {self.name} is empty after conversion; check the raw "
+                "data and the split sizes."
+            )
+        write_jsonl(self.out_dir / f"{self.name}_{self.split}.jsonl", self.records)
+        return {"records": len(self.records), "skipped_corrupt": len(self.skipped)}

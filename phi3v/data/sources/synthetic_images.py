@@ -1,0 +1,218 @@
+"""Image generators for the demo's stand-ins of DocVQA, Hateful Memes and NLVR2.
+
+Each generator draws one example of the real task's kind (a form page and a question with a short
+answer; a meme and a yes/no question; two pictures and a statement) from a `random.Random`. The
+answer depends only on coarse attributes (the colour and position of large regions), never on
+reading small text, so a tiny vision tower that sees a few 56-pixel crops can learn the tasks.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+# Saturated colours that stay distinct after downscaling to a few patches.
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (130, 50, 170),
+    "orange": (240, 130, 20),
+}
+WARM_COLOURS = ("red", "orange", "yellow")
+COOL_COLOURS = ("green", "blue", "purple")
+
+# A form's fields, always in this order from top to bottom: the field name fixes its position.
+FORM_FIELDS = ("Date", "Amount", "Total")
+FORM_SIZE = (112, 144)  # (width, height): a portrait page
+MEME_SIZE = (128, 128)
+PANEL_SIZE = (112, 112)
+
+_CAPTION_WORDS = (
+    "when", "the", "monday", "coffee", "cat", "finally", "weekend", "nobody", "me", "again",
+    "plans", "homework", "pizza", "dog", "friday", "meeting", "sleep", "code", "works", "why",
+)
+
+
+def encode_image(image: Image.Image, image_format: str) -> bytes:
+    """Encode a PIL image as PNG or JPEG bytes (what the hub's image structs hold)."""
+    buffer = io.BytesIO()
+    if image_format == "JPEG":
+        image.save(buffer, format="JPEG", quality=92)
+    else:
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _pastel(rng: random.Random) -> tuple[int, int, int]:
+    return tuple(rng.randint(200, 250) for _ in range(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# DocVQA: a form page with coloured fields
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FormPage:
+    image: Image.Image
+    question: str
+    answers: list[str]
+    words: list[str]
+    boxes: list[list[float]]  # one [x0, y0, x1, y1] per word, normalised to 0-1000 like the hub's
+
+
+def draw_form_page(rng: random.Random) -> FormPage:
+    """A page with a title and three labelled, coloured field boxes; a question about one of them.
+
+    Questions: "What is the colour of the <field> field?" (answer: a colour) or "Which field is
+    <colour>?" (answer: a field name). The three fields get three different colours.
+    """
+    width, height = FORM_SIZE
+    page = Image.new("RGB", FORM_SIZE, (255, 255, 255))
+    draw = ImageDraw.Draw(page)
+    words, boxes = [], []
+
+    def printed(xy: tuple[int, int], text: str, fill=(0, 0, 0)) -> None:
+        draw.text(xy, text, fill=fill)
+        x0, y0, x1, y1 = draw.textbbox(xy, text)
+        words.append(text)
+        boxes.append([round(1000 * x0 / width), round(1000 * y0 / height),
+                      round(1000 * x1 / width), round(1000 * y1 / height)])
+
+    printed((6, 4), rng.choice(("INVOICE", "RECEIPT", "ORDER", "REPORT")))
+    field_colours = rng.sample(sorted(COLOURS), k=len(FORM_FIELDS))
+    band_top, band_height = 24, (height - 28) // len(FORM_FIELDS)
+    for field, colour in zip(FORM_FIELDS, field_colours):
+        top = band_top + FORM_FIELDS.index(field) * band_height
+        printed((6, top), field)
+        # The coloured box covers most of the band: its colour is visible at any resolution.
+        draw.rectangle((4, top + 12, width - 5, top + band_height - 4), fill=COLOURS[colour])
+        printed((10, top + 16), f"{rng.randint(1, 999)}.{rng.randint(0, 99):02d}", fill=(255, 255, 255))
+
+    if rng.random() < 0.6:
+        field = rng.choice(FORM_FIELDS)
+        colour = field_colours[FORM_FIELDS.index(field)]
+        question, answers = f"What is the colour of the {field} field?", [colour, colour.capitalize()]
+    else:
+        field = rng.choice(FORM_FIELDS)
+        colour = field_colours[FORM_FIELDS.index(field)]
+        question, answers = f"Which field is {colour}?", [field, field.lower()]
+    return FormPage(page, question, answers, words, boxes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hateful Memes: a picture with a caption bar
+# ---------------------------------------------------------------------------------------------
+
+MEME_QUESTIONS = (
+    "Is this meme hateful?",
+    "Does this meme contain hateful content?",
+    "Would this meme be considered hateful?",
+)
+
+
+def draw_meme(rng: random.Random, hateful: bool) -> Image.Image:
+    """A meme: a large shape on a pastel background and a caption bar at the top or the bottom.
+
+    Rule of the stand-in task: the meme counts as hateful when its shape has a warm colour; the
+    caption's words and position are noise the model has to ignore.
+    """
+    width, height = MEME_SIZE
+    meme = Image.new("RGB", MEME_SIZE, _pastel(rng))
+    draw = ImageDraw.Draw(meme)
+    colour = rng.choice(WARM_COLOURS if hateful else COOL_COLOURS)
+    half_w, half_h = rng.randint(30, 44), rng.randint(26, 36)
+    cx, cy = width // 2 + rng.randint(-10, 10), height // 2 + rng.randint(-6, 6)
+    box = (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+    if rng.random() < 0.5:
+        draw.ellipse(box, fill=COLOURS[colour])
+    else:
+        draw.rectangle(box, fill=COLOURS[colour])
+
+    bar_height = 22
+    bar_top = 0 if rng.random() < 0.5 else height - bar_height
+    bar_colour, text_colour = rng.choice((((255, 255, 255), (0, 0, 0)), ((0, 0, 0), (255, 255, 255))))
+    draw.rectangle((0, bar_top, width - 1, bar_top + bar_height - 1), fill=bar_colour)
+    caption = " ".join(rng.choice(_CAPTION_WORDS) for _ in range(rng.randint(2, 4)))
+    draw.text((4, bar_top + 5), caption, fill=text_colour)
+    return meme
+
+
+def meme_question(rng: random.Random) -> str:
+    return rng.choice(MEME_QUESTIONS) + "\nAnswer yes or no."
+
+
+# ---------------------------------------------------------------------------------------------
+# NLVR2: two pictures and a statement about them
+# ---------------------------------------------------------------------------------------------
+
+
+def draw_panel(rng: random.Random, colour: str) -> Image.Image:
+    """One picture of the pair: a single large circle or square of `colour` on a light background."""
+    width, height = PANEL_SIZE
+    panel = Image.new("RGB", PANEL_SIZE, tuple(rng.randint(215, 245) for _ in range(3)))
+    draw = ImageDraw.Draw(panel)
+    half = rng.randint(28, 40)
+    cx, cy = width // 2 + rng.randint(-12, 12), height // 2 + rng.randint(-12, 12)
+    box = (cx - half, cy - half, cx + half, cy + half)
+    if rng.random() < 0.5:
+        draw.ellipse(box, fill=COLOURS[colour])
+    else:
+        draw.rectangle(box, fill=COLOURS[colour])
+    return panel
+
+
+def _with_article(colour: str) -> str:
+    return f"an {colour}" if colour[0] in "aeiou" else f"a {colour}"
+
+
+def _other_colour(rng: random.Random, colour: str) -> str:
+    return rng.choice([c for c in sorted(COLOURS) if c != colour])
+
+
+def pair_statement(rng: random.Random, true: bool) -> tuple[str, str, str]:
+    """(left colour, right colour, statement) such that the statement is `true` for the pair."""
+    names = sorted(COLOURS)
+    kind = rng.choice(("left", "right", "both", "same"))
+    left, right = rng.choice(names), rng.choice(names)
+    if kind in ("left", "right"):
+        shown = left if kind == "left" else right
+        named = shown if true else _other_colour(rng, shown)
+        return left, right, f"The {kind} image shows {_with_article(named)} shape."
+    if kind == "both":
+        named = rng.choice(names)
+        if true:
+            left = right = named
+        elif left == named and right == named:
+            right = _other_colour(rng, named)
+        return left, right, f"Both images show {_with_article(named)} shape."
+    if true:
+        right = left
+    elif right == left:
+        right = _other_colour(rng, left)
+    return left, right, "The shapes in the two images have the same colour."
+
+
+def pair_question(statement: str) -> str:
+    return (
+        "Image 1 is on the left, image 2 on the right. "
+        f'Is the statement "{statement}" true? Answer yes or no.'
+    )
+
+
+def draw_pair(rng: random.Random, true: bool) -> tuple[Image.Image, Image.Image, str]:
+    """Two pictures and the question about a statement whose truth value is `true`."""
+    left, right, statement = pair_statement(rng, true)
+    return draw_panel(rng, left), draw_panel(rng, right), pair_question(statement)
+
+
+def balanced_labels(rng: random.Random, n: int) -> list[bool]:
+    """n yes/no labels, half of each (n odd: one more False), in random order."""
+    labels = [i % 2 == 1 for i in range(n)]
+    rng.shuffle(labels)
+    return labels

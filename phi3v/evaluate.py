@@ -1,0 +1,315 @@
+"""Evaluate a model folder on one split: batched greedy generation, then the recipe's metric.
+
+Writes `predictions.jsonl` (id, prediction, answers, score; sorted by id) and `scores.json`.
+Under torchrun each process answers a strided slice of the split; rank 0 gathers and writes.
+
+    python -m phi3v.evaluate --model-dir results/runs/docvqa/full-bf16-sdpa/model \\
+        --data-dir results/data/docvqa --dataset docvqa --split test --metric anls \\
+        --out-dir results/eval/docvqa/full-bf16-sdpa --run-name full-bf16-sdpa \\
+        --num-crops 16 --precision bf16 --attention sdpa --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from phi3v.errors import UserError
+from phi3v.metrics import accuracy, anls
+from phi3v.tables import write_text_atomic
+
+METRICS = ("anls", "accuracy")
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score_prediction(prediction: str, answers: Sequence[str], metric: str) -> float:
+    """The table's metric for one sample, in [0, 1]: recipe ANLS for `anls`, exact match otherwise."""
+    if metric == "anls":
+        return anls(prediction, answers, case_sensitive=True)
+    return accuracy(prediction, answers)
+
+
+def percent(values: Sequence[float]) -> float:
+    return round(100.0 * sum(values) / len(values), 4) if values else 0.0
+
+
+def summarize(
+    predictions: Sequence[dict], *, metric: str, majority: str, dataset: str, run: str, split: str
+) -> dict:
+    """`scores.json` from scored predictions; the majority baseline goes through the same scoring."""
+    answers = [p["answers"] for p in predictions]
+    scores = {
+        "dataset": dataset,
+        "run": run,
+        "split": split,
+        "metric": metric,
+        "score": percent([p["score"] for p in predictions]),
+    }
+    if metric == "anls":
+        scores["anls_recipe"] = scores["score"]
+        scores["anls_official"] = percent(
+            [anls(p["prediction"], a, case_sensitive=False) for p, a in zip(predictions, answers)]
+        )
+    scores["accuracy"] = percent([accuracy(p["prediction"], a) for p, a in zip(predictions, answers)])
+    scores["majority_baseline"] = percent([score_prediction(majority, a, metric) for a in answers])
+    scores["majority_answer"] = majority
+    scores["n"] = len(predictions)
+    return scores
+
+
+def scored_predictions(ids: Sequence[str], predictions: Sequence[str], answers: Sequence[Sequence[str]],
+                       metric: str) -> list[dict]:
+    """The rows of `predictions.jsonl`, sorted by id."""
+    rows = [
+        {"id": i, "prediction": p, "answers": list(a), "score": round(score_prediction(p, a, metric), 6)}
+        for i, p, a in zip(ids, predictions, answers)
+    ]
+    return sorted(rows, key=lambda row: row["id"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding across processes
+
+
+def shard(items: Sequence, rank: int, world_size: int) -> list:
+    """Process `rank`'s strided slice: every sample lands on exactly one process."""
+    return list(items[rank::world_size])
+
+
+def merge_shards(shards: Sequence[Sequence[dict]]) -> list[dict]:
+    """Concatenate the shards' rows and sort them by id; a repeated id means a sharding bug."""
+    rows = sorted((row for part in shards for row in part), key=lambda row: row["id"])
+    for before, after in zip(rows, rows[1:]):
+        if before["id"] == after["id"]:
+            raise ValueError(f"sample {before['id']!r} was answered twice")
+    return rows
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """(rank, local rank, world size); joins the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 0, 1
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), local_rank, world_size
+
+
+def gather_to_rank0(rows: list[dict], world_size: int) -> list[list[dict]] | None:
+    """Every process's rows on rank 0 (None elsewhere)."""
+    if world_size == 1:
+        return [rows]
+    import torch.distributed as dist
+
+    gathered = [None] * world_size if dist.get_rank() == 0 else None
+    dist.gather_object(rows, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_rank0(value: Any, world_size: int) -> Any:
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and generation
+
+
+def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tokens: int,
+                    max_samples: int | None) -> None:
+    """Refuse bad settings before any work (the model checks the attention kernel itself)."""
+    if metric not in METRICS:
+        raise UserError(f"metric = {metric!r} is not known: use one of {', '.join(METRICS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"precision = {precision!r} is not known: use one of {', '.join(PRECISIONS)}")
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} = {value!r} is not valid: give a positive integer")
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
+        raise UserError(f"max_samples = {max_samples!r} is not valid: give a positive integer or none")
+
+
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Half-precision weights on GPU; on CPU fp32 weights under autocast (see `precision_context`)."""
+    return PRECISIONS[precision] if device.type == "cuda" else torch.float32
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """On CPU, compute in the run's precision with autocast (fp16 included) rather than in fp32."""
+    if device.type == "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cpu", dtype=PRECISIONS[precision])
+
+
+def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device):
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
+    from phi3v.processing_phi3v import Phi3VProcessor
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise UserError(f"{model_dir} is not a model folder (no config.json): train the run first")
+    model = Phi3VForCausalLM.from_pretrained(
+        model_dir, dtype=weights_dtype(precision, device), attn_implementation=attention
+    )
+    model.to(device).eval()
+    processor = Phi3VProcessor.from_pretrained(model_dir)
+    return model, processor
+
+
+def batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.inference_mode()
+def generate_answers(model, processor, examples: Sequence, *, num_crops: int, max_new_tokens: int,
+                     batch_size: int, precision: str, device: torch.device,
+                     progress: bool = True) -> list[str]:
+    """Greedy answers (new tokens only, special tokens skipped) for each example, in order."""
+    from phi3v.processing_phi3v import load_image
+
+    answers: list[str] = []
+    with tqdm(total=len(examples), desc="evaluate", unit="sample", disable=not progress) as bar:
+        for batch in batches(examples, batch_size):
+            prompts = [processor.generation_prompt(example.prompt_user) for example in batch]
+            images = [[load_image(path) for path in example.image_paths] for example in batch]
+            inputs = processor(text=prompts, images=images, padding_side="left", num_crops=num_crops)
+            inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(weights_dtype(precision, device))
+            with precision_context(precision, device):
+                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new) after left-padded prompts
+            answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
+            bar.update(len(batch))
+    return answers
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def write_outputs(out_dir: Path, rows: Sequence[dict], scores: dict) -> None:
+    """Both files atomically: a crash leaves no file that looks finished."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_text_atomic(out_dir / "predictions.jsonl", jsonl)
+    write_text_atomic(out_dir / "scores.json", json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
+
+
+def evaluate(
+    *,
+    model_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    dataset_name: str,
+    split: str,
+    metric: str,
+    out_dir: str | os.PathLike,
+    run_name: str,
+    num_crops: int,
+    precision: str,
+    attention: str,
+    batch_size: int,
+    max_new_tokens: int = 64,
+    max_samples: int | None = None,
+) -> dict:
+    """Answer every sample of `<data_dir>/<dataset_name>_<split>.jsonl` and score the answers.
+
+    Returns the `scores.json` dict (on every process).
+    """
+    from phi3v.data.dataset import load_eval_examples, majority_answer
+    from phi3v.data.records import split_path
+
+    rank, local_rank, world_size = distributed_context()
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    check_arguments(metric=metric, precision=precision, batch_size=batch_size,
+                    max_new_tokens=max_new_tokens, max_samples=max_samples)
+    eval_jsonl = split_path(data_dir, dataset_name, split)
+    train_jsonl = split_path(data_dir, dataset_name, "train")
+    for path in (eval_jsonl, train_jsonl):
+        if not path.is_file():
+            raise UserError(f"{path} does not exist: prepare the dataset {dataset_name!r} first")
+    examples = load_eval_examples(eval_jsonl, Path(data_dir) / "images", max_samples)
+    if not examples:
+        raise UserError(f"{eval_jsonl} has no records: there is nothing to evaluate")
+    majority = majority_answer(train_jsonl)
+
+    mine = shard(examples, rank, world_size)
+    model, processor = load_model(model_dir, precision, attention, device)
+    predictions = generate_answers(model, processor, mine, num_crops=num_crops,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   precision=precision, device=device, progress=rank == 0)
+    rows = scored_predictions([e.id for e in mine], predictions, [e.answers for e in mine], metric)
+
+    gathered = gather_to_rank0(rows, world_size)
+    scores = None
+    if rank == 0:
+        merged = merge_shards(gathered)
+        scores = summarize(merged, metric=metric, majority=majority, dataset=dataset_name,
+                           run=run_name, split=split)
+        write_outputs(Path(out_dir), merged, scores)
+    return broadcast_from_rank0(scores, world_size)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from phi3v.modeling_phi3v import ATTENTION_IMPLEMENTATIONS
+
+    parser = argparse.ArgumentParser(prog="python -m phi3v.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--dataset", required=True, help="dataset name: files are <name>_<split>.jsonl")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--metric", required=True, choices=METRICS)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--run-name", required=True)
+    parser.add_argument("--num-crops", type=int, required=True)
+    parser.add_argument("--precision", required=True, choices=tuple(PRECISIONS))
+    parser.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLEMENTATIONS)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-samples", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        scores = evaluate(
+            model_dir=args.model_dir, data_dir=args.data_dir, dataset_name=args.dataset,
+            split=args.split, metric=args.metric, out_dir=args.out_dir, run_name=args.run_name,
+            num_crops=args.num_crops, precision=args.precision, attention=args.attention,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+            max_samples=args.max_samples,
+        )
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if scores is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(scores, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

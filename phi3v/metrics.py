@@ -1,0 +1,82 @@
+"""The recipe's metrics: ANLS (DocVQA) and exact-match accuracy (classification and yes/no tasks).
+
+Scores here are fractions in [0, 1]; `phi3v.evaluate` reports them in percent.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from rapidfuzz.distance import Levenshtein
+
+ANLS_THRESHOLD = 0.5
+
+
+def strip_answer(text: str) -> str:
+    """Strip surrounding whitespace and trailing dots, as the recipe does before ANLS."""
+    return text.strip().rstrip(".").strip()
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise an answer for exact-match accuracy: strip whitespace, strip dots, lower-case."""
+    return text.strip().strip(".").lower()
+
+
+def normalized_levenshtein(a: str, b: str) -> float:
+    """Levenshtein distance divided by the longer length (0 = equal, 1 = nothing in common)."""
+    longest = max(len(a), len(b))
+    if longest == 0:
+        return 0.0
+    return Levenshtein.distance(a, b) / longest
+
+
+def anls(
+    prediction: str,
+    answers: Sequence[str],
+    case_sensitive: bool = True,
+    threshold: float = ANLS_THRESHOLD,
+) -> float:
+    """ANLS of one prediction: the best similarity over the gold answers, 0 below the threshold.
+
+    similarity = 1 - NL when NL < threshold, else 0, with NL the normalised Levenshtein distance.
+    `case_sensitive=True` is the recipe's definition; `False` is the official DocVQA one.
+    An empty prediction scores 0.
+    """
+    if isinstance(answers, str):
+        answers = [answers]
+    prediction = strip_answer(prediction)
+    if not prediction:
+        return 0.0
+    if not case_sensitive:
+        prediction = prediction.lower()
+    best = 0.0
+    for gold in answers:
+        gold = strip_answer(gold)
+        if not case_sensitive:
+            gold = gold.lower()
+        distance = normalized_levenshtein(prediction, gold)
+        if distance < threshold:
+            best = max(best, 1.0 - distance)
+    return best
+
+
+def mean_anls(
+    predictions: Sequence[str],
+    answers: Sequence[Sequence[str]],
+    case_sensitive: bool = True,
+    threshold: float = ANLS_THRESHOLD,
+) -> float:
+    """Mean ANLS over questions; `answers[i]` holds every gold answer of question i."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"{len(predictions)} predictions but {len(answers)} answer lists")
+    if not predictions:
+        return 0.0
+    scores = [anls(p, a, case_sensitive, threshold) for p, a in zip(predictions, answers)]
+    return sum(scores) / len(scores)
+
+
+def accuracy(prediction: str, answer: str | Iterable[str]) -> float:
+    """1.0 when the normalised prediction equals the (or any) normalised gold answer, else 0.0."""
+    answers = [answer] if isinstance(answer, str) else list(answer)
+    predicted = normalize_answer(prediction)
+    return float(any(predicted == normalize_answer(gold) for gold in answers))

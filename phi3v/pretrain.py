@@ -1,0 +1,116 @@
+"""The demo's base model: tiny Phi-3.5-vision, tiny tokenizer, a short pre-training on the demo corpus.
+
+It goes through the same training code as every fine-tuning run (`phi3v.train.train`, strategy
+`full`), so the demo exercises one loop, and the result is a model folder in the official layout.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .data.records import read_records
+from .errors import UserError
+
+CORPUS_NAME = "pretrain"
+DEMO_MODEL_ID = "phi3v-demo-tiny"
+
+
+def pretrain_run(*, steps: int, seed: int) -> dict:
+    """Full-parameter pre-training settings: large learning rate, short warm-up, small batches."""
+    return {
+        "dataset": CORPUS_NAME, "run": "pretrain-full-bf16-sdpa", "strategy": "full", "precision": "bf16",
+        "attention": "sdpa", "learning_rate": 3e-3, "epochs": 1, "batch_size": 8, "per_device_batch_size": 8,
+        "lora_rank": None, "lora_alpha": None, "lora_dropout": None, "weight_decay": 0.01,
+        "warmup_steps": max(1, steps // 10), "max_grad_norm": 1.0, "num_crops": 1,
+        "gradient_checkpointing": False, "packing": False, "checkpoint_every": 0, "max_steps": steps,
+        "max_train_samples": None, "seed": seed, "deepspeed": False,
+    }
+
+
+def corpus_texts(folders) -> list[str]:
+    """Every user and assistant text of every jsonl split in the folders (the tokenizer's corpus)."""
+    texts = []
+    for folder in folders:
+        jsonl_files = sorted(Path(folder).glob("*.jsonl"))
+        if not jsonl_files:
+            raise UserError(f"{folder}: no *.jsonl split found — build that dataset before the base model")
+        for path in jsonl_files:
+            for record in read_records(path):
+                for turn in record.conversations:
+                    texts += [turn.user, turn.assistant]
+    return texts
+
+
+def write_random_base(folder: Path, *, texts: list[str], vocab_size: int, seed: int) -> None:
+    """Tokenizer, tiny config, random weights and the tiny-crop image processor, in one folder."""
+    from .configuration_phi3v import Phi3VConfig
+    from .modeling_phi3v import Phi3VForCausalLM
+    from .processing_phi3v import IMAGE_TOKEN, Phi3VImageProcessor, Phi3VProcessor, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(texts, vocab_size)
+    config = Phi3VConfig.tiny(vocab_size=vocab_size, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                              pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = Phi3VForCausalLM.random_init(config)
+    model.save_pretrained(folder)
+    image_processor = Phi3VImageProcessor(num_crops=1, crop_size=config.crop_size)
+    Phi3VProcessor(image_processor, tokenizer).save_pretrained(folder)
+
+
+def build_demo_base(corpus_dir, text_dirs, out_dir, *, steps: int, seed: int, vocab_size: int) -> dict:
+    """Build the demo's base model folder at `out_dir`; return the pre-training metrics."""
+    from . import provenance
+    from .train import train
+
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    if not isinstance(steps, int) or steps < 1:
+        raise UserError(f"build_demo_base: steps={steps!r} — give a positive integer")
+    texts = corpus_texts([corpus_dir, *text_dirs])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".base-build-", dir=out_dir.parent) as work:
+        work = Path(work)
+        write_random_base(work / "random", texts=texts, vocab_size=vocab_size, seed=seed)
+        metrics = train(pretrain_run(steps=steps, seed=seed), base_model=work / "random", data_dir=corpus_dir,
+                        dataset_name=CORPUS_NAME, out_dir=work / "trained", checkpoint_dir=work / "checkpoints")
+        model_dir = work / "trained" / "model"
+        provenance.write_json_atomic(model_dir / provenance.MODEL_SOURCE_FILE, {
+            "model": {"id": DEMO_MODEL_ID, "revision": provenance.sha256_file(model_dir / "model.safetensors")},
+            "pretraining": {"steps": steps, "seed": seed, "vocab_size": vocab_size, "final_loss": metrics["final_loss"],
+                            "corpus": provenance.dataset_hashes(corpus_dir)},
+        })
+        (work / "trained" / "train_log.jsonl").replace(model_dir / "pretrain_log.jsonl")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        model_dir.rename(out_dir)
+    return metrics
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m phi3v.pretrain", description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus-dir", required=True)
+    parser.add_argument("--text-dir", action="append", default=[], help="a demo dataset folder (repeatable)")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    args = parser.parse_args(argv)
+    try:
+        metrics = build_demo_base(args.corpus_dir, args.text_dir, args.out_dir, steps=args.steps, seed=args.seed,
+                                  vocab_size=args.vocab_size)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: metrics[k] for k in ("final_loss", "steps", "wall_s")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

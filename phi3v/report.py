@@ -1,0 +1,177 @@
+"""Figures for `snakemake --report`: loss curves, scores against the recipe, speed and memory.
+
+File names depend only on the configuration (`figure_file_names`), so the workflow can declare
+them as outputs before anything has run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+
+from phi3v.errors import UserError  # noqa: E402
+from phi3v.recipe_tables import ACCURACY_TABLES  # noqa: E402
+from phi3v.tables import (  # noqa: E402
+    ResultSources,
+    configured_runs,
+    read_base_result,
+    read_result,
+    read_speed_result,
+    recipe_references,
+    speed_references,
+)
+
+# Fixed metadata keeps the PNG bytes a function of the data alone.
+PNG_METADATA = {"Software": None}
+
+
+def finished_runs(config: dict, dataset: str) -> list[dict]:
+    return [run for run in configured_runs(config, dataset) if run.get("skip_reason") is None]
+
+
+def run_datasets(config: dict) -> list[str]:
+    """Datasets with at least one run that is not skipped, in configuration order."""
+    datasets: list[str] = []
+    for run in config.get("runs") or []:
+        if run.get("skip_reason") is None and run["dataset"] not in datasets:
+            datasets.append(run["dataset"])
+    return datasets
+
+
+def measured_speed_rows(config: dict) -> list[dict]:
+    rows = (config.get("speed") or {}).get("rows") or []
+    return [row for row in rows if row.get("skip_reason") is None]
+
+
+def figure_file_names(config: dict) -> list[str]:
+    """The PNG files `write_figures` writes for this configuration."""
+    names = []
+    for dataset in run_datasets(config):
+        names += [f"loss_{dataset}.png", f"scores_{dataset}.png"]
+    if measured_speed_rows(config):
+        names += ["speed_throughput.png", "speed_memory.png"]
+    return names
+
+
+def read_train_log(path: Path, run_label: str) -> tuple[list[int], list[float]]:
+    """(steps, losses) of a `train_log.jsonl`; a bad line is named by file and line number."""
+    if not path.is_file():
+        raise UserError(f"results of {run_label}: {path} is missing — run the workflow to produce it "
+                        f"(snakemake {path})")
+    steps, losses = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            step, loss = int(entry["step"]), float(entry["loss"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{path}:{number}: not a training log line with step and loss ({error}) — "
+                            "delete the run's folder and train it again") from None
+        steps.append(step)
+        losses.append(loss)
+    if not steps:
+        raise UserError(f"results of {run_label}: {path} has no logged steps — train the run again")
+    return steps, losses
+
+
+def save(figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    figure.tight_layout()
+    figure.savefig(tmp, dpi=100, metadata=PNG_METADATA)
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path
+
+
+def loss_figure(config: dict, results_dir: Path, dataset: str, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for run in finished_runs(config, dataset):
+        log = results_dir / "runs" / dataset / run["run"] / "train_log.jsonl"
+        steps, losses = read_train_log(log, f"run {dataset}/{run['run']}")
+        axes.plot(steps, losses, label=run["run"], linewidth=1.2)
+    axes.set(title=f"Training loss: {dataset}", xlabel="optimizer step", ylabel="loss")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return save(figure, path)
+
+
+def scores_figure(config: dict, results_dir: Path, dataset: str, path: Path) -> Path:
+    """Each run's score beside the recipe's value for its row; base model and majority as lines."""
+    sources = ResultSources()
+    table = next((t for t in ACCURACY_TABLES if t.dataset == dataset), None)
+    references = recipe_references(config, table) if table else {}
+    runs = finished_runs(config, dataset)
+    measured = []
+    for run in runs:
+        scores_path = results_dir / "eval" / dataset / run["run"] / "scores.json"
+        measured.append(read_result(scores_path, f"run {dataset}/{run['run']}", ("score",), sources)["score"])
+    base = read_base_result(results_dir, dataset, sources)
+
+    figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(runs) + 2), 4))
+    positions = list(range(len(runs)))
+    width = 0.38
+    axes.bar([p - width / 2 for p in positions], measured, width, label="this workflow")
+    reference_positions = [p + width / 2 for p, run in zip(positions, runs) if run["run"] in references]
+    reference_values = [references[run["run"]] for run in runs if run["run"] in references]
+    if reference_values:
+        axes.bar(reference_positions, reference_values, width, label="recipe", color="tab:gray")
+    axes.axhline(base["score"], color="tab:red", linestyle="--", linewidth=1, label="before fine-tuning")
+    axes.axhline(base["majority_baseline"], color="tab:green", linestyle=":", linewidth=1,
+                 label="majority baseline")
+    axes.set_xticks(positions, [run["run"] for run in runs], rotation=30, ha="right", fontsize=8)
+    metric = base.get("metric", "score")
+    axes.set(title=f"{dataset}: {metric} (%)", ylabel=metric, ylim=(0, 100))
+    axes.legend(fontsize=8)
+    return save(figure, path)
+
+
+def speed_figures(config: dict, results_dir: Path, throughput_path: Path, memory_path: Path) -> list[Path]:
+    sources = ResultSources()
+    rows = measured_speed_rows(config)
+    references = speed_references(config)
+    results = [read_speed_result(results_dir, row, sources) for row in rows]
+    names = [row["row"] for row in rows]
+    positions = list(range(len(rows)))
+    width = 0.38
+
+    figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 4))
+    axes.bar([p - width / 2 for p in positions], [r["img_per_s"] for r in results], width,
+             label="measured")
+    referenced = [(p, references[n]) for p, n in zip(positions, names) if n in references]
+    if referenced:
+        axes.bar([p + width / 2 for p, _ in referenced],
+                 [float(row.img_per_s) for _, (_, row) in referenced], width, color="tab:gray",
+                 label="recipe (8 GPUs)")
+    axes.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
+    axes.set(title="Training throughput", ylabel="images / s")
+    axes.legend(fontsize=8)
+    written = [save(figure, throughput_path)]
+
+    figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 4))
+    memory = [r.get("peak_mem_gib") or 0.0 for r in results]
+    axes.bar(positions, memory, 0.6, label="measured")
+    axes.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
+    axes.set(title="Peak accelerator memory", ylabel="GiB")
+    written.append(save(figure, memory_path))
+    return written
+
+
+def write_figures(config: dict, results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Write every figure of `figure_file_names(config)` into `out_dir`; return their paths."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    written = []
+    for dataset in run_datasets(config):
+        written.append(loss_figure(config, results_dir, dataset, out_dir / f"loss_{dataset}.png"))
+        written.append(scores_figure(config, results_dir, dataset, out_dir / f"scores_{dataset}.png"))
+    if measured_speed_rows(config):
+        written += speed_figures(config, results_dir, out_dir / "speed_throughput.png",
+                                 out_dir / "speed_memory.png")
+    return written

@@ -1,0 +1,625 @@
+"""The recipe's tables regenerated from this workflow's results, beside the recipe's own values.
+
+Every table keeps the recipe's columns, row order and number format first, then adds columns for
+the recipe's value, the difference and notes. Nothing here reads the clock: regenerating from the
+same results gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from phi3v.errors import UserError
+from phi3v.recipe_tables import (
+    ACCURACY_TABLES,
+    CHECK_MARK,
+    METHOD_OF_STRATEGY,
+    SPEED_NOTE,
+    SPEED_TABLES,
+    AccuracyRow,
+    AccuracyTable,
+    SpeedRow,
+    SpeedTable,
+    split_cells,
+)
+
+NOT_IN_PRESET = "not in this preset"
+MISSING = "—"
+FLASH_ATTENTION = "flash_attention_2"
+BASE_RUN = "base"
+
+# Columns of the tables for datasets the recipe has no table for (UCF-101, custom datasets).
+EXTRA_COLUMNS = ("Training method", "data type", "LoRA rank", "LoRA alpha", "batch size",
+                 "learning rate", "epochs")
+METRIC_TITLE = {"anls": "ANLS", "accuracy": "Accuracy"}
+DATASET_TITLE = {"ucf101": "UCF-101 (10-class subset)"}
+
+ANLS_NOTE = (
+    "ANLS in the table: the recipe's definition (case-sensitive; whitespace and trailing dots "
+    "stripped; threshold 0.5), in percent. `ANLS (official)`: the official DocVQA definition "
+    "(case-insensitive)."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading results
+
+
+@dataclass
+class ResultSources:
+    """The result files one table was built from: for its footer (commit, hardware, date)."""
+
+    newest_mtime: float | None = None
+    commits: set[str] = field(default_factory=set)
+    hardware: set[str] = field(default_factory=set)
+
+    def saw(self, path: Path) -> None:
+        mtime = path.stat().st_mtime
+        self.newest_mtime = mtime if self.newest_mtime is None else max(self.newest_mtime, mtime)
+
+
+def read_result(path: Path, run_label: str, required: Sequence[str], sources: ResultSources) -> dict:
+    """Read one result JSON; a missing or unreadable file names the run, the file and the fix."""
+    if not path.is_file():
+        raise UserError(
+            f"results of {run_label}: {path} is missing — run the workflow to produce it "
+            f"(snakemake {path}), or mark the run with a skip_reason in the config"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"results of {run_label}: {path} is not valid JSON ({error}) — delete it and rerun "
+            "the step that writes it"
+        ) from None
+    if not isinstance(data, dict):
+        raise UserError(f"results of {run_label}: {path} holds a {type(data).__name__}, not an object")
+    absent = [key for key in required if data.get(key) is None]
+    if absent:
+        raise UserError(
+            f"results of {run_label}: {path} lacks {', '.join(absent)} — delete it and rerun the "
+            "step that writes it"
+        )
+    sources.saw(path)
+    return data
+
+
+def read_provenance(path: Path, sources: ResultSources) -> None:
+    """Commit and hardware of a run, when its provenance file exists (it is informative only)."""
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return
+    note_provenance(data, sources)
+
+
+def note_provenance(record: dict, sources: ResultSources) -> None:
+    """Remember the commit and hardware of a record written by `phi3v.provenance.collect`."""
+    git = record.get("git") if isinstance(record.get("git"), dict) else {}
+    if git.get("commit"):
+        sources.commits.add(git["commit"][:12] + (" (with local changes)" if git.get("dirty") else ""))
+    if isinstance(record.get("hardware"), dict):
+        sources.hardware.add(hardware_label(record["hardware"]))
+
+
+def hardware_label(hardware: dict) -> str:
+    """`2x NVIDIA H100 80GB HBM3` from a provenance hardware record; the CPU when it has no GPU."""
+    gpus = [gpu.get("name", "GPU") for gpu in hardware.get("gpus") or []]
+    if not gpus:
+        return f"CPU ({hardware.get('cpu') or 'unknown'}, {hardware.get('cpu_count')} cores)"
+    names = sorted(set(gpus))
+    return ", ".join(f"{gpus.count(name)}x {name}" for name in names)
+
+
+@dataclass
+class RunResult:
+    """What a table shows of one finished run."""
+
+    scores: dict
+    metrics: dict
+
+
+def eval_dir(results_dir: Path, dataset: str, run: str) -> Path:
+    return results_dir / "eval" / dataset / run
+
+
+def read_run_result(results_dir: Path, run: dict, sources: ResultSources) -> RunResult:
+    dataset, name = run["dataset"], run["run"]
+    label = f"run {dataset}/{name}"
+    scores = read_result(eval_dir(results_dir, dataset, name) / "scores.json", label,
+                         ("score", "n"), sources)
+    run_dir = results_dir / "runs" / dataset / name
+    metrics = read_result(run_dir / "metrics.json", label, ("final_loss",), sources)
+    read_provenance(run_dir / "provenance.json", sources)
+    return RunResult(scores, metrics)
+
+
+def read_base_result(results_dir: Path, dataset: str, sources: ResultSources) -> dict:
+    label = f"run {dataset}/{BASE_RUN} (the model before fine-tuning)"
+    return read_result(eval_dir(results_dir, dataset, BASE_RUN) / "scores.json", label,
+                       ("score", "n", "majority_baseline"), sources)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def format_learning_rate(value: float) -> str:
+    """`5e-6` as the recipe prints learning rates (no exponent padding)."""
+    mantissa, exponent = f"{value:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def format_number(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}"
+
+
+def format_delta(measured: float, reference: str, decimals: int) -> str:
+    """Measured (as shown) minus the recipe's value, signed."""
+    delta = round(measured, decimals) - float(reference)
+    return f"{delta:+.{decimals}f}"
+
+
+def format_memory(gib: float | None) -> str:
+    """`~42` as the recipe prints peak memory; small values keep two decimals."""
+    if gib is None:
+        return MISSING
+    return f"~{gib:.0f}" if gib >= 1 else f"~{gib:.2f}"
+
+
+def table_lines(columns: Sequence[str], rows: Iterable[Sequence[str]], header: str | None = None,
+                separator: str | None = None) -> list[str]:
+    """Markdown lines; `header`/`separator` extend the recipe's own header text when given."""
+    header = header if header is not None else " | ".join(columns)
+    separator = separator if separator is not None else "--- | " * (len(columns) - 1) + "--- |"
+    lines = [header, separator]
+    for cells in rows:
+        assert len(cells) == len(columns), (columns, cells)
+        lines.append(" | ".join(cells) + " |")
+    return lines
+
+
+def extend_header(header: str, separator: str, added: Sequence[str]) -> tuple[str, str]:
+    """The recipe's header and separator lines with the added columns appended."""
+    header = header.rstrip().rstrip("|").rstrip() + "".join(f" | {name}" for name in added)
+    separator = separator.rstrip() + "".join(" --- |" for _ in added)
+    return header, separator
+
+
+def run_cells(columns: Sequence[str], run: dict) -> list[str]:
+    """Cells in the recipe's setting columns describing `run` as configured (for runs the recipe lacks)."""
+    lora = run["strategy"] in ("lora", "qlora")
+    frozen_column = "Frozen vision model" in columns
+    method = METHOD_OF_STRATEGY[run["strategy"]]
+    if frozen_column and run["strategy"] == "frozen_vision":
+        method = METHOD_OF_STRATEGY["full"]
+    values = {
+        "Training method": method,
+        "Frozen vision model": CHECK_MARK if run["strategy"] == "frozen_vision" else "",
+        "data type": run["precision"],
+        "LoRA rank": str(run.get("lora_rank")) if lora else "-",
+        "LoRA alpha": str(run.get("lora_alpha")) if lora else "-",
+        "batch size": str(run["batch_size"]),
+        "learning rate": format_learning_rate(run["learning_rate"]),
+        "epochs": str(run["epochs"]),
+    }
+    return [values[name] for name in columns]
+
+
+def differences_from_recipe(row: AccuracyRow, run: dict) -> list[str]:
+    """Settings of `run` that differ from the recipe's row (and limits the recipe does not set)."""
+    notes = []
+    if run.get("learning_rate") is not None and run["learning_rate"] != row.learning_rate:
+        notes.append(f"lr {format_learning_rate(run['learning_rate'])}")
+    if run.get("epochs") is not None and run["epochs"] != row.epochs:
+        notes.append(f"epochs {run['epochs']}")
+    if run.get("batch_size") is not None and run["batch_size"] != row.batch_size:
+        notes.append(f"batch size {run['batch_size']}")
+    if row.lora_rank is not None and run.get("lora_rank") != row.lora_rank:
+        notes.append(f"LoRA rank {run.get('lora_rank')}")
+    if row.lora_alpha is not None and run.get("lora_alpha") != row.lora_alpha:
+        notes.append(f"LoRA alpha {run.get('lora_alpha')}")
+    return notes + limit_notes(run)
+
+
+def limit_notes(run: dict) -> list[str]:
+    notes = []
+    if run.get("max_steps"):
+        notes.append(f"at most {run['max_steps']} steps")
+    if run.get("max_train_samples"):
+        notes.append(f"{run['max_train_samples']} training samples")
+    return notes
+
+
+def run_note(run: dict, differences: Sequence[str]) -> str:
+    note = f"`{run['run']}`"
+    return note + (f"; differs: {', '.join(differences)}" if differences else "")
+
+
+def skip_note(run: dict | None) -> str:
+    return NOT_IN_PRESET if run is None else f"not run: {run['skip_reason']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Footer
+
+
+def model_label(config: dict) -> str:
+    model = config.get("model") or {}
+    label = f"`{model.get('id')}`"
+    if model.get("revision"):
+        label += f" @ {model['revision']}"
+    if model.get("source") == "demo":
+        label += " (demo: tiny base model built by the workflow)"
+    return label
+
+
+def config_hardware_label(config: dict) -> str:
+    hardware = config.get("hardware") or {}
+    return (f"{hardware.get('accelerator', 'unknown')}, {hardware.get('nodes', 1)} node(s) x "
+            f"{hardware.get('gpus_per_node', 1)} device(s) (as configured)")
+
+
+def footer_lines(config: dict, sources: ResultSources) -> list[str]:
+    hardware = "; ".join(sorted(sources.hardware)) or config_hardware_label(config)
+    commit = ", ".join(sorted(sources.commits)) or "not recorded"
+    if sources.newest_mtime is None:
+        date = "none"
+    else:
+        moment = datetime.datetime.fromtimestamp(sources.newest_mtime, tz=datetime.timezone.utc)
+        date = moment.strftime("%Y-%m-%d")
+    return [
+        f"Preset `{config.get('preset')}` · model {model_label(config)} · hardware: {hardware} · "
+        f"commit {commit} · newest result: {date}.",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy tables
+
+
+@dataclass
+class TableDocument:
+    """One regenerated table: its file name, title, body lines and the results it was built from."""
+
+    file_name: str
+    title: str
+    body: list[str]
+    sources: ResultSources
+
+
+def configured_runs(config: dict, dataset: str) -> list[dict]:
+    return [run for run in config.get("runs") or [] if run["dataset"] == dataset]
+
+
+def match_accuracy_rows(runs: Sequence[dict], table: AccuracyTable) -> list[dict | None]:
+    """For each recipe row, the first unused configured run with its strategy and precision
+    (attention may differ), or None."""
+    used: set[str] = set()
+    matched = []
+    for row in table.rows:
+        run = next((r for r in runs if r["run"] not in used and row.strategy is not None
+                    and (r["strategy"], r["precision"]) == (row.strategy, row.precision)), None)
+        if run is not None:
+            used.add(run["run"])
+        matched.append(run)
+    return matched
+
+
+def recipe_references(config: dict, table: AccuracyTable) -> dict[str, float]:
+    """Configured run name -> the recipe's value of the row it reproduces (as in the table)."""
+    runs = configured_runs(config, table.dataset)
+    return {
+        run["run"]: float(row.reference)
+        for row, run in zip(table.rows, match_accuracy_rows(runs, table))
+        if run is not None and row.reference
+    }
+
+
+def base_lines(config: dict, results_dir: Path, dataset: str, runs: Sequence[dict], decimals: int,
+               sources: ResultSources) -> list[str]:
+    """The 'before fine-tuning' line and the majority baseline, from the base model's scores."""
+    if not any(run.get("skip_reason") is None for run in runs):
+        return ["Before fine-tuning: not evaluated (no run of this task in this preset)."]
+    base = read_base_result(results_dir, dataset, sources)
+    metric = METRIC_TITLE.get(base.get("metric"), "score")
+    return [
+        f"Before fine-tuning (base model): {metric} {format_number(base['score'], decimals)}. "
+        f"Majority baseline (always the train split's most frequent answer): "
+        f"{format_number(base['majority_baseline'], decimals)}. "
+        f"Evaluated on the `{base.get('split')}` split, n = {base['n']}.",
+    ]
+
+
+def accuracy_document(config: dict, results_dir: Path, table: AccuracyTable) -> TableDocument:
+    sources = ResultSources()
+    decimals = table.decimals
+    runs = configured_runs(config, table.dataset)
+    official = table.dataset == "docvqa"
+    added = ["Recipe", "Δ", *(["ANLS (official)"] if official else []), "Final loss", "Note"]
+    header, separator = extend_header(table.header, table.separator, added)
+
+    def not_run(metric_cell: str, reference: str, note: str) -> list[str]:
+        return [metric_cell, reference, MISSING, *([MISSING] if official else []), MISSING, note]
+
+    def measured(run: dict, reference: str | None, differences: list[str]) -> list[str]:
+        result = read_run_result(results_dir, run, sources)
+        score = result.scores["score"]
+        delta = format_delta(score, reference, decimals) if reference else MISSING
+        cells = [format_number(score, decimals), reference or MISSING, delta]
+        if official:
+            cells.append(format_official(result.scores, decimals))
+        return cells + [f"{result.metrics['final_loss']:.4f}", run_note(run, differences)]
+
+    matched = match_accuracy_rows(runs, table)
+    rows = []
+    for row, run in zip(table.rows, matched):
+        if row.strategy is None:
+            rows.append([*row.cells[:-1], *not_run("", MISSING, "no run in the recipe")])
+        elif run is None or run.get("skip_reason") is not None:
+            rows.append([*row.cells[:-1], *not_run(MISSING, row.reference, skip_note(run))])
+        else:
+            rows.append([*row.cells[:-1], *measured(run, row.reference, differences_from_recipe(row, run))])
+
+    # Configured runs the recipe has no row for come after the recipe's rows.
+    used = {run["run"] for run in matched if run is not None}
+    for run in runs:
+        if run["run"] in used:
+            continue
+        if run.get("skip_reason") is not None:
+            rows.append(run_cells(table.columns[:-1], run) + not_run(MISSING, MISSING, skip_note(run)))
+        else:
+            rows.append(run_cells(table.columns[:-1], run) + measured(run, None, limit_notes(run)))
+
+    body = table_lines(split_cells(header), rows, header, separator)
+    body += ["", *base_lines(config, results_dir, table.dataset, runs, decimals, sources)]
+    if official:
+        body += ["", ANLS_NOTE]
+    if "Phi-3-vision" in table.title:
+        body += ["", "The recipe's values in this table were measured with Phi-3-vision."]
+    return TableDocument(table.file_name, table.title, body, sources)
+
+
+def format_official(scores: dict, decimals: int) -> str:
+    value = scores.get("anls_official")
+    return MISSING if value is None else format_number(value, decimals)
+
+
+def extra_document(config: dict, results_dir: Path, dataset: str) -> TableDocument:
+    """A table in the recipe's style for a dataset the recipe publishes no table for."""
+    sources = ResultSources()
+    decimals = 2
+    runs = configured_runs(config, dataset)
+    metric = (config.get("datasets") or {}).get(dataset, {}).get("metric", "accuracy")
+    rows = []
+    for run in runs:
+        if run.get("skip_reason") is not None:
+            rows.append([*run_cells(EXTRA_COLUMNS, run), MISSING, MISSING, skip_note(run)])
+            continue
+        result = read_run_result(results_dir, run, sources)
+        rows.append([*run_cells(EXTRA_COLUMNS, run), format_number(result.scores["score"], decimals),
+                     f"{result.metrics['final_loss']:.4f}", run_note(run, limit_notes(run))])
+    columns = [*EXTRA_COLUMNS, METRIC_TITLE.get(metric, metric), "Final loss", "Note"]
+    body = table_lines(columns, rows)
+    body += ["", *base_lines(config, results_dir, dataset, runs, decimals, sources)]
+    body += ["", "The recipe publishes no table for this task: no reference values."]
+    title = DATASET_TITLE.get(dataset, dataset)
+    return TableDocument(f"{dataset}.md", title, body, sources)
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed table
+
+
+def matches_speed_row(config_row: dict, recipe_row, table: SpeedTable) -> bool:
+    return (
+        config_row["strategy"] == recipe_row.strategy
+        and (config_row["attention"] == FLASH_ATTENTION) == recipe_row.flash_attention
+        and config_row["nodes"] == recipe_row.nodes
+        and config_row["precision"] == table.precision
+    )
+
+
+def match_speed_rows(config_rows: Sequence[dict], table: SpeedTable, used: set[str]) -> list[dict | None]:
+    """For each recipe row, the first unused configured row it matches (None if none); marks them used."""
+    matched = []
+    for recipe_row in table.rows:
+        row = next((r for r in config_rows if r["row"] not in used
+                    and matches_speed_row(r, recipe_row, table)), None)
+        if row is not None:
+            used.add(row["row"])
+        matched.append(row)
+    return matched
+
+
+def speed_references(config: dict) -> dict[str, tuple[SpeedTable, SpeedRow]]:
+    """Configured speed row name -> the recipe table and row it reproduces."""
+    config_rows = (config.get("speed") or {}).get("rows") or []
+    used: set[str] = set()
+    references = {}
+    for table in SPEED_TABLES:
+        for recipe_row, row in zip(table.rows, match_speed_rows(config_rows, table, used)):
+            if row is not None:
+                references[row["row"]] = (table, recipe_row)
+    return references
+
+
+def read_speed_result(results_dir: Path, config_row: dict, sources: ResultSources) -> dict:
+    path = results_dir / "speed" / f"{config_row['row']}.json"
+    data = read_result(path, f"speed row {config_row['row']}", ("img_per_s",), sources)
+    note_provenance(data, sources)
+    if data.get("device") and not isinstance(data.get("hardware"), dict):
+        sources.hardware.add(f"{data.get('nodes', 1) * data.get('gpus', 1)}x {data['device']}")
+    return data
+
+
+def measured_speed_cells(method: str, measured: dict, baseline: float | None, is_baseline: bool) -> list[str]:
+    """The recipe's speed columns filled with one measurement."""
+    img_per_s = measured["img_per_s"]
+    if is_baseline:
+        speedup = "1x"
+    elif baseline:
+        speedup = f"{img_per_s / baseline:.2f}x"
+    else:
+        speedup = MISSING
+    return [
+        method,
+        str(measured.get("nodes", 1)),
+        str(measured.get("gpus", 1)),
+        CHECK_MARK if measured.get("attention") == FLASH_ATTENTION else "",
+        str(measured.get("effective_batch", MISSING)),
+        f"{img_per_s:.3f}",
+        speedup,
+        format_memory(measured.get("peak_mem_gib")),
+    ]
+
+
+def extra_speed_cells(measured: dict) -> list[str]:
+    tokens = measured.get("tokens_per_s")
+    mfu = measured.get("mfu")
+    return [
+        MISSING if tokens is None else f"{tokens:.1f}",
+        MISSING if mfu is None else f"{100 * mfu:.1f}%",
+        measured.get("precision", MISSING),
+    ]
+
+
+def speed_section(config: dict, results_dir: Path, table: SpeedTable, used: set[str],
+                  extra_rows: Sequence[dict], sources: ResultSources) -> list[str]:
+    """One recipe speed table with this workflow's measurements in its columns."""
+    hw = table.hardware
+    added = ["Tokens/s", "MFU", "data type", f"{hw} GPUs", f"{hw} img/s", f"{hw} speedup",
+             f"{hw} mem (GB)", "Row"]
+    header, separator = extend_header(table.header, table.separator, added)
+    config_rows = (config.get("speed") or {}).get("rows") or []
+
+    matched = match_speed_rows(config_rows, table, used)
+
+    def measurement(row: dict | None) -> dict | None:
+        if row is None or row.get("skip_reason") is not None:
+            return None
+        return read_speed_result(results_dir, row, sources)
+
+    measurements = [measurement(row) for row in matched]
+    baseline = measurements[0]["img_per_s"] if measurements[0] else None
+
+    lines_rows = []
+    for index, (recipe_row, row, measured) in enumerate(zip(table.rows, matched, measurements)):
+        reference = [str(recipe_row.gpus), recipe_row.img_per_s, recipe_row.speedup,
+                     recipe_row.peak_mem_gb]
+        if measured is None:
+            cells = [*recipe_row.cells[:5], MISSING, MISSING, MISSING, MISSING, MISSING, table.precision]
+            lines_rows.append([*cells, *reference, skip_note(row)])
+            continue
+        cells = measured_speed_cells(recipe_row.cells[0], measured, baseline, index == 0)
+        lines_rows.append([*cells, *extra_speed_cells(measured), *reference, f"`{row['row']}`"])
+
+    # Rows of the preset with no counterpart in the recipe, in this table's precision.
+    for row in extra_rows:
+        if row["row"] in used or row["precision"] != table.precision:
+            continue
+        used.add(row["row"])
+        measured = measurement(row)
+        method = METHOD_OF_STRATEGY[row["strategy"]]
+        if measured is None:
+            flash = CHECK_MARK if row["attention"] == FLASH_ATTENTION else ""
+            cells = [method, str(row["nodes"]), str(row["gpus"]), flash, str(row["effective_batch"]),
+                     MISSING, MISSING, MISSING, MISSING, MISSING, row["precision"]]
+            lines_rows.append([*cells, MISSING, MISSING, MISSING, MISSING, skip_note(row)])
+            continue
+        cells = measured_speed_cells(method, measured, baseline, False)
+        lines_rows.append([*cells, *extra_speed_cells(measured), MISSING, MISSING, MISSING, MISSING,
+                           f"`{row['row']}`"])
+
+    return [f"## {table.title}", "", *table_lines(split_cells(header), lines_rows, header, separator)]
+
+
+def speed_document(config: dict, results_dir: Path) -> TableDocument:
+    sources = ResultSources()
+    used: set[str] = set()
+    config_rows = (config.get("speed") or {}).get("rows") or []
+    body = [SPEED_NOTE, ""]
+    weights = (config.get("speed") or {}).get("weights")
+    for table in SPEED_TABLES:
+        body += speed_section(config, results_dir, table, used, config_rows, sources) + [""]
+    leftover = [row["row"] for row in config_rows if row["row"] not in used]
+    if leftover:
+        body += [f"Rows of this preset in neither table's precision: {', '.join(leftover)}.", ""]
+    body += [
+        "Measured columns: this workflow's benchmark (img/s counted over the measured steps after "
+        f"warm-up; peak memory in GiB; weights: {weights or 'as configured'}). Speedup: against the "
+        "table's first row as measured here. The recipe's columns are its 8-GPU reference values.",
+    ]
+    return TableDocument("speed.md", "Speed benchmarking", body, sources)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def render(document: TableDocument, config: dict, level: int = 1) -> str:
+    """A document as markdown; `level` 2 nests it under the results README."""
+    body = [("#" * (level - 1) + line) if line.startswith("## ") else line for line in document.body]
+    lines = ["#" * level + f" {document.title}", "", *body, "", *footer_lines(config, document.sources)]
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary name next to `path`, then rename: no half-written file is ever seen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def table_documents(config: dict, results_dir: str | os.PathLike) -> list[TableDocument]:
+    """Every table the configuration calls for: the recipe's four, then one per extra dataset."""
+    results_dir = Path(results_dir)
+    documents = [accuracy_document(config, results_dir, table) for table in ACCURACY_TABLES]
+    documents.append(speed_document(config, results_dir))
+    recipe_datasets = {table.dataset for table in ACCURACY_TABLES}
+    extra = []
+    for run in config.get("runs") or []:
+        if run["dataset"] not in recipe_datasets and run["dataset"] not in extra:
+            extra.append(run["dataset"])
+    documents += [extra_document(config, results_dir, dataset) for dataset in extra]
+    return documents
+
+
+def table_file_names(config: dict) -> list[str]:
+    """The file names `write_tables` writes (for the workflow's outputs), README excluded."""
+    names = [table.file_name for table in ACCURACY_TABLES] + ["speed.md"]
+    recipe_datasets = {table.dataset for table in ACCURACY_TABLES}
+    for run in config.get("runs") or []:
+        name = f"{run['dataset']}.md"
+        if run["dataset"] not in recipe_datasets and name not in names:
+            names.append(name)
+    return names
+
+
+def write_tables(config: dict, results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Write one markdown file per table into `out_dir` and `<results_dir>/README.md` gathering all.
+
+    Returns the written paths. Raises UserError naming the run and the file when a result a
+    table needs is missing or corrupt.
+    """
+    out_dir = Path(out_dir)
+    documents = table_documents(config, results_dir)
+    written = []
+    for document in documents:
+        path = out_dir / document.file_name
+        write_text_atomic(path, render(document, config))
+        written.append(path)
+    readme = Path(results_dir) / "README.md"
+    sections = [render(document, config, level=2) for document in documents]
+    write_text_atomic(readme, f"# Results of preset `{config.get('preset')}`\n\n" + "\n".join(sections))
+    written.append(readme)
+    return written

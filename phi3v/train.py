@@ -1,0 +1,425 @@
+"""Fine-tune Phi-3.5-vision: every strategy, checkpoints, automatic resume, torchrun.
+
+    torchrun --nproc_per_node=N -m phi3v.train --run-json RUN --base-model DIR --data-dir DIR \\
+        --dataset NAME --out-dir DIR --checkpoint-dir DIR
+
+Loss of an optimiser step: the mean over the supervised tokens of the whole effective batch (all
+micro-batches of all processes), so padding, packing or the process count never change it.
+Data order: a permutation of the training set per epoch from (seed, epoch); optimiser step s takes
+the next `batch_size` samples, each process its slice, as `accumulation` micro-batches of
+`per_device_batch_size` samples (padded, or packed into one row). Resuming at step s therefore
+only needs s: the data position is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data.collate import IGNORE_INDEX, collate_packed, collate_padded, effective_batch_plan
+from .data.dataset import ConversationDataset
+from .errors import UserError
+from .training.checkpoint import (keep_only_trainable_tensors, latest_checkpoint, load_checkpoint,
+                                  save_checkpoint)
+from .training.strategy import build_model, check_run, deepspeed_config, parameter_counts, precision_dtype
+
+RUN_FIELDS = ("dataset", "run", "strategy", "precision", "attention", "learning_rate", "epochs",
+              "batch_size", "per_device_batch_size", "lora_rank", "lora_alpha", "lora_dropout",
+              "weight_decay", "warmup_steps", "max_grad_norm", "num_crops", "gradient_checkpointing",
+              "packing", "checkpoint_every", "max_steps", "max_train_samples", "seed", "deepspeed")
+
+
+# ---- set-up ------------------------------------------------------------------------------------
+
+def check_fields(run: dict) -> None:
+    missing = [key for key in RUN_FIELDS if key not in run]
+    if missing:
+        raise UserError(f"run config {run.get('run')!r} lacks {', '.join(missing)} — resolve it with "
+                        "phi3v.settings.resolve_config")
+
+
+def make_accelerator(run: dict, accumulation: int):
+    """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise."""
+    from accelerate import Accelerator, DeepSpeedPlugin
+
+    if run["deepspeed"]:
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(run, accumulation))
+        return Accelerator(deepspeed_plugin=plugin, mixed_precision=run["precision"],
+                           gradient_accumulation_steps=accumulation, step_scheduler_with_optimizer=False)
+    # Precision is ours (autocast + GradScaler): Accelerate would run fp16 on a CPU as plain fp32.
+    return Accelerator(mixed_precision="no", gradient_accumulation_steps=accumulation,
+                       step_scheduler_with_optimizer=False)
+
+
+def make_optimizer(model, run: dict) -> torch.optim.Optimizer:
+    """The recipe's AdamW; no weight decay on biases and norms (1-D tensors), as transformers does."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": run["weight_decay"]},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=run["learning_rate"], betas=(0.9, 0.95), eps=1e-7)
+
+
+def step_plan(num_samples: int, run: dict) -> tuple[int, int]:
+    """(optimiser steps per epoch, total optimiser steps); an incomplete last batch is dropped."""
+    steps_per_epoch = num_samples // run["batch_size"]
+    if steps_per_epoch == 0:
+        raise UserError(f"run {run['run']!r}: the training split has {num_samples} samples, fewer than "
+                        f"batch_size={run['batch_size']} — lower batch_size or raise max_train_samples")
+    total = run["max_steps"] if run["max_steps"] is not None else run["epochs"] * steps_per_epoch
+    return steps_per_epoch, total
+
+
+def micro_batches(step: int, *, num_samples: int, run: dict, accumulation: int, rank: int,
+                  world_size: int) -> list[list[int]]:
+    """Sample indices of this process's micro-batches for optimiser step `step`."""
+    batch, per_device = run["batch_size"], run["per_device_batch_size"]
+    epoch, index = divmod(step, num_samples // batch)
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(run["seed"] + epoch))
+    window = order[index * batch:(index + 1) * batch].tolist()
+    share = window[rank * per_device * accumulation:(rank + 1) * per_device * accumulation]
+    return [share[i * per_device:(i + 1) * per_device] for i in range(accumulation)]
+
+
+def make_loader(dataset, run: dict, *, start: int, total: int, accumulation: int, rank: int,
+                world_size: int, pad_token_id: int) -> DataLoader:
+    """Micro-batches of steps start..total-1 for this process, decoded ahead by worker processes."""
+    batches = [b for step in range(start, total)
+               for b in micro_batches(step, num_samples=len(dataset), run=run, accumulation=accumulation,
+                                      rank=rank, world_size=world_size)]
+    collate = collate_packed if run["packing"] else functools.partial(collate_padded, pad_token_id=pad_token_id)
+    workers = min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                      pin_memory=torch.cuda.is_available())
+
+
+def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Tokens the loss counts: labels shift by one, so position 0 is never a target."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+def train(run: dict, *, base_model, data_dir, dataset_name: str, out_dir, checkpoint_dir) -> dict:
+    """Train one run; resume from the newest checkpoint if any; write model/adapter, logs, metrics."""
+    result = fit(run, base_model=base_model, data_dir=data_dir, dataset_name=dataset_name,
+                 checkpoint_dir=checkpoint_dir)
+    accelerator = result.accelerator
+    if accelerator.is_main_process:
+        write_outputs(accelerator.unwrap_model(result.model), run, base_model=Path(base_model),
+                      data_dir=Path(data_dir), out_dir=Path(out_dir), log=result.log, metrics=result.metrics)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result.metrics
+
+
+@dataclass
+class FitResult:
+    model: torch.nn.Module  # as prepared by Accelerate (DDP/DeepSpeed wrapper, or the model itself)
+    accelerator: object
+    log: list
+    metrics: dict
+    timed: "Throughput"
+
+
+def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -> FitResult:
+    """The training loop: set up, resume, train `total_steps` optimiser steps, measure."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, set_seed
+
+    from .processing_phi3v import Phi3VProcessor
+
+    check_fields(run)
+    data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
+    state = PartialState()
+    check_run(run, state.device)
+    accumulation = effective_batch_plan(run["batch_size"], run["per_device_batch_size"], state.num_processes)
+    accelerator = make_accelerator(run, accumulation)
+    uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    set_seed(run["seed"])  # same LoRA init and data order on every process
+
+    processor = Phi3VProcessor.from_pretrained(base_model)
+    train_jsonl = data_dir / f"{dataset_name}_train.jsonl"
+    if not train_jsonl.is_file():
+        raise UserError(f"{train_jsonl} does not exist — build the dataset {dataset_name!r} first")
+    dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run["num_crops"],
+                                  run["max_train_samples"])
+    steps_per_epoch, total_steps = step_plan(len(dataset), run)
+
+    model = build_model(run, str(base_model))
+    trainable_params, total_params = parameter_counts(model)
+    optimizer = make_optimizer(model, run)
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, run["warmup_steps"], total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # fp16 without DeepSpeed: fp32 weights, fp16 autocast, loss scaling; bf16 needs no scaler
+    autocast_dtype = None if uses_deepspeed else precision_dtype(run["precision"])
+    scaler = (torch.amp.GradScaler(accelerator.device.type)
+              if autocast_dtype == torch.float16 else None)
+    if scaler is not None:
+        accelerator.register_for_checkpointing(scaler)
+    keep_only_trainable_tensors(accelerator)
+
+    start_step, log = 0, []
+    resume_from = latest_checkpoint(checkpoint_dir)
+    if resume_from is not None:
+        trainer_state = load_checkpoint(accelerator, resume_from)
+        start_step, log = trainer_state["step"], trainer_state["log"]
+        accelerator.print(f"resuming from {resume_from} (step {start_step} of {total_steps})")
+
+    loader = make_loader(dataset, run, start=start_step, total=total_steps, accumulation=accumulation,
+                         rank=accelerator.process_index, world_size=accelerator.num_processes,
+                         pad_token_id=processor.pad_token_id)
+    batches = iter(loader)
+    input_dtype = accelerator.unwrap_model(model).dtype if uses_deepspeed else None
+    autocast = (torch.autocast(accelerator.device.type, dtype=autocast_dtype) if autocast_dtype
+                else contextlib.nullcontext())
+    model.train()
+    wall_start = time.perf_counter()
+    timed = Throughput()
+    progress = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_main_process,
+                    desc=run["run"])
+    for step in range(start_step, total_steps):
+        t0 = time.perf_counter()
+        micro = [to_device(next(batches), accelerator.device, input_dtype) for _ in range(accumulation)]
+        # every process needs the effective batch's token count before its first backward
+        window_tokens = accelerator.reduce(sum(supervised_tokens(b["labels"]) for b in micro), "sum")
+        step_loss = torch.zeros((), device=accelerator.device)
+        for batch in micro:
+            with accelerator.accumulate(model):
+                with autocast:
+                    # loss = this micro-batch's token-loss sum / the effective batch's token count
+                    loss = model(**batch, num_items_in_batch=window_tokens).loss
+                # Accelerate/DeepSpeed divide by `accumulation`, DDP averages over processes: undo both
+                scaled = loss * (accumulation * accelerator.num_processes)
+                accelerator.backward(scaler.scale(scaled) if scaler else scaled)
+                step_loss += loss.detach()
+        if scaler:
+            scaler.unscale_(optimizer)
+        accelerator.clip_grad_norm_(model.parameters(), run["max_grad_norm"])
+        lr = scheduler.get_last_lr()[0]
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        loss = accelerator.reduce(step_loss, "sum").item()
+        images, crops, tokens = accelerator.reduce(
+            sum(batch_counts(b) for b in micro), "sum").tolist()
+        seconds = time.perf_counter() - t0
+        if step > start_step or total_steps - start_step == 1:  # the first step warms up kernels
+            timed.add(images, crops, tokens, seconds)
+        log.append({"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "loss": loss,
+                    "lr": lr, "tokens": int(tokens), "img_per_s": images / seconds, "step_s": seconds})
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}")
+        if run["checkpoint_every"] and (step + 1) % run["checkpoint_every"] == 0 and step + 1 < total_steps:
+            save_checkpoint(accelerator, checkpoint_dir, step + 1, {"step": step + 1, "log": log})
+    progress.close()
+
+    metrics = {
+        "img_per_s": timed.per_second(timed.images),
+        "tokens_per_s": timed.per_second(timed.tokens),
+        "peak_mem_gib": peak_memory_gib(accelerator.device),
+        **mfu_entry(run, accelerator.unwrap_model(model).config, accelerator.device, timed,
+                    accelerator.num_processes),
+        "wall_s": time.perf_counter() - wall_start,
+        "steps": total_steps,
+        "final_loss": log[-1]["loss"] if log else None,
+        "trainable_params": trainable_params,
+        "total_params": total_params,
+        "weights_dtype": dtype_name(model, trainable=True),
+        "frozen_weights_dtype": dtype_name(model, trainable=False),
+        "autocast_dtype": str(autocast_dtype).removeprefix("torch.") if autocast_dtype else None,
+        "deepspeed": uses_deepspeed,
+        "processes": accelerator.num_processes,
+        "accumulation_steps": accumulation,
+    }
+    accelerator.wait_for_everyone()
+    return FitResult(model, accelerator, log, metrics, timed)
+
+
+def to_device(batch: dict, device: torch.device, pixel_dtype: torch.dtype | None) -> dict:
+    """Move a collated batch; DeepSpeed runs without autocast, so pixels take the weights' dtype."""
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if v is not None}
+    if pixel_dtype is not None and "pixel_values" in moved:
+        moved["pixel_values"] = moved["pixel_values"].to(pixel_dtype)
+    return moved
+
+
+def batch_counts(batch: dict) -> torch.Tensor:
+    """(images, crops, non-padding tokens) of a collated batch, as one tensor to reduce."""
+    images = batch["image_sizes"].shape[0] if "image_sizes" in batch else 0
+    crops = batch["pixel_values"].shape[0] if "pixel_values" in batch else 0
+    mask = batch.get("attention_mask")
+    tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    return torch.tensor([images, crops, tokens], dtype=torch.float64, device=batch["input_ids"].device)
+
+
+def dtype_name(model, *, trainable: bool) -> str | None:
+    """dtype of the (first) trainable or frozen parameter: what the run actually holds in memory."""
+    dtype = next((p.dtype for p in model.parameters() if p.requires_grad == trainable), None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+
+@dataclass
+class Throughput:
+    """What the timed steps processed, summed over processes (the first step is not timed)."""
+
+    steps: int = 0
+    images: float = 0.0
+    crops: float = 0.0
+    tokens: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, images, crops, tokens, seconds) -> None:
+        self.steps += 1
+        self.images, self.crops = self.images + images, self.crops + crops
+        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
+
+    def per_second(self, amount: float) -> float | None:
+        return amount / self.seconds if self.seconds else None
+
+
+def mfu_entry(run: dict, model_config, device: torch.device, timed: Throughput, num_devices: int,
+              samples_per_s: float | None = None) -> dict:
+    """MFU from the measured throughput, or null with the reason when it cannot be known."""
+    from . import flops
+
+    if device.type != "cuda":
+        return {"mfu": None, "mfu_reason": f"no peak FLOP/s known for a {device.type} device"}
+    name = torch.cuda.get_device_name(device)
+    peak = flops.peak_flops(name, run["precision"])
+    if peak is None or not timed.seconds:
+        return {"mfu": None, "mfu_reason": f"no peak FLOP/s known for {name} in {run['precision']}"}
+    samples = timed.steps * run["batch_size"]
+    samples_per_s = samples_per_s if samples_per_s is not None else timed.per_second(samples)
+    per_sample = flops.training_flops_per_sample(
+        flops.ModelShape.from_config(model_config), seq_len=timed.tokens / samples,
+        num_crops=timed.crops / samples, strategy=run["strategy"])
+    return {"mfu": flops.mfu(per_sample, samples_per_s, num_devices=num_devices,
+                             peak_flops_per_device=peak), "mfu_reason": None}
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json",
+                "generation_config.json", "provenance.json")
+
+
+def copy_processor_files(base_model: Path, folder: Path) -> None:
+    """Tokenizer and preprocessor files of the base model, unchanged by training."""
+    for path in base_model.iterdir():
+        is_weights = path.name.startswith("model-") or path.name in WEIGHT_FILES
+        if path.is_file() and not is_weights and not (folder / path.name).exists():
+            shutil.copy2(path, folder / path.name)
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path):
+    """Build a folder under a temporary name; it replaces `final` only when complete."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def export_merged_lora(peft_model, base_model: Path, adapter_dir: Path, folder: Path) -> None:
+    """Merge the adapter into a fresh full-precision base (every CLIP layer back) and save it."""
+    from peft import PeftModel
+
+    from .modeling_phi3v import Phi3VForCausalLM
+
+    base = Phi3VForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    saved_dtype = base.config.dtype or torch.float32  # the base checkpoint's own dtype
+    base.drop_unused_vision_layers()  # as in training: the adapter has nothing there; saving restores them
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.to(getattr(torch, str(saved_dtype).removeprefix("torch.")))
+    merged.save_pretrained(folder)
+
+
+def write_outputs(model, run: dict, *, base_model: Path, data_dir: Path, out_dir: Path,
+                  log: list, metrics: dict) -> None:
+    from . import provenance
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if run["strategy"] in ("lora", "qlora"):
+        with atomic_folder(out_dir / "adapter") as adapter_dir:
+            model.save_pretrained(adapter_dir, save_embedding_layers=False)  # only LoRA weights train
+        with atomic_folder(out_dir / "model") as model_dir:
+            export_merged_lora(model, base_model, out_dir / "adapter", model_dir)
+            copy_processor_files(base_model, model_dir)
+    else:
+        with atomic_folder(out_dir / "model") as model_dir:
+            model.save_pretrained(model_dir)
+            copy_processor_files(base_model, model_dir)
+    tmp_log = out_dir / ".train_log.jsonl.tmp"
+    tmp_log.write_text("".join(json.dumps(entry) + "\n" for entry in log))
+    os.replace(tmp_log, out_dir / "train_log.jsonl")
+    provenance.write_json_atomic(out_dir / "provenance.json", provenance.collect(
+        run, model_dir=base_model, data_dir=data_dir,
+        extra={"precision": {k: metrics[k] for k in ("weights_dtype", "frozen_weights_dtype",
+                                                     "autocast_dtype", "deepspeed")}}))
+    provenance.write_json_atomic(out_dir / "metrics.json", metrics)
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m phi3v.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--run-json", required=True, help="resolved run config: JSON text or a .json file")
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--checkpoint-dir", required=True)
+    return parser.parse_args(argv)
+
+
+def read_run_json(text: str) -> dict:
+    source = Path(text) if not text.lstrip().startswith("{") else None
+    try:
+        return json.loads(source.read_text() if source else text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--run-json: cannot read a run config from {text[:80]!r} ({exc}) — give JSON "
+                        "text or a path to a .json file") from exc
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        train(read_run_json(args.run_json), base_model=args.base_model, data_dir=args.data_dir,
+              dataset_name=args.dataset, out_dir=args.out_dir, checkpoint_dir=args.checkpoint_dir)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+# The rows of the recipe's speed table: training throughput, memory and MFU on the DocVQA shape.
+
+
+rule benchmark_speed:
+    input:
+        base_model=results("base_model"),
+        data=results(f"data/{config['speed']['dataset']}"),
+    output:
+        results("speed/{row}.json"),
+    log:
+        results("logs/speed/{row}.log"),
+    benchmark:
+        results("benchmarks/speed/{row}.tsv")
+    params:
+        row=lambda wildcards: settings.speed_row(config, wildcards.row),
+        dataset=config["speed"]["dataset"],
+        num_crops=config["speed"]["num_crops"],
+        weights=config["speed"]["weights"],
+        steps=config["speed"]["steps"],
+        warmup=config["speed"]["warmup"],
+    threads: resources_of("benchmark")["threads"]
+    resources:
+        mem_mb=resources_of("benchmark")["mem_mb"],
+        runtime=resources_of("benchmark")["runtime"],
+        gpus=lambda wildcards: (
+            settings.speed_row(config, wildcards.row)["gpus"] if config["hardware"]["accelerator"] == "cuda" else 0
+        ),
+        nodes=lambda wildcards: settings.speed_row(config, wildcards.row)["nodes"],
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/benchmark_speed.py"

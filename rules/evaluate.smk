@@ -1,0 +1,27 @@
+# Greedy-decoding evaluation of every run, and of the base model (`base`) on every dataset.
+
+
+rule evaluate:
+    input:
+        model=model_to_evaluate,
+        data=dataset_dir,
+    output:
+        predictions=results("eval/{dataset}/{run}/predictions.jsonl"),
+        scores=results("eval/{dataset}/{run}/scores.json"),
+    log:
+        results("logs/evaluate/{dataset}/{run}.log"),
+    benchmark:
+        results("benchmarks/evaluate/{dataset}/{run}.tsv")
+    params:
+        options=lambda wildcards: settings.evaluation_options(config, wildcards.dataset, wildcards.run),
+        out_dir=lambda wildcards: results(f"eval/{wildcards.dataset}/{wildcards.run}"),
+    threads: resources_of("evaluate")["threads"]
+    resources:
+        mem_mb=resources_of("evaluate")["mem_mb"],
+        runtime=resources_of("evaluate")["runtime"],
+        gpus=1 if config["hardware"]["accelerator"] == "cuda" else 0,
+        nodes=1,
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../scripts/evaluate.py"

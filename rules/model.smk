@@ -1,0 +1,46 @@
+# The base model every run starts from: a tiny model pre-trained here (demo) or the hub's weights.
+
+if config["model"]["source"] == "demo":
+
+    rule build_demo_model:
+        input:
+            corpus=results("pretrain/corpus"),
+            datasets=[results(f"data/{dataset}") for dataset in settings.used_datasets(config)],
+        output:
+            directory(results("base_model")),
+        log:
+            results("logs/build_demo_model.log"),
+        benchmark:
+            results("benchmarks/build_demo_model.tsv")
+        params:
+            steps=config["pretrain"]["steps"],
+            seed=config["pretrain"]["seed"],
+            vocab_size=config["pretrain"]["vocab_size"],
+        threads: resources_of("model")["threads"]
+        resources:
+            mem_mb=resources_of("model")["mem_mb"],
+            runtime=resources_of("model")["runtime"],
+        conda:
+            "../envs/train.yaml"
+        script:
+            "../scripts/build_demo_model.py"
+
+else:
+
+    rule download_model:
+        output:
+            directory(results("base_model")),
+        log:
+            results("logs/download_model.log"),
+        params:
+            repo_id=config["model"]["id"],
+            revision=config["model"]["revision"],
+            cache_dir=config["model"]["cache_dir"],
+        threads: resources_of("model")["threads"]
+        resources:
+            mem_mb=resources_of("model")["mem_mb"],
+            runtime=resources_of("model")["runtime"],
+        conda:
+            "../envs/data.yaml"
+        script:
+            "../scripts/download_model.py"

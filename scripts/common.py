@@ -1,0 +1,49 @@
+"""What every workflow script shares: the log file, the thread count, and clean user errors."""
+
+import contextlib
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+# The package from this checkout, also inside a conda environment that does not install it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from phi3v.errors import UserError  # noqa: E402
+
+
+def run_step(snakemake, step):
+    """Run `step()` with stdout, stderr and logging going to the job's log file.
+
+    A UserError ends the job with its message alone (in the log and on the console) and status 2.
+    """
+    # Before torch is imported: one job's threads must not take the cores of the jobs beside it.
+    os.environ["OMP_NUM_THREADS"] = str(snakemake.threads)
+    log_path = Path(snakemake.log[0])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        logging.basicConfig(
+            stream=log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
+        )
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(snakemake.threads)
+        try:
+            return step()
+        except UserError as error:
+            print(f"error: {error}", file=log)
+            print(f"error: {error}", file=sys.__stderr__)
+            sys.exit(2)
+
+
+def source_function(kind: str, task: str):
+    """`phi3v.data.sources.<task>.<kind>_<task>` (kind: synthesize, download, convert); the
+    Cauldron's tasks share one module."""
+    for module_name in (task, "cauldron"):
+        try:
+            module = importlib.import_module(f"phi3v.data.sources.{module_name}")
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, f"{kind}_{task}"):
+            return getattr(module, f"{kind}_{task}")
+    raise RuntimeError(f"phi3v.data.sources has no {kind}_{task}")

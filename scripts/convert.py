@@ -1,0 +1,17 @@
+"""Raw folder -> the recipe's jsonl format + images, then per-split statistics."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+from common import run_step, source_function  # noqa: E402
+
+
+def convert():
+    from phi3v.data.stats import write_stats
+
+    out_dir = snakemake.output[0]
+    source_function("convert", snakemake.params.task)(snakemake.input[0], out_dir, **dict(snakemake.params.options))
+    write_stats(out_dir, snakemake.wildcards.dataset, snakemake.params.num_crops)
+
+
+run_step(snakemake, convert)

@@ -1,0 +1,19 @@
+"""Figures for `snakemake --report`: scores against the recipe, throughput, training curves."""
+
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)
+from common import run_step  # noqa: E402
+
+
+def figures():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a cluster node
+    from phi3v.report import write_figures
+
+    written = write_figures(dict(snakemake.params.config), snakemake.params.results_dir, snakemake.output[0])
+    print("wrote " + ", ".join(map(str, written)))
+
+
+run_step(snakemake, figures)

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from phi3v.data.collate import (
+    PackingSampler,
+    collate_packed,
+    collate_padded,
+    effective_batch_plan,
+    pack_indices,
+)
+from phi3v.errors import UserError
+
+S = 4  # crop size of these examples
+
+
+def example(length: int, start: int, num_images: int, crops_per_image: int = 2, prompt: int = 2) -> dict:
+    """An encoded example: ids start..start+length, the first `prompt` tokens unsupervised."""
+    input_ids = torch.arange(start, start + length)
+    labels = input_ids.clone()
+    labels[:prompt] = -100
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "pixel_values": torch.full((num_images * crops_per_image, 3, S, S), float(start)) if num_images else None,
+        "image_sizes": torch.tensor([[S, S * (crops_per_image - 1)]] * num_images) if num_images else None,
+        "num_images": num_images,
+    }
+
+
+def test_collate_padded_right():
+    batch = collate_padded([example(3, 10, 1), example(5, 20, 2)], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 0, 0], [20, 21, 22, 23, 24]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 12, -100, -100], [-100, -100, 22, 23, 24]]
+    assert batch["pixel_values"].shape == (6, 3, S, S)  # 1 image × 2 crops + 2 images × 2 crops
+    assert batch["pixel_values"][:2].eq(10).all() and batch["pixel_values"][2:].eq(20).all()  # example order
+    assert batch["image_sizes"].tolist() == [[S, S]] * 3 and batch["image_sizes"].dtype == torch.long
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "pixel_values", "image_sizes"}
+
+
+def test_collate_padded_left_and_without_images():
+    batch = collate_padded([example(2, 10, 0), example(4, 20, 0)], pad_token_id=7, padding_side="left")
+    assert batch["input_ids"].tolist() == [[7, 7, 10, 11], [20, 21, 22, 23]]
+    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[-100] * 4, [-100, -100, 22, 23]]
+    assert batch["pixel_values"] is None and batch["image_sizes"] is None
+    with pytest.raises(ValueError, match="padding_side"):
+        collate_padded([example(2, 10, 0)], pad_token_id=0, padding_side="middle")
+
+
+def test_collate_packed_positions_and_boundaries():
+    examples = [example(3, 10, 1, prompt=0), example(4, 20, 0, prompt=0), example(2, 30, 1, prompt=1)]
+    batch = collate_packed(examples)
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 20, 21, 22, 23, 30, 31]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 1]]
+    # a sample's first token is never a target, so nothing is predicted across a boundary
+    assert batch["labels"].tolist() == [[-100, 11, 12, -100, 21, 22, 23, -100, 31]]
+    assert "attention_mask" not in batch
+    assert batch["pixel_values"].shape == (4, 3, S, S) and batch["image_sizes"].shape == (2, 2)
+    assert examples[0]["labels"][0] == 10  # inputs untouched
+
+
+def test_pack_indices_respects_budget_and_keeps_every_sample_once():
+    rng = random.Random(0)
+    for _ in range(50):
+        lengths = [rng.randint(1, 100) for _ in range(rng.randint(1, 40))]
+        packs = pack_indices(lengths, max_tokens=120)
+        assert sorted(i for pack in packs for i in pack) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in pack) <= 120 for pack in packs)
+        assert all(pack for pack in packs)
+    assert pack_indices([60, 60, 50, 10], 120) == [[0, 1], [2, 3]]
+    assert pack_indices([100, 30, 20], 120) == [[0, 2], [1]]  # first fit fills earlier packs
+
+
+def test_pack_indices_rejects_sample_over_budget():
+    with pytest.raises(UserError, match="sample 1 has 200 tokens, more than the packing budget of 100"):
+        pack_indices([10, 200, 300], 100)
+
+
+def test_packing_sampler_shards_and_reshuffles():
+    lengths = [random.Random(i).randint(5, 50) for i in range(30)]
+    ranks = [PackingSampler(lengths, 64, seed=3, rank=r, world_size=2) for r in range(2)]
+    packs = [list(s) for s in ranks]
+    assert len(packs[0]) == len(packs[1]) == len(ranks[0])
+    seen = [i for rank_packs in packs for pack in rank_packs for i in pack]
+    assert len(seen) == len(set(seen))  # no sample twice across ranks
+    assert all(sum(lengths[i] for i in pack) <= 64 for rank_packs in packs for pack in rank_packs)
+    first_epoch = list(ranks[0])
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != first_epoch
+    ordered = list(PackingSampler(lengths, 64, shuffle=False))
+    assert sorted(i for pack in ordered for i in pack) == list(range(30))
+
+
+def test_effective_batch_plan():
+    assert effective_batch_plan(64, 1, 1) == 64
+    assert effective_batch_plan(64, 2, 4) == 8
+    assert effective_batch_plan(8, 8, 1) == 1
+    with pytest.raises(UserError, match=r"batch_size=64 is not divisible by per_device_batch_size=3 × 2 process\(es\) = 6"):
+        effective_batch_plan(64, 3, 2)
+    with pytest.raises(UserError, match="per_device_batch_size=0"):
+        effective_batch_plan(64, 0, 1)

@@ -1,0 +1,143 @@
+"""Evaluation: scoring, sharding across processes, the CLI, and a run on a tiny model folder."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from phi3v.errors import UserError
+from phi3v.evaluate import (
+    check_arguments,
+    evaluate,
+    main,
+    merge_shards,
+    precision_context,
+    scored_predictions,
+    shard,
+    summarize,
+)
+
+SCORES_FIELDS = {"dataset", "run", "split", "metric", "score", "accuracy", "majority_baseline", "n"}
+
+
+def test_shards_split_and_merge_exactly():
+    rows = [{"id": f"test-{i:010d}", "prediction": str(i)} for i in range(11)]
+    shards = [shard(rows, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 3]
+    ids = [row["id"] for part in shards for row in part]
+    assert sorted(ids) == [row["id"] for row in rows] and len(set(ids)) == len(rows)
+    assert merge_shards(shards[::-1]) == rows
+    assert shard(rows, 0, 1) == rows
+
+
+def test_merge_refuses_a_sample_answered_twice():
+    with pytest.raises(ValueError, match="answered twice"):
+        merge_shards([[{"id": "a"}], [{"id": "a"}]])
+
+
+def test_gold_answers_score_100_and_majority_baseline():
+    answers = [["yes"], ["no"], ["yes"], ["yes"]]
+    rows = scored_predictions(["d", "b", "c", "a"], ["Yes.", "no", "yes", "yes"], answers, "accuracy")
+    assert [row["id"] for row in rows] == ["a", "b", "c", "d"]
+    assert set(rows[0]) == {"id", "prediction", "answers", "score"}
+    scores = summarize(rows, metric="accuracy", majority="yes", dataset="hm", run="base", split="test")
+    assert SCORES_FIELDS <= set(scores) and "anls_recipe" not in scores
+    assert scores["score"] == 100.0 and scores["n"] == 4
+    assert scores["majority_baseline"] == 75.0
+
+
+def test_anls_scores_report_both_definitions():
+    answers = [["Paris", "paris city"], ["42"]]
+    rows = scored_predictions(["q1", "q2"], ["paris", "42."], answers, "anls")
+    scores = summarize(rows, metric="anls", majority="42", dataset="docvqa", run="r", split="test")
+    assert scores["anls_official"] == 100.0
+    assert scores["score"] == scores["anls_recipe"] == pytest.approx(100 * (0.8 + 1.0) / 2)
+    assert scores["majority_baseline"] == 50.0
+    assert scores["accuracy"] == 100.0  # exact match lower-cases, so "paris" matches "Paris"
+
+
+def test_bad_arguments_are_user_errors():
+    good = dict(metric="anls", precision="bf16", batch_size=2, max_new_tokens=8, max_samples=None)
+    check_arguments(**good)
+    for key, value in [("metric", "bleu"), ("precision", "fp32"), ("batch_size", 0),
+                       ("max_new_tokens", True), ("max_samples", 0)]:
+        with pytest.raises(UserError, match=key):
+            check_arguments(**{**good, key: value})
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_cpu_generation_runs_in_the_requested_precision(precision, dtype):
+    with precision_context(precision, torch.device("cpu")):
+        product = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert product.dtype == dtype
+
+
+def test_cli_prints_user_errors_without_traceback(tmp_path, capsys):
+    code = main(["--model-dir", str(tmp_path), "--data-dir", str(tmp_path / "nowhere"),
+                 "--dataset", "docvqa", "--metric", "anls", "--out-dir", str(tmp_path / "out"),
+                 "--run-name", "base", "--num-crops", "1", "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "docvqa_test.jsonl does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on a tiny model folder
+
+
+def write_tiny_dataset(folder):
+    """Three DocVQA-style records (one with two gold answers) and a two-record train split."""
+    images = folder / "images"
+    images.mkdir(parents=True)
+    colors = [(250, 250, 250), (10, 120, 200), (200, 30, 30)]
+    for index, color in enumerate(colors):
+        Image.new("RGB", (48 + 8 * index, 40), color).save(images / f"page{index}.png")
+
+    def record(rid, image, question, answer, answers=None):
+        data = {"id": rid, "source": "docvqa",
+                "conversations": [{"images": [image], "user": f"{question}\nAnswer briefly.",
+                                   "assistant": answer}]}
+        if answers:
+            data["answers"] = answers
+        return json.dumps(data) + "\n"
+
+    (folder / "docvqa_test.jsonl").write_text(
+        record("test-0000000002", "page2.png", "What is the total?", "42")
+        + record("test-0000000000", "page0.png", "Who signed it?", "Ann Lee", ["Ann Lee", "A. Lee"])
+        + record("test-0000000001", "page1.png", "What is the date?", "May 3")
+    )
+    (folder / "docvqa_train.jsonl").write_text(
+        record("train-0000000000", "page0.png", "Who signed it?", "Ann Lee")
+        + record("train-0000000001", "page1.png", "Who signed it?", "Ann Lee")
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    pretrain = pytest.importorskip("phi3v.pretrain")
+    folder = tmp_path_factory.mktemp("model")
+    texts = ["Who signed it? Answer briefly. Ann Lee", "What is the total? 42", "What is the date? May 3"]
+    pretrain.write_random_base(folder, texts=texts, vocab_size=300, seed=0)
+    return folder
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path, precision):
+    data = tmp_path / "data"
+    write_tiny_dataset(data)
+    out = tmp_path / "eval"
+    scores = evaluate(model_dir=tiny_model, data_dir=data, dataset_name="docvqa", split="test",
+                      metric="anls", out_dir=out, run_name="base", num_crops=1, precision=precision,
+                      attention="sdpa", batch_size=2, max_new_tokens=4)
+    assert json.loads((out / "scores.json").read_text()) == scores
+    assert SCORES_FIELDS | {"anls_recipe", "anls_official"} <= set(scores)
+    assert (scores["dataset"], scores["run"], scores["split"], scores["n"]) == ("docvqa", "base", "test", 3)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == [f"test-000000000{i}" for i in range(3)]
+    assert rows[0]["answers"] == ["Ann Lee", "A. Lee"]
+    assert all(isinstance(row["prediction"], str) and 0 <= row["score"] <= 1 for row in rows)
+    assert scores["score"] == pytest.approx(100 * sum(row["score"] for row in rows) / 3, abs=1e-3)
+    assert scores["majority_answer"] == "ann lee"
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]

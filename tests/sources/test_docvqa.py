@@ -1,0 +1,189 @@
+"""DocVQA source: conversion of raw folders in the hub's layout (hand-written and synthetic), errors, download."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from phi3v.data.records import validate_dataset
+from phi3v.data.sources import docvqa, hub
+from phi3v.errors import UserError
+
+from .layouts import IMAGE_STRUCT, NIELSR_SCHEMA, COMMIT, LocalHub, image_bytes, nielsr_row, read_jsonl, write_cauldron, write_nielsr
+
+@pytest.fixture
+def handmade_raw(tmp_path) -> Path:
+    raw = tmp_path / "raw"
+    write_nielsr(raw, "train", [
+        nielsr_row("q1", "What is the total?", ["$12", "12"], {"bytes": image_bytes("red"), "path": None}),
+        nielsr_row("q2", "Who signed?", ["J. Smith"], {"bytes": image_bytes("blue", image_format="JPEG"), "path": None}),
+    ])
+    # a second train shard: rows continue the split's numbering
+    write_nielsr(raw, "train", [
+        nielsr_row("q3", "What is the date?", ["May 1", "1 May", "may 1"], {"bytes": image_bytes("green"), "path": None}),
+    ], shard="00001-of-00002-def")
+    (raw / "data" / "page.png").write_bytes(image_bytes("yellow"))
+    write_nielsr(raw, "test", [
+        nielsr_row("t1", "Which page?", ["3"], {"bytes": None, "path": "page.png"}),  # image stored by path
+    ])
+    return raw
+
+
+def test_converts_the_hub_layout_line_by_line_and_image_by_image(handmade_raw, tmp_path):
+    out = tmp_path / "out"
+    summary = docvqa.convert_docvqa(handmade_raw, out)
+    assert summary == {"test": {"records": 1, "skipped_corrupt": 0}, "train": {"records": 3, "skipped_corrupt": 0}}
+    assert read_jsonl(out / "docvqa_train.jsonl") == [
+        {"id": "train-0000000000", "source": "docvqa", "answers": ["$12", "12"],
+         "conversations": [{"images": ["train/train-0000000000.0.png"],
+                            "user": "<|image_1|>\nWhat is the total?\nAnswer briefly.", "assistant": "$12"}]},
+        {"id": "train-0000000001", "source": "docvqa", "answers": ["J. Smith"],
+         "conversations": [{"images": ["train/train-0000000001.0.jpg"],
+                            "user": "<|image_1|>\nWho signed?\nAnswer briefly.", "assistant": "J. Smith"}]},
+        {"id": "train-0000000002", "source": "docvqa", "answers": ["May 1", "1 May", "may 1"],
+         "conversations": [{"images": ["train/train-0000000002.0.png"],
+                            "user": "<|image_1|>\nWhat is the date?\nAnswer briefly.", "assistant": "May 1"}]},
+    ]
+    assert read_jsonl(out / "docvqa_test.jsonl") == [
+        {"id": "test-0000000000", "source": "docvqa", "answers": ["3"],
+         "conversations": [{"images": ["test/test-0000000000.0.png"],
+                            "user": "<|image_1|>\nWhich page?\nAnswer briefly.", "assistant": "3"}]},
+    ]
+    expected = {"train/train-0000000000.0.png": "red", "train/train-0000000002.0.png": "green",
+                "test/test-0000000000.0.png": "yellow"}
+    for relative, colour in expected.items():
+        assert (out / "images" / relative).read_bytes() == image_bytes(colour)
+    jpeg = Image.open(out / "images/train/train-0000000001.0.jpg")
+    assert jpeg.format == "JPEG" and np.array_equal(
+        np.asarray(jpeg), np.asarray(Image.open(io.BytesIO(image_bytes("blue", image_format="JPEG")))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]  # no temporary folder left
+    assert validate_dataset(out, "docvqa", splits=("train", "test")) == []
+
+
+def test_answer_seed_picks_a_gold_answer_per_record_deterministically(handmade_raw, tmp_path):
+    picks = []
+    for seed in range(12):
+        out = tmp_path / f"out{seed}"
+        docvqa.convert_docvqa(handmade_raw, out, answer_seed=seed)
+        record = read_jsonl(out / "docvqa_train.jsonl")[2]
+        assert record["conversations"][0]["assistant"] in record["answers"]
+        picks.append(record["conversations"][0]["assistant"])
+    assert len(set(picks)) > 1
+    docvqa.convert_docvqa(handmade_raw, tmp_path / "again", answer_seed=5)
+    assert (tmp_path / "again/docvqa_train.jsonl").read_bytes() == (tmp_path / "out5/docvqa_train.jsonl").read_bytes()
+
+
+def test_corrupt_image_is_named_or_skipped_with_a_count(tmp_path):
+    raw = tmp_path / "raw"
+    bad_shard = write_nielsr(raw, "train", [
+        nielsr_row("q1", "A?", ["a"], {"bytes": image_bytes("red"), "path": None}),
+        nielsr_row("q2", "B?", ["b"], {"bytes": image_bytes("red")[:40], "path": None}),
+        nielsr_row("q3", "C?", ["c"], {"bytes": image_bytes("blue"), "path": None}),
+    ])
+    write_nielsr(raw, "test", [nielsr_row("t1", "D?", ["d"], {"bytes": image_bytes("red"), "path": None})])
+
+    with pytest.raises(UserError) as error:
+        docvqa.convert_docvqa(raw, tmp_path / "out")
+    assert f"{bad_shard} row 1: image 0 is corrupt" in str(error.value) and "skip_corrupt=True" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+    summary = docvqa.convert_docvqa(raw, tmp_path / "out", skip_corrupt=True)
+    assert summary["train"] == {"records": 2, "skipped_corrupt": 1}
+    assert [r["id"] for r in read_jsonl(tmp_path / "out/docvqa_train.jsonl")] == ["train-0000000000", "train-0000000002"]
+    assert not (tmp_path / "out/images/train/train-0000000001.0.png").exists()
+
+
+def test_interrupted_conversion_leaves_no_output_folder(handmade_raw, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(data):
+        calls.append(data)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_image_file(data)
+
+    real_image_file = hub.image_file
+    monkeypatch.setattr(hub, "image_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        docvqa.convert_docvqa(handmade_raw, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no_files", r"no file matches 'data/test-\*.parquet'"),
+    ("missing_column", r"missing column\(s\) \['answers'\]"),
+    ("empty_answers", r"row 0 \(id 'q1'\): 'answers' is empty"),
+    ("empty_question", r"row 0 \(id 'q1'\): 'query.en' is empty"),
+])
+def test_bad_raw_folders_name_the_culprit(damage, message, tmp_path):
+    raw = tmp_path / "raw"
+    row = nielsr_row("q1", "Q?", ["a"], {"bytes": image_bytes("red"), "path": None})
+    if damage == "empty_answers":
+        row["answers"] = []
+    if damage == "empty_question":
+        row["query"]["en"] = " "
+    write_nielsr(raw, "train", [row])
+    if damage != "no_files":
+        write_nielsr(raw, "test", [row])
+    if damage == "missing_column":
+        pq.write_table(pa.Table.from_pylist([row], schema=NIELSR_SCHEMA).drop_columns(["answers"]),
+                       raw / "data" / "test-00000-of-00001-abc.parquet")
+    with pytest.raises(UserError, match=message):
+        docvqa.convert_docvqa(raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_train_reads_the_cauldron_docvqa_and_keeps_multi_turn_rows(handmade_raw, tmp_path):
+    cauldron_raw = tmp_path / "cauldron"
+    write_cauldron(cauldron_raw, "docvqa", [
+        ([image_bytes("red")], [("What is the title?\nGive a very brief answer.", "Memo."),
+                                ("Who wrote it?\nBe succinct.", "Ann.")]),
+    ])
+    summary = docvqa.convert_docvqa(handmade_raw, tmp_path / "out", full_train_dir=cauldron_raw)
+    assert summary["train"]["records"] == 1 and summary["test"]["records"] == 1
+    assert read_jsonl(tmp_path / "out/docvqa_train.jsonl") == [
+        {"id": "train-0000000000", "source": "docvqa", "conversations": [
+            {"images": ["train/train-0000000000.0.png"],
+             "user": "<|image_1|>\nWhat is the title?\nGive a very brief answer.", "assistant": "Memo."},
+            {"images": [], "user": "Who wrote it?\nBe succinct.", "assistant": "Ann."}]},
+    ]
+
+
+def test_synthetic_docvqa_is_in_the_hub_layout_deterministic_and_learnable(tmp_path):
+    sizes = {"train": 40, "test": 12}
+    record = docvqa.synthesize_docvqa(tmp_path / "raw", seed=3, sizes=sizes)
+    assert record["synthetic"] and record["sizes"] == sizes
+    shards = sorted(p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*.parquet"))
+    assert shards == ["data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
+    schema = pq.read_schema(tmp_path / "raw" / shards[1])
+    assert schema.names == NIELSR_SCHEMA.names and schema.field("image").type == IMAGE_STRUCT
+
+    docvqa.synthesize_docvqa(tmp_path / "raw2", seed=3, sizes=sizes)
+    docvqa.convert_docvqa(tmp_path / "raw", tmp_path / "out")
+    docvqa.convert_docvqa(tmp_path / "raw2", tmp_path / "out2")
+    for split in ("train", "test"):
+        assert (tmp_path / f"out/docvqa_{split}.jsonl").read_bytes() == (tmp_path / f"out2/docvqa_{split}.jsonl").read_bytes()
+    records = read_jsonl(tmp_path / "out/docvqa_train.jsonl")
+    targets = [r["conversations"][0]["assistant"] for r in records]
+    assert max(targets.count(t) for t in set(targets)) / len(targets) < 0.4
+    assert all(r["conversations"][0]["user"].endswith("\nAnswer briefly.") for r in records)
+    assert validate_dataset(tmp_path / "out", "docvqa", splits=("train", "test")) == []
+
+
+def test_download_docvqa_asks_for_the_mini_sets_parquet(tmp_path, monkeypatch):
+    local = LocalHub(tmp_path / "hub")
+    local.install(monkeypatch)
+    local.repo(docvqa.REPO_ID, {"data/train-00000-of-00001-f7.parquet": b"1", "data/test-00000-of-00001-41.parquet": b"2",
+                                 "dataset_infos.json": b"{}"})
+    record = docvqa.download_docvqa(tmp_path / "raw", revision="main", cache_dir=tmp_path / "cache")
+    assert local.calls[1][4] == ["data/train-*.parquet", "data/test-*.parquet"]
+    assert record["commit"] == COMMIT and sorted(record["files"]) == [
+        "data/test-00000-of-00001-41.parquet", "data/train-00000-of-00001-f7.parquet"]
+    assert not (tmp_path / "raw/dataset_infos.json").exists()

@@ -1,0 +1,121 @@
+"""Hub download helpers (with the hub's network calls replaced by a local repository) and raw-image handling."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from huggingface_hub.utils import filter_repo_objects
+from PIL import Image
+
+from phi3v.data.sources import hub
+from phi3v.errors import UserError
+
+from .layouts import COMMIT, LocalHub
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch) -> LocalHub:
+    fake = LocalHub(tmp_path / "hub")
+    fake.install(monkeypatch)
+    return fake
+
+
+def test_download_snapshot_fetches_matching_files_at_the_resolved_commit(local_hub, tmp_path):
+    local_hub.repo("org/set", {"a/train-0.parquet": b"A" * 10, "a/train-1.parquet": b"B" * 7, "b/train-0.parquet": b"C"})
+    raw = tmp_path / "raw"
+    record = hub.download_snapshot("org/set", raw, allow_patterns=["a/train-*.parquet"], revision="v1",
+                                   cache_dir=tmp_path / "cache")
+
+    assert sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()) == [
+        "SOURCE.json", "a/train-0.parquet", "a/train-1.parquet"]
+    assert (raw / "a/train-0.parquet").read_bytes() == b"A" * 10
+    # the requested revision is resolved once, then every file is fetched at that commit
+    assert local_hub.calls[0] == ("repo_info", "org/set", "dataset", "v1")
+    assert local_hub.calls[1] == ("snapshot_download", "org/set", "dataset", COMMIT, ["a/train-*.parquet"],
+                                  tmp_path / "cache")
+    source = json.loads((raw / "SOURCE.json").read_text())
+    assert source == record
+    assert source["commit"] == COMMIT and source["revision"] == "v1" and source["repo_id"] == "org/set"
+    assert source["files"]["a/train-1.parquet"] == {"size": 7, "sha256": hashlib.sha256(b"B" * 7).hexdigest()}
+
+
+def test_download_snapshot_removes_stale_shards_and_rejects_a_size_mismatch(local_hub, tmp_path, monkeypatch):
+    local_hub.repo("org/set", {"a/train-0.parquet": b"new"})
+    raw = tmp_path / "raw"
+    (raw / "a").mkdir(parents=True)
+    (raw / "a/train-9.parquet").write_bytes(b"old revision")
+    hub.download_snapshot("org/set", raw, allow_patterns=["a/*"], cache_dir=tmp_path / "cache")
+    assert not (raw / "a/train-9.parquet").exists()
+
+    # a file whose size differs from the published one is refused, and SOURCE.json is not written
+    real_place = hub._place_file
+    monkeypatch.setattr(hub, "_place_file", lambda cached, target: (real_place(cached, target),
+                                                                  target.write_bytes(b"truncated!")))
+    with pytest.raises(UserError, match=r"train-0.parquet: 10 bytes, but the hub publishes 3 bytes"):
+        hub.download_snapshot("org/set", raw, allow_patterns=["a/*"], cache_dir=tmp_path / "cache")
+    assert not (raw / "SOURCE.json").exists()
+
+
+def test_download_snapshot_without_matching_files_names_the_patterns(local_hub, tmp_path):
+    local_hub.repo("org/set", {"a/train-0.parquet": b"x"})
+    with pytest.raises(UserError, match=r"no file of org/set@.* matches \['Z/\*'\]"):
+        hub.download_snapshot("org/set", tmp_path / "raw", allow_patterns=["Z/*"], cache_dir=tmp_path / "c")
+
+
+def test_hub_failure_becomes_a_user_error(tmp_path, monkeypatch):
+    class Offline:
+        def repo_info(self, *args, **kwargs):
+            raise OSError("connection refused")
+
+    monkeypatch.setattr(hub, "HfApi", Offline)
+    with pytest.raises(UserError, match=r"could not fetch the hub dataset 'org/set' at revision 'main'.*connection refused"):
+        hub.download_snapshot("org/set", tmp_path / "raw", allow_patterns=["*"])
+
+
+def test_download_file_places_one_file_and_records_the_commit(local_hub, tmp_path):
+    local_hub.repo("org/videos", {"archive.tar.gz": b"0123456789", "other.txt": b"x"})
+    path = hub.download_file("org/videos", "archive.tar.gz", tmp_path / "raw", revision="main",
+                             cache_dir=tmp_path / "cache")
+    assert path == tmp_path / "raw" / "archive.tar.gz" and path.read_bytes() == b"0123456789"
+    assert local_hub.calls[1] == ("hf_hub_download", "org/videos", "archive.tar.gz", "dataset", COMMIT,
+                                  tmp_path / "cache")
+    source = hub.read_source_record(tmp_path / "raw")
+    assert source["commit"] == COMMIT and list(source["files"]) == ["archive.tar.gz"]
+    with pytest.raises(UserError, match="'missing.bin' is not a file of org/videos"):
+        hub.download_file("org/videos", "missing.bin", tmp_path / "raw2", cache_dir=tmp_path / "cache")
+
+
+def _encoded(image: Image.Image, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def test_image_file_keeps_png_and_jpeg_bytes_and_reencodes_other_formats():
+    pixels = np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    png, jpeg, bmp = _encoded(image, "PNG"), _encoded(image, "JPEG"), _encoded(image, "BMP")
+    assert hub.image_file(png) == ("png", png)
+    assert hub.image_file(jpeg) == ("jpg", jpeg)
+    extension, payload = hub.image_file(bmp)
+    assert extension == "png" and np.array_equal(np.asarray(Image.open(io.BytesIO(payload))), pixels)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image", None])
+def test_undecodable_or_missing_images_are_reported(data, tmp_path):
+    png = _encoded(Image.new("RGB", (4, 4)), "PNG")
+    with pytest.raises(hub.CorruptImageError):
+        if data is None:
+            hub.image_bytes({"bytes": None, "path": "nowhere.png"}, tmp_path)
+        else:
+            hub.image_file(data)
+    with pytest.raises(hub.CorruptImageError):
+        hub.image_file(png[: len(png) // 2])  # truncated
+    (tmp_path / "img.png").write_bytes(png)
+    assert hub.image_bytes({"bytes": None, "path": "img.png"}, tmp_path) == png

@@ -1,0 +1,79 @@
+"""The workflow lints clean, lists both presets' DAGs offline, and refuses bad configs before any job."""
+
+import pytest
+
+from phi3v import recipe_tables, settings
+from .helpers import job_counts, run_snakemake as snakemake
+
+# One UCF-101 run besides the rows of the recipe's accuracy tables.
+TABLE_ROWS = sum(1 for table in recipe_tables.ACCURACY_TABLES for row in table.rows if row.strategy) + 1
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_demo_dag():
+    result = snakemake("-n", "--cores", "2")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    qlora_rows = sum(1 for t in recipe_tables.ACCURACY_TABLES for r in t.rows if r.strategy == "qlora")
+    assert counts["train"] == TABLE_ROWS - qlora_rows  # QLoRA needs a GPU: listed as skipped
+    assert counts["evaluate"] == counts["train"] + 4  # plus the base model on each dataset
+    assert counts["synthesize_raw"] == 4 and counts["build_demo_model"] == 1
+    assert counts["benchmark_speed"] == 3  # the A100 table's 1-node rows without flash attention or QLoRA
+    assert "download_model" not in counts
+
+
+def test_paper_dag_lists_every_table_row_without_network():
+    result = snakemake("-n", "--cores", "2", "--config", "preset=paper")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == TABLE_ROWS == 19
+    assert counts["download_model"] == 1 and counts["download_raw"] == 4
+    assert counts["benchmark_speed"] == 8  # the multi-node rows need nodes: 2 and 4
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("preset=nope", "config key `preset`: unknown preset 'nope'; allowed values: demo, paper"),
+        ("hardware={accelerator: tpu}", "config key `hardware.accelerator`: 'tpu' is not allowed; allowed values: cpu, cuda"),
+    ],
+)
+def test_bad_config_fails_before_any_job(override, expected):
+    result = snakemake("-n", "--cores", "1", "--config", override)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "Job stats" not in result.stdout
+
+
+def test_runs_filter_selects_one_dataset():
+    result = snakemake(
+        "-n", "--cores", "1", "--config", "runs_filter=[docvqa/full-bf16-*, docvqa/lora-bf16-*]"
+    )
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 2 and counts["evaluate"] == 3 and counts["convert"] == 1
+    assert "benchmark_speed" not in counts
+
+
+def test_paper_preset_has_the_recipe_hyperparameters():
+    config = settings.resolve_config({"preset": "paper"})
+    for table in recipe_tables.ACCURACY_TABLES:
+        runs = [run for run in config["runs"] if run["dataset"] == table.dataset]
+        rows = [row for row in table.rows if row.strategy]
+        assert len(runs) == len(rows)
+        for run, row in zip(runs, rows):
+            assert (run["strategy"], run["precision"], run["learning_rate"], run["epochs"], run["batch_size"]) == (
+                row.strategy, row.precision, row.learning_rate, row.epochs, row.batch_size
+            )
+            assert (run["lora_rank"], run["lora_alpha"]) == (row.lora_rank, row.lora_alpha)
+            assert run["attention"] == ("flash_attention_2" if row.precision == "bf16" else "eager")
+            assert run["deepspeed"] == (row.strategy in ("full", "frozen_vision"))
+    speed = [(r["strategy"], r["nodes"], r["gpus"], r["attention"] == "flash_attention_2", r["effective_batch"])
+             for r in config["speed"]["rows"]]
+    assert speed == [(r.strategy, r.nodes, r.gpus, r.flash_attention, r.effective_batch)
+                     for r in recipe_tables.SPEED_A100.rows]

@@ -1,0 +1,111 @@
+"""The conda environments of the rule groups list every dependency their code imports, with the
+same version bounds as pyproject.toml."""
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+# rule group -> the scripts its rules run
+GROUPS = {
+    "data": ["raw_dataset", "convert", "validate", "pretrain_corpus", "download_model"],
+    "train": ["build_demo_model", "train", "benchmark_speed"],
+    "evaluate": ["evaluate"],
+    "tables": ["tables", "figures"],
+}
+# Modules the training entry point starts in child processes (imported by name, not by `import`).
+STARTED_MODULES = {"train": ["phi3v.launch", "phi3v.train"]}
+
+
+def requirement_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].strip().lower().replace("_", "-")
+
+
+def pyproject_requirements() -> dict[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        specs += extra
+    return {requirement_name(spec): spec for spec in specs}
+
+
+def env_requirements(group: str) -> dict[str, str]:
+    env = yaml.safe_load((REPO / "envs" / f"{group}.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict) and "pip" in item)
+    return {requirement_name(spec): spec for spec in pip or []}
+
+
+def module_file(module: str) -> Path | None:
+    parts = module.split(".")
+    for candidate in (REPO.joinpath(*parts).with_suffix(".py"), REPO.joinpath(*parts, "__init__.py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute module names a file imports (at any depth: lazy imports inside functions count)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def third_party_imports(group: str) -> set[str]:
+    """Top-level third-party modules reachable from the group's scripts through the package."""
+    todo = [REPO / "scripts" / f"{name}.py" for name in GROUPS[group]] + [REPO / "scripts" / "common.py"]
+    todo += [module_file(m) for m in STARTED_MODULES.get(group, []) if module_file(m)]
+    seen, found = set(), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            if top == "phi3v":  # follow the package, each parent package's __init__ included
+                parts = module.split(".")
+                todo += [f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i])))]
+            elif top == "common":
+                todo.append(REPO / "scripts" / "common.py")
+            elif top not in sys.stdlib_module_names and top not in ("snakemake", "__future__"):
+                found.add(top)
+    return found
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_env_lists_every_imported_dependency(group):
+    requirements = env_requirements(group)
+    distributions = packages_distributions()
+    missing = []
+    for module in sorted(third_party_imports(group)):
+        names = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+        if not names & set(requirements):
+            missing.append(f"{module} (distribution {', '.join(sorted(names))})")
+    assert not missing, f"envs/{group}.yaml lacks: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_env_requirements_match_pyproject(group):
+    project = pyproject_requirements()
+    for name, spec in env_requirements(group).items():
+        assert name in project, f"envs/{group}.yaml: {name} is not a dependency in pyproject.toml"
+        assert spec.replace(" ", "") == project[name].replace(" ", ""), (
+            f"envs/{group}.yaml has {spec!r}, pyproject.toml has {project[name]!r}"
+        )
+
+
+def test_every_script_belongs_to_a_group():
+    scripts = {p.stem for p in (REPO / "scripts").glob("*.py")} - {"common"}
+    assert scripts == {name for names in GROUPS.values() for name in names}

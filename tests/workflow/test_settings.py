@@ -1,0 +1,93 @@
+"""Config resolution: presets, overrides, schema defaults and errors, cross-field checks."""
+
+import pytest
+
+from phi3v import settings
+from phi3v.errors import UserError
+
+
+def resolve(**overrides):
+    return settings.resolve_config({"preset": "demo", **overrides})
+
+
+def test_deep_merge_merges_mappings_and_replaces_lists():
+    base = {"a": {"b": 1, "c": 2}, "l": [1, 2]}
+    assert settings.deep_merge(base, {"a": {"c": 3}, "l": [9]}) == {"a": {"b": 1, "c": 3}, "l": [9]}
+    assert base == {"a": {"b": 1, "c": 2}, "l": [1, 2]}
+
+
+def test_preset_switch_and_nested_override_from_command_line_strings():
+    # `--config` hands nested values over as strings; they are read as the schema's types.
+    config = resolve(preset="paper", hardware={"gpus_per_node": "4"}, run_overrides={"max_steps": "20"})
+    assert config["model"]["source"] == "hub" and config["hardware"]["gpus_per_node"] == 4
+    assert {run["max_steps"] for run in config["runs"]} == {20}
+    assert config["hardware"]["accelerator"] == "cuda"  # untouched keys keep the preset's value
+
+
+def test_defaults_are_filled_and_run_ids_follow_the_convention():
+    config = resolve()
+    assert config["resources"]["train"]["threads"] == 1
+    assert config["model"]["id"] == "microsoft/Phi-3.5-vision-instruct"
+    run = settings.run_config(config, "docvqa", "lora-fp16-eager")
+    assert list(run) == list(settings.RUN_CONFIG_FIELDS)
+    assert (run["lora_rank"], run["lora_alpha"], run["num_crops"], run["deepspeed"]) == (16, 32, 2, False)
+
+
+def test_demo_skips_qlora_and_gpu_speed_rows_with_reasons():
+    config = resolve()
+    skipped = {f"{r['dataset']}/{r['run']}": r["skip_reason"] for r in config["runs"] if r["skip_reason"]}
+    assert set(skipped.values()) == {"needs GPU"} and all("/qlora-" in name for name in skipped)
+    reasons = {row["row"]: row["skip_reason"] for row in config["speed"]["rows"]}
+    assert reasons["full-flash_attention_2-bf16-2x16"] == "needs GPU; needs 2 nodes"
+    assert reasons["full-eager-bf16-1x8"] is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"preset": "nope"}, "config key `preset`: unknown preset 'nope'"),
+        ({"hardware": {"nodes": "two"}}, "config key `hardware.nodes`: 'two' is a str, expected integer"),
+        ({"runs": [{"dataset": "docvqa", "strategy": "dpo", "precision": "bf16", "attention": "sdpa",
+                    "learning_rate": 1, "epochs": 1}]}, "config key `runs[0].strategy`: 'dpo' is not allowed; allowed values: full, frozen_vision, lora, qlora"),
+        ({"runs": [{"dataset": "chartqa", "strategy": "full", "precision": "bf16", "attention": "sdpa",
+                    "learning_rate": 1, "epochs": 1}]}, "config key `runs[0].dataset`: unknown dataset 'chartqa'"),
+        ({"runs": [{"dataset": "docvqa", "strategy": "full", "precision": "bf16", "attention": "sdpa",
+                    "epochs": 1}]}, "config key `runs[0]`: 'learning_rate' is a required property"),
+        ({"model": {"source": "demo", "colour": "red"}}, "config key `model`: unknown key(s) 'colour'; allowed keys: cache_dir, id, revision, source"),
+        ({"run_overrides": {"precision": "fp16", "attention": "flash_attention_2"}}, "flash_attention_2 does not support fp16"),
+        ({"on_unsupported": "error", "runs_filter": ["docvqa/*"]}, "needs GPU"),
+        ({"runs": [{"dataset": "docvqa", "strategy": "full", "precision": "bf16", "attention": "sdpa",
+                    "learning_rate": 1, "epochs": 1, "lora_rank": 8}]}, "lora_rank only apply to LoRA runs"),
+        ({"train": {"batch_size": 6}}, "batch_size 6 is not divisible by per_device_batch_size 4 x 1 processes"),
+        ({"runs_filter": ["nothing/*"]}, "config key `runs_filter`: ['nothing/*'] matches no run"),
+    ],
+)
+def test_bad_configs_name_the_key(overrides, message):
+    with pytest.raises(UserError) as error:
+        resolve(**overrides)
+    assert message in str(error.value)
+
+
+def test_unsupported_runs_skip_only_when_the_preset_says_so():
+    nlvr2 = [run for run in settings.load_preset("demo")["runs"] if run["dataset"] == "nlvr2"]
+    config = resolve(on_unsupported="skip", runs=nlvr2, run_overrides={"attention": "flash_attention_2"})
+    assert {run["skip_reason"] for run in config["runs"]} == {"needs GPU"}
+    assert settings.evaluations(config) == [(d, "base") for d in settings.evaluated_datasets(config)]
+
+
+def test_runs_filter_string_and_helpers():
+    config = resolve(runs_filter="nlvr2/*,speed/full-*")
+    assert settings.runs_for(config, "nlvr2") == ["full-bf16-sdpa", "frozen_vision-bf16-sdpa"]
+    assert settings.speed_rows(config) == ["full-eager-bf16-1x8"]
+    assert settings.used_datasets(config) == ["docvqa", "nlvr2"]  # the speed rows read DocVQA
+    options = settings.evaluation_options(config, "nlvr2", "base")
+    assert (options["split"], options["metric"], options["attention"]) == ("test", "accuracy", "sdpa")
+
+
+def test_custom_dataset_needs_a_path_and_wildcards_match_exactly():
+    with pytest.raises(UserError, match="source custom needs `path`"):
+        resolve(datasets={"mine": {"source": "custom", "metric": "accuracy"}})
+    config = resolve(datasets={"mine": {"source": "custom", "metric": "accuracy", "path": "/data/mine"}})
+    assert settings.datasets_by_source(config, "custom") == ["mine"]
+    assert settings.wildcard_pattern([]) == "(?!)"
+    assert settings.wildcard_pattern(["a.b", "c"]) == r"a\.b|c"
