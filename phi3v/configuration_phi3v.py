@@ -118,6 +118,8 @@ class Phi3VConfig(Phi3Config):
         super().__post_init__(**kwargs)
         if self.rope_parameters.get("rope_type") == "longrope":
             self.standardize_rope_params()  # copies original_max_position_embeddings into rope_parameters
+            # the ratio longrope would derive anyway; stated so transformers need not warn about deriving it
+            self.rope_parameters.setdefault("factor", self.max_position_embeddings / self.original_max_position_embeddings)
         self._check_vision_settings()
 
     def _check_vision_settings(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from torch.utils.data import Dataset
 
-from phi3v.data.records import Record, Turn, read_records
+from phi3v.data.records import Record, Turn, image_tags, read_records
 from phi3v.errors import UserError
 from phi3v.metrics import normalize_answer
 from phi3v.processing_phi3v import image_tag_numbers, load_image
@@ -33,20 +33,16 @@ def with_image_tags(conversations: Sequence[Turn | Mapping[str, Any]]) -> list[d
     for turn in conversations:
         images, user, assistant = _turn_fields(turn)
         if images and not image_tag_numbers(user):
-            tags = "".join(f"<|image_{k}|>" for k in range(next_number, next_number + len(images)))
-            user = f"{tags}\n{user}"
+            user = f"{image_tags(range(next_number, next_number + len(images)))}\n{user}"
         next_number += len(images)
         turns.append({"user": user, "assistant": assistant})
     return turns
 
 
-def _check_max_samples(max_samples: int | None) -> None:
-    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-        raise UserError(f"max_samples={max_samples!r} — give a positive integer, or null for every sample")
-
-
 def _read_limited(jsonl_path: str | os.PathLike, max_samples: int | None) -> list[Record]:
-    _check_max_samples(max_samples)
+    """The first `max_samples` records (all when None)."""
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
+        raise UserError(f"max_samples={max_samples!r} — give a positive integer, or null for every sample")
     return read_records(jsonl_path)[:max_samples]
 
 

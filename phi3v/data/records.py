@@ -164,8 +164,9 @@ def _turn_problems(turn: Any, index: int, first_image_number: int) -> list[tuple
     return problems
 
 
-def _tags(numbers: list[int]) -> str:
-    return "".join(f"<|image_{k}|>" for k in numbers) or "no tags"
+def image_tags(numbers: Iterable[int]) -> str:
+    """`<|image_k|>` for each k, concatenated."""
+    return "".join(f"<|image_{k}|>" for k in numbers)
 
 
 def _tag_problems(user: str, num_images: int, first_image_number: int, where: str) -> list[tuple[str, str]]:
@@ -177,7 +178,8 @@ def _tag_problems(user: str, num_images: int, first_image_number: int, where: st
     if found == expected:
         return []
     return [(
-        f"{where}user text has {_tags(found)} but the turn has {num_images} image(s), so it needs {_tags(expected)}",
+        f"{where}user text has {image_tags(found)} but the turn has {num_images} image(s), "
+        f"so it needs {image_tags(expected) or 'no tags'}",
         "tag each of the turn's images once, in order, numbered over the whole conversation, "
         "or remove the tags to have them added",
     )]

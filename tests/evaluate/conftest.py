@@ -50,6 +50,7 @@ def demo_config() -> dict:
             run("docvqa", "full-bf16-sdpa", "full", "bf16", "sdpa", 5e-6, 1, 8, max_steps=20),
             run("docvqa", "full-fp16-eager", "full", "fp16", "eager", 5e-6, 2, 64,
                 skip_reason="fp16 training needs a GPU"),
+            run("docvqa", "full-bf16-eager", "full", "bf16", "eager", 5e-6, 1, 8, max_steps=20),
             run("docvqa", "lora-bf16-sdpa", "lora", "bf16", "sdpa", 2e-4, 2, 64, rank=32, alpha=16),
             run("hateful_memes", "full-bf16-sdpa", "full", "bf16", "sdpa", 5e-5, 2, 8),
             run("hateful_memes", "qlora-bf16-sdpa", "qlora", "bf16", "sdpa", 2e-4, 2, 64, rank=128,
