@@ -145,7 +145,7 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
     """transformers' Phi3Model plus `vision_embed_tokens`; image features replace the image-token embeddings."""
 
     def __init__(self, config: Phi3VConfig):
-        Phi3Model.__init__(self, config)
+        super().__init__(config)  # Phi3Model: embed_tokens, layers, norm, rotary_emb
         self.vision_embed_tokens = Phi3VImageEmbedding(config)
         self.post_init()
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, BatchFeature, LlamaTokenizer
 from transformers.image_transforms import convert_to_rgb
 
@@ -312,8 +313,6 @@ def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int) -> LlamaTokeniz
     Ids follow the official layout: 0 `<unk>`, 1 `<s>`, 2 `</s>`, 3..258 the byte tokens, then the
     learned pieces, then `<|endoftext|>` (pad) and the chat tokens. `len(tokenizer) <= vocab_size`.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
     base_tokens = [UNK, BOS, EOS] + byte_tokens
     num_added = 1 + len(CHAT_SPECIAL_TOKENS)

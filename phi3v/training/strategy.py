@@ -80,12 +80,12 @@ def check_run(run: dict, device: torch.device) -> None:
                             "bf16, or attention sdpa/eager for fp16")
         from transformers.utils import is_flash_attn_2_available
 
-        if device.type != "cuda":
-            raise UserError(f"run {name!r}: flash_attention_2 needs a CUDA GPU (this is {device.type}) — "
-                            "use attention sdpa or eager")
-        if not is_flash_attn_2_available():
+        if importlib.util.find_spec("flash_attn") is None:
             raise UserError(f"run {name!r}: flash_attention_2 needs the flash-attn package "
                             "(pip install 'phi3v[flash]') — or use attention sdpa")
+        if device.type != "cuda" or not is_flash_attn_2_available():
+            raise UserError(f"run {name!r}: flash_attention_2 needs a CUDA GPU that flash-attn supports "
+                            f"(this is {device.type}) — use attention sdpa or eager")
     if run["precision"] == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"run {name!r}: this GPU has no bf16 — use precision fp16 (attention sdpa or eager)")
     if run["precision"] == "fp16" and not run.get("deepspeed") and not _fp16_autocast_works(device):

@@ -99,3 +99,22 @@ def test_refuses_unsupported_layout(tmp_path):
 def test_refuses_missing_folder(tmp_path):
     with pytest.raises(UserError, match="config.json"):
         Phi3VConfig.from_pretrained(tmp_path / "nowhere")
+
+
+def test_release_rope_is_longrope_with_su_scaling():
+    import math
+
+    import torch
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+    config = Phi3VConfig()
+    rotary = Phi3RotaryEmbedding(config)
+    assert rotary.attention_scaling == pytest.approx(math.sqrt(1 + math.log(131072 / 4096) / math.log(4096)))
+    exponents = torch.arange(0, 96, 2).float() / 96
+    short = 1.0 / (torch.tensor(config.rope_parameters["short_factor"]) * 10000.0 ** exponents)
+    long = 1.0 / (torch.tensor(config.rope_parameters["long_factor"]) * 10000.0 ** exponents)
+    x = torch.zeros(1, 1, 96)
+    rotary(x, torch.arange(4096)[None])
+    torch.testing.assert_close(rotary.inv_freq, short)  # up to 4096 positions: short factors
+    rotary(x, torch.arange(4097)[None])
+    torch.testing.assert_close(rotary.inv_freq, long)  # beyond: long factors

@@ -32,7 +32,7 @@ def test_batch_equals_one_at_a_time(tiny_model, tiny_config):
         alone = [tiny_model(**pad_batch([s])).loss for s in samples]
     # fp32; padding only changes the attention mask, so per-sample losses agree to rounding
     torch.testing.assert_close(batched.loss_per_sample, torch.stack(alone), rtol=0, atol=1e-5)
-    supervised = [int((s["labels"] != -100).sum()) - 0 for s in samples]
+    supervised = [int((s["labels"] != -100).sum()) for s in samples]
     weighted = sum(l * n for l, n in zip(alone, supervised)) / sum(supervised)
     torch.testing.assert_close(batched.loss, weighted, rtol=0, atol=1e-5)
 

@@ -29,6 +29,8 @@ COOL_COLOURS = ("green", "blue", "purple")
 # A form's fields, always in this order from top to bottom: the field name fixes its position.
 FORM_FIELDS = ("Date", "Amount", "Total")
 FORM_SIZE = (112, 144)  # (width, height): a portrait page
+FORM_BAND_TOP, FORM_BAND_HEIGHT = 24, 38  # the fields' bands below the title
+FORM_BLANK = (200, 200, 200)  # the boxes of the fields the question is not about
 MEME_SIZE = (128, 128)
 PANEL_SIZE = (112, 112)
 
@@ -67,10 +69,10 @@ class FormPage:
 
 
 def draw_form_page(rng: random.Random) -> FormPage:
-    """A page with a title and three labelled, coloured field boxes; a question about one of them.
+    """A page with a title and three labelled field boxes, one of them filled with a colour.
 
-    Questions: "What is the colour of the <field> field?" (answer: a colour) or "Which field is
-    <colour>?" (answer: a field name). The three fields get three different colours.
+    Questions: "What is the colour of the <field> field?" (answer: the colour) or "Which field is
+    <colour>?" (answer: the field's name, which its position gives away); the other boxes are grey.
     """
     width, height = FORM_SIZE
     page = Image.new("RGB", FORM_SIZE, (255, 255, 255))
@@ -85,22 +87,18 @@ def draw_form_page(rng: random.Random) -> FormPage:
                       round(1000 * x1 / width), round(1000 * y1 / height)])
 
     printed((6, 4), rng.choice(("INVOICE", "RECEIPT", "ORDER", "REPORT")))
-    field_colours = rng.sample(sorted(COLOURS), k=len(FORM_FIELDS))
-    band_top, band_height = 24, (height - 28) // len(FORM_FIELDS)
-    for field, colour in zip(FORM_FIELDS, field_colours):
-        top = band_top + FORM_FIELDS.index(field) * band_height
-        printed((6, top), field)
-        # The coloured box covers most of the band: its colour is visible at any resolution.
-        draw.rectangle((4, top + 12, width - 5, top + band_height - 4), fill=COLOURS[colour])
+    field, colour = rng.choice(FORM_FIELDS), rng.choice(sorted(COLOURS))
+    for k, name in enumerate(FORM_FIELDS):
+        top = FORM_BAND_TOP + k * FORM_BAND_HEIGHT
+        printed((6, top), name)
+        # The box covers most of its band: its colour is visible at any resolution.
+        fill = COLOURS[colour] if name == field else FORM_BLANK
+        draw.rectangle((4, top + 12, width - 5, top + FORM_BAND_HEIGHT - 4), fill=fill)
         printed((10, top + 16), f"{rng.randint(1, 999)}.{rng.randint(0, 99):02d}", fill=(255, 255, 255))
 
     if rng.random() < 0.6:
-        field = rng.choice(FORM_FIELDS)
-        colour = field_colours[FORM_FIELDS.index(field)]
         question, answers = f"What is the colour of the {field} field?", [colour, colour.capitalize()]
     else:
-        field = rng.choice(FORM_FIELDS)
-        colour = field_colours[FORM_FIELDS.index(field)]
         question, answers = f"Which field is {colour}?", [field, field.lower()]
     return FormPage(page, question, answers, words, boxes)
 
