@@ -321,9 +321,8 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
             f"{run['per_device_batch_size']} x {processes} processes; change batch_size or per_device_batch_size"
         )
     gaps = _hardware_gaps(config, run["attention"], strategy, config["hardware"]["nodes"])
-    run["skip_reason"] = _skip_or_raise(
-        config, gaps, where, "use attention sdpa (or eager) and strategy lora instead of qlora"
-    )
+    fix = "use attention sdpa or eager" if run["attention"] == "flash_attention_2" else "use strategy lora"
+    run["skip_reason"] = _skip_or_raise(config, gaps, where, fix)
     return {field: run[field] for field in (*RUN_CONFIG_FIELDS, "skip_reason")}
 
 

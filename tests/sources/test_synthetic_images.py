@@ -13,34 +13,32 @@ from phi3v.data.sources import synthetic_images as syn
 
 
 def colour_name(pixel) -> str:
-    """The named colour nearest to an RGB pixel."""
-    return min(syn.COLOURS, key=lambda name: sum((int(a) - b) ** 2 for a, b in zip(pixel, syn.COLOURS[name])))
+    """The named colour (or "blank", the grey of an empty field) nearest to an RGB pixel."""
+    palette = dict(syn.COLOURS, blank=syn.FORM_BLANK)
+    return min(palette, key=lambda name: sum((int(a) - b) ** 2 for a, b in zip(pixel, palette[name])))
 
 
-def band_colours(page: Image.Image) -> dict[str, str]:
-    """Colour of each field box, read at the left edge of its box (away from the printed value)."""
-    # the page as the tiny model sees it at num_crops 1: about 43 x 56 pixels
+def field_colours(page: Image.Image) -> dict[str, str]:
+    """Colour of each field box, read in the page as the tiny model sees it at num_crops 1 (43 x 56)."""
     small = np.asarray(page.resize((43, 56), Image.BILINEAR))
-    width, height = syn.FORM_SIZE
-    band_top, band_height = 24, (height - 28) // len(syn.FORM_FIELDS)
+    height = syn.FORM_SIZE[1]
     colours = {}
     for k, field in enumerate(syn.FORM_FIELDS):
-        y = (band_top + k * band_height + band_height - 4) * 56 / height  # lower part of the box
-        colours[field] = colour_name(small[int(y) - 1, 2])
+        y = (syn.FORM_BAND_TOP + (k + 1) * syn.FORM_BAND_HEIGHT - 6) * 56 / height  # below the printed value
+        colours[field] = colour_name(small[int(y), 3])
     return colours
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_form_page_answer_is_the_colour_of_the_named_field(seed):
+def test_form_page_answer_is_what_the_coloured_field_shows(seed):
     page = syn.draw_form_page(random.Random(seed))
     assert page.image.size == syn.FORM_SIZE
-    colours = band_colours(page.image)
-    assert len(set(colours.values())) == 3
+    colours = field_colours(page.image)
+    [(field, colour)] = [(f, c) for f, c in colours.items() if c != "blank"]
     if match := re.fullmatch(r"What is the colour of the (\w+) field\?", page.question):
-        assert page.answers[0] == colours[match.group(1)]
+        assert match.group(1) == field and page.answers == [colour, colour.capitalize()]
     else:
-        colour = re.fullmatch(r"Which field is (\w+)\?", page.question).group(1)
-        assert [field for field, c in colours.items() if c == colour] == [page.answers[0]]
+        assert page.question == f"Which field is {colour}?" and page.answers == [field, field.lower()]
     assert len(page.words) == len(page.boxes) == 7 and all(0 <= v <= 1000 for box in page.boxes for v in box)
 
 
@@ -55,35 +53,28 @@ def test_meme_label_follows_the_colour_of_its_shape(hateful):
     assert syn.meme_question(rng).endswith("\nAnswer yes or no.")
 
 
-def statement_holds(statement: str, left: str, right: str) -> bool:
-    """An independent reading of the generator's statements."""
-    if match := re.fullmatch(r"The (left|right) image shows an? (\w+) shape\.", statement):
-        return (left if match.group(1) == "left" else right) == match.group(2)
-    if match := re.fullmatch(r"Both images show an? (\w+) shape\.", statement):
-        return left == right == match.group(1)
-    assert statement == "The shapes in the two images have the same colour."
-    return left == right
+def read_panel(image: Image.Image) -> syn.Panel:
+    """Colour and size of a panel's shape, measured from its pixels after downscaling to 28 x 28."""
+    small = np.asarray(image.resize((28, 28), Image.BILINEAR)).astype(int)
+    background = small[0, 0]
+    shape = np.abs(small - background).sum(-1) > 120
+    ys, xs = np.nonzero(shape)
+    centre = small[int(ys.mean()), int(xs.mean())]
+    return syn.Panel(colour_name(centre), bool(shape.sum() > 28 * 28 * 0.2))
 
 
 @pytest.mark.parametrize("true", [True, False])
-def test_pair_statement_has_the_requested_truth_value(true):
+def test_pair_statement_has_the_requested_truth_value_in_the_pixels(true):
     rng = random.Random(11)
     kinds = set()
-    for _ in range(200):
-        left, right, statement = syn.pair_statement(rng, true)
-        assert statement_holds(statement, left, right) == true
-        kinds.add(statement.split()[1])
-    assert kinds == {"left", "right", "images", "shapes"}
-
-
-def test_pair_panels_show_their_colours_and_the_question_quotes_the_statement():
-    rng = random.Random(3)
-    for true in (True, False) * 10:
+    for _ in range(60):
         left, right, question = syn.draw_pair(rng, true)
         statement = re.search(r'"(.+)"', question).group(1)
-        seen = [colour_name(np.asarray(im.resize((28, 28), Image.BILINEAR))[14, 14]) for im in (left, right)]
-        assert statement_holds(statement, *seen) == true
+        [kind] = [k for k, text in syn.PAIR_STATEMENTS.items() if text == statement]
+        kinds.add(kind)
+        assert syn.pair_holds(kind, read_panel(left), read_panel(right)) == true
         assert question.endswith("Answer yes or no.")
+    assert kinds == set(syn.PAIR_STATEMENTS)
 
 
 def test_generators_are_deterministic_and_labels_balanced():

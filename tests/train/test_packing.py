@@ -8,8 +8,9 @@ from phi3v.train import micro_batches, train
 
 from conftest import DATASET, base_run
 
-# bf16 autocast rounds differently for a (1, sum T) row than for a padded (B, T) batch
-LOSS_TOLERANCE = 2e-2
+# relative; bf16 autocast rounds a (1, sum T) row slightly differently from a padded (B, T) batch
+# (measured: ~3e-5 over three steps)
+LOSS_TOLERANCE = 1e-3
 
 
 def losses(out_dir):
@@ -25,7 +26,6 @@ def test_packed_loss_equals_padded_loss(tiny_base, tiny_data, tmp_path):
               checkpoint_dir=tmp_path / f"ckpt-{packing}")
         results[packing] = losses(out)
     for padded, packed in zip(results[False], results[True]):
-        print("padded vs packed", padded, packed)
         assert abs(padded - packed) <= LOSS_TOLERANCE * padded, results
 
 

@@ -33,6 +33,7 @@ FORM_BAND_TOP, FORM_BAND_HEIGHT = 24, 38  # the fields' bands below the title
 FORM_BLANK = (200, 200, 200)  # the boxes of the fields the question is not about
 MEME_SIZE = (128, 128)
 PANEL_SIZE = (112, 112)
+PAIR_COLOURS = ("red", "green", "blue")  # few colours: "same colour" is a coarse comparison
 
 _CAPTION_WORDS = (
     "when", "the", "monday", "coffee", "cat", "finally", "weekend", "nobody", "me", "again",
@@ -150,50 +151,56 @@ def meme_question(rng: random.Random) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def draw_panel(rng: random.Random, colour: str) -> Image.Image:
-    """One picture of the pair: a single large circle or square of `colour` on a light background."""
+@dataclass(frozen=True)
+class Panel:
+    """One picture of a pair: a single circle or square, large or small, of one colour."""
+
+    colour: str
+    large: bool
+
+
+def draw_panel(rng: random.Random, panel: Panel) -> Image.Image:
     width, height = PANEL_SIZE
-    panel = Image.new("RGB", PANEL_SIZE, tuple(rng.randint(215, 245) for _ in range(3)))
-    draw = ImageDraw.Draw(panel)
-    half = rng.randint(28, 40)
-    cx, cy = width // 2 + rng.randint(-12, 12), height // 2 + rng.randint(-12, 12)
+    image = Image.new("RGB", PANEL_SIZE, tuple(rng.randint(215, 245) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    # Large and small are far apart (about 4x the area), so size reads off a few patches.
+    half = rng.randint(36, 44) if panel.large else rng.randint(16, 22)
+    cx, cy = width // 2 + rng.randint(-10, 10), height // 2 + rng.randint(-10, 10)
     box = (cx - half, cy - half, cx + half, cy + half)
     if rng.random() < 0.5:
-        draw.ellipse(box, fill=COLOURS[colour])
+        draw.ellipse(box, fill=COLOURS[panel.colour])
     else:
-        draw.rectangle(box, fill=COLOURS[colour])
-    return panel
+        draw.rectangle(box, fill=COLOURS[panel.colour])
+    return image
 
 
-def _with_article(colour: str) -> str:
-    return f"an {colour}" if colour[0] in "aeiou" else f"a {colour}"
+PAIR_STATEMENTS = {
+    "same_colour": "The shapes in the two images have the same colour.",
+    "left_larger": "The shape in the left image is larger than the shape in the right image.",
+    "both_large": "Both images show a large shape.",
+}
 
 
-def _other_colour(rng: random.Random, colour: str) -> str:
-    return rng.choice([c for c in sorted(COLOURS) if c != colour])
+def pair_holds(kind: str, left: Panel, right: Panel) -> bool:
+    """Whether the statement of `kind` is true for the pair."""
+    if kind == "same_colour":
+        return left.colour == right.colour
+    if kind == "left_larger":
+        return left.large and not right.large
+    return left.large and right.large
 
 
-def pair_statement(rng: random.Random, true: bool) -> tuple[str, str, str]:
-    """(left colour, right colour, statement) such that the statement is `true` for the pair."""
-    names = sorted(COLOURS)
-    kind = rng.choice(("left", "right", "both", "same"))
-    left, right = rng.choice(names), rng.choice(names)
-    if kind in ("left", "right"):
-        shown = left if kind == "left" else right
-        named = shown if true else _other_colour(rng, shown)
-        return left, right, f"The {kind} image shows {_with_article(named)} shape."
-    if kind == "both":
-        named = rng.choice(names)
-        if true:
-            left = right = named
-        elif left == named and right == named:
-            right = _other_colour(rng, named)
-        return left, right, f"Both images show {_with_article(named)} shape."
-    if true:
-        right = left
-    elif right == left:
-        right = _other_colour(rng, left)
-    return left, right, "The shapes in the two images have the same colour."
+def pair_statement(rng: random.Random, true: bool) -> tuple[Panel, Panel, str]:
+    """(left, right, statement) with a statement about colours or sizes that is `true` for the pair.
+
+    The pair is drawn at random until the statement's truth value is the requested one (a few draws:
+    each kind holds for a quarter to a third of random pairs).
+    """
+    kind = rng.choice(sorted(PAIR_STATEMENTS))
+    while True:
+        left, right = (Panel(rng.choice(PAIR_COLOURS), rng.random() < 0.5) for _ in range(2))
+        if pair_holds(kind, left, right) == true:
+            return left, right, PAIR_STATEMENTS[kind]
 
 
 def pair_question(statement: str) -> str:

@@ -1,0 +1,68 @@
+"""The demo base model builder and the speed benchmark, both through the one training loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from phi3v.errors import UserError
+
+from conftest import DATASET
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from phi3v.data.sources.pretrain_corpus import write_pretrain_corpus
+
+    folder = tmp_path_factory.mktemp("corpus") / "pretrain"
+    write_pretrain_corpus(folder, seed=0, n=24)
+    return folder
+
+
+def test_build_demo_base_writes_a_loadable_trained_model(corpus, tiny_data, tmp_path):
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
+    from phi3v.pretrain import build_demo_base
+    from phi3v.processing_phi3v import Phi3VProcessor
+
+    out = tmp_path / "base_model"
+    metrics = build_demo_base(corpus, [tiny_data], out, steps=8, seed=0, vocab_size=512)
+    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert len(log) == 8 and log[-1]["loss"] < log[0]["loss"]
+    assert metrics["trainable_params"] == metrics["total_params"]
+    model = Phi3VForCausalLM.from_pretrained(out)
+    processor = Phi3VProcessor.from_pretrained(out)
+    assert model.config.vocab_size == 512 and processor.image_processor.crop_size == model.config.crop_size
+    assert processor.image_token_id == model.config.image_token_id
+    source = json.loads((out / "provenance.json").read_text())
+    assert source["model"]["id"] == "phi3v-demo-tiny" and source["pretraining"]["steps"] == 8
+    # the tokenizer learned the demo texts: a task word is one piece, not bytes
+    assert len(processor.tokenizer.tokenize("yellow")) <= 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no build leftovers
+
+
+def test_build_demo_base_refuses_a_missing_text_folder(corpus, tmp_path):
+    from phi3v.pretrain import build_demo_base
+
+    with pytest.raises(UserError, match="no \\*.jsonl split"):
+        build_demo_base(corpus, [tmp_path], tmp_path / "out", steps=2, seed=0, vocab_size=512)
+
+
+def test_run_speed_measures_the_training_step(tiny_base, tiny_data, tmp_path):
+    from phi3v.benchmark import run_speed
+
+    row = {"row": "lora-sdpa-bf16-1x1", "strategy": "lora", "attention": "sdpa", "precision": "bf16",
+           "nodes": 1, "gpus": 1, "effective_batch": 2, "skip_reason": None}
+    out_json = tmp_path / "speed" / f"{row['row']}.json"
+    out_json.parent.mkdir()
+    result = run_speed(row, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET, num_crops=1,
+                       weights="random", steps=3, warmup=1, out_json=out_json)
+    assert json.loads(out_json.read_text()) == result
+    assert result["steps_measured"] == 3 and result["img_per_s"] > 0 and result["tokens_per_s"] > 0
+    assert result["mfu"] is None and "cpu" in result["mfu_reason"] and result["device"].startswith("cpu")
+    assert {"row", "strategy", "precision", "attention", "nodes", "gpus", "effective_batch", "img_per_s",
+            "tokens_per_s", "peak_mem_gib", "mfu", "device", "weights", "steps_measured"} <= result.keys()
+    with pytest.raises(UserError, match="speed.weights"):
+        run_speed(row, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET, num_crops=1,
+                  weights="zeros", steps=1, warmup=1, out_json=out_json)
