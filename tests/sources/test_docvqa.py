@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,17 @@ from phi3v.data.records import validate_dataset
 from phi3v.data.sources import docvqa, hub
 from phi3v.errors import UserError
 
-from .layouts import IMAGE_STRUCT, NIELSR_SCHEMA, COMMIT, LocalHub, image_bytes, nielsr_row, read_jsonl, write_cauldron, write_nielsr
+from .layouts import (
+    COMMIT,
+    IMAGE_STRUCT,
+    NIELSR_SCHEMA,
+    LocalHub,
+    image_bytes,
+    nielsr_row,
+    read_jsonl,
+    write_cauldron,
+    write_nielsr,
+)
 
 @pytest.fixture
 def handmade_raw(tmp_path) -> Path:

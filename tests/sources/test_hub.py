@@ -5,13 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
 
 from phi3v.data.sources import hub

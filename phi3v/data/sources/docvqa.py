@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 from typing import Iterator
 
 import datasets
@@ -169,8 +170,8 @@ def synthesize_docvqa(raw_dir: str | os.PathLike, seed: int, sizes: dict) -> dic
             raise UserError(f"sizes for synthetic docvqa must be positive, got {sizes!r}.")
         rng = random.Random(f"{NAME}-{seed}-{split}")
         rows = [_form_row(rng, split, index) for index in range(n)]
-        path = os.path.join(raw_dir, pattern.replace("*", "00000-of-00001"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        path = Path(raw_dir) / pattern.replace("*", "00000-of-00001")
+        path.parent.mkdir(parents=True, exist_ok=True)
         datasets.Dataset.from_list(rows, features=FEATURES).to_parquet(path)
         record["sizes"][split] = n
     write_source_record(raw_dir, record)

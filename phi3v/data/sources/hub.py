@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import datasets
 import huggingface_hub
 import pyarrow.parquet as pq
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
@@ -314,8 +315,6 @@ def iter_parquet_rows(files: list[Path], image_columns: dict) -> Iterator[dict]:
     `image_columns` maps a column to its undecoded image feature (`Image(decode=False)` or a list of
     them), so rows carry the images as `{bytes, path}` whether or not the parquet has HF metadata.
     """
-    import datasets
-
     dataset = datasets.load_dataset(
         "parquet", data_files={"train": [str(p) for p in files]}, split="train", streaming=True
     )

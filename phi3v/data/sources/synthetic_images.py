@@ -2,8 +2,8 @@
 
 Each generator draws one example of the real task's kind (a form page and a question with a short
 answer; a meme and a yes/no question; two pictures and a statement) from a `random.Random`. The
-answer depends only on coarse attributes (the colour and position of large regions), never on
-reading small text, so a tiny vision tower that sees a few 56-pixel crops can learn the tasks.
+answer depends only on coarse attributes (the colour, position and size of large regions), never
+on reading small text, so a tiny vision tower that sees a few 56-pixel crops can learn the tasks.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _pastel(rng: random.Random) -> tuple[int, int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# DocVQA: a form page with coloured fields
+# DocVQA: a form page with one coloured field
 # ---------------------------------------------------------------------------------------------
 
 

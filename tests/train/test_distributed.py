@@ -1,0 +1,63 @@
+"""torchrun: 2 CPU processes over gloo (DDP, and DeepSpeed ZeRO-2) match one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from phi3v.train import train
+
+from conftest import DATASET, base_run
+
+# relative; same samples and weights, only the order of the gradient sum changes
+DDP_LOSS_TOLERANCE = 1e-3
+# DeepSpeed holds bf16 weights (fp32 master copy) where a plain run holds fp32 weights under autocast
+DEEPSPEED_LOSS_TOLERANCE = 3e-2
+
+
+def torchrun(run, base, data, out, ckpt, nproc=2, timeout=480):
+    torchrun_bin = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [torchrun_bin, f"--nproc_per_node={nproc}", "--master_port=0", "-m", "phi3v.train",
+               "--run-json", json.dumps(run), "--base-model", str(base), "--data-dir", str(data),
+               "--dataset", DATASET, "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def losses(out_dir):
+    return [json.loads(line)["loss"] for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one(tiny_base, tiny_data, tmp_path):
+    run = base_run(batch_size=4, per_device_batch_size=1, max_steps=4)
+    one = train(run, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET, out_dir=tmp_path / "one",
+                checkpoint_dir=tmp_path / "ckpt-one")
+    two = torchrun(run, tiny_base, tiny_data, tmp_path / "two", tmp_path / "ckpt-two")
+    assert (one["processes"], one["accumulation_steps"]) == (1, 4)
+    assert (two["processes"], two["accumulation_steps"]) == (2, 2)
+    for a, b in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
+        assert abs(a - b) <= DDP_LOSS_TOLERANCE * a
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=DDP_LOSS_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_on_two_cpu_processes(tiny_base, tiny_data, tmp_path):
+    pytest.importorskip("deepspeed")
+    run = base_run(batch_size=4, per_device_batch_size=1, max_steps=4, deepspeed=True)
+    plain = train({**run, "deepspeed": False}, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET,
+                  out_dir=tmp_path / "plain", checkpoint_dir=tmp_path / "ckpt-plain")
+    zero2 = torchrun(run, tiny_base, tiny_data, tmp_path / "zero2", tmp_path / "ckpt-zero2")
+    assert zero2["deepspeed"] is True and zero2["weights_dtype"] == "bfloat16"
+    assert zero2["autocast_dtype"] is None
+    for a, b in zip(losses(tmp_path / "plain"), losses(tmp_path / "zero2")):
+        assert abs(a - b) <= DEEPSPEED_LOSS_TOLERANCE * a
+    assert losses(tmp_path / "zero2")[-1] < losses(tmp_path / "zero2")[0]
+    assert (tmp_path / "zero2" / "model" / "model.safetensors").is_file()
