@@ -109,8 +109,17 @@ def first_turn_answers(records: Sequence[Record]) -> list[str]:
 
 
 def majority_answer(train_jsonl: str | os.PathLike) -> str:
-    """The most frequent normalised first-turn answer of the training split (ties: first seen)."""
-    answers = first_turn_answers(read_records(train_jsonl))
-    if not answers:
+    """The most frequent first-turn answer of the training split, counted after normalisation
+    (ties: first seen) and returned in its most frequent original spelling, so that case-sensitive
+    metrics (the recipe's ANLS) score the baseline fairly."""
+    records = read_records(train_jsonl)
+    if not records:
         raise UserError(f"{train_jsonl}: no records — the majority baseline needs a non-empty train split")
-    return Counter(answers).most_common(1)[0][0]
+    normalised = first_turn_answers(records)
+    winner = Counter(normalised).most_common(1)[0][0]
+    spellings = Counter(
+        record.conversations[0].assistant.strip()
+        for record, answer in zip(records, normalised)
+        if answer == winner
+    )
+    return spellings.most_common(1)[0][0]

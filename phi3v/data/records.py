@@ -25,12 +25,13 @@ from phi3v.data.sources.common import write_jsonl
 from phi3v.errors import UserError
 from phi3v.processing_phi3v import image_tag_numbers
 
-REQUIRED_SPLITS = ("train", "val")
+REQUIRED_SPLITS = ("train", "val")  # a custom dataset's; converted ones name their eval split
 MAX_PROBLEMS_SHOWN = 50
 
 RECORD_KEYS = {"id": str, "source": str, "conversations": list, "answers": list}
 TURN_KEYS = {"images": list, "user": str, "assistant": str}
 OPTIONAL_RECORD_KEYS = {"answers"}
+OPTIONAL_TURN_KEYS = {"images"}  # a text-only turn may leave it out
 JSON_TYPE = {str: "string", list: "list"}  # the JSON name of each expected type
 
 FORMAT_HINT = (
@@ -56,7 +57,7 @@ class Record:
     @classmethod
     def from_dict(cls, obj: dict) -> "Record":
         """Build a record from a parsed line that `record_problems` found valid."""
-        turns = [Turn(list(t["images"]), t["user"], t["assistant"]) for t in obj["conversations"]]
+        turns = [Turn(list(t.get("images", [])), t["user"], t["assistant"]) for t in obj["conversations"]]
         answers = list(obj["answers"]) if obj.get("answers") is not None else None
         return cls(obj["id"], obj["source"], turns, answers)
 
@@ -148,8 +149,8 @@ def _turn_problems(turn: Any, index: int, first_image_number: int) -> list[tuple
     where = f"conversations[{index}]: "
     if not isinstance(turn, dict):
         return [(f"{where}is {_type_name(turn)}, expected an object", 'write each turn as {"images": [...], "user": "...", "assistant": "..."}')]
-    problems = _field_problems(turn, TURN_KEYS, set(), where)
-    images = turn.get("images")
+    problems = _field_problems(turn, TURN_KEYS, OPTIONAL_TURN_KEYS, where)
+    images = turn.get("images", [])
     if isinstance(images, list):
         for j, path in enumerate(images):
             if not isinstance(path, str):
@@ -204,8 +205,8 @@ def record_problems(obj: Any) -> list[tuple[str, str]]:
         next_image_number = 1
         for i, turn in enumerate(conversations):
             problems += _turn_problems(turn, i, next_image_number)
-            if isinstance(turn, dict) and isinstance(turn.get("images"), list):
-                next_image_number += len(turn["images"])
+            if isinstance(turn, dict) and isinstance(turn.get("images", []), list):
+                next_image_number += len(turn.get("images", []))
     return problems
 
 
@@ -286,7 +287,7 @@ class _ImageChecker:
     def problems(self, obj: dict) -> list[tuple[str, str]]:
         problems = []
         for i, turn in enumerate(obj["conversations"]):
-            for relative in turn["images"]:
+            for relative in turn.get("images", []):
                 if relative not in self.cache:
                     self.cache[relative] = _image_file_problem(self.images_dir, relative)
                 if (why := self.cache[relative]) is not None:
@@ -299,10 +300,11 @@ def validate_dataset(
     name: str,
     splits: Iterable[str] = ("train", "val", "test"),
     check_images: bool = True,
+    required: Iterable[str] = REQUIRED_SPLITS,
 ) -> list[Problem]:
     """Check every line of `<name>_<split>.jsonl` in `folder`; return every problem found.
 
-    train and val are required, other splits optional. Checked: JSON, keys and types, non-empty
+    The `required` splits must exist, the others are optional. Checked: JSON, keys and types, non-empty
     texts, image paths (inside images/, present, decodable), `<|image_k|>` tags against the image
     counts, and ids unique within and across splits.
     """
@@ -317,7 +319,7 @@ def validate_dataset(
     for split in splits:
         path = split_path(folder, name, split)
         if not path.is_file():
-            if split in REQUIRED_SPLITS:
+            if split in required:
                 problems.append(Problem(str(path), None, f"required {split} split not found", f"write the {split} records to {path.name}"))
             continue
         problems += _validate_split(path, checker if check_images else None, first_seen)
@@ -347,7 +349,7 @@ def _validate_split(path: Path, checker: _ImageChecker | None, first_seen: dict[
     return problems
 
 
-def validate_or_raise(folder: str | os.PathLike, name: str) -> dict[str, int]:
+def validate_or_raise(folder: str | os.PathLike, name: str, eval_split: str = "val") -> dict[str, int]:
     """Validate a custom dataset; one UserError listing every problem, else records per split.
 
     Writes nothing, so a failed check leaves no output behind.
@@ -355,7 +357,7 @@ def validate_or_raise(folder: str | os.PathLike, name: str) -> dict[str, int]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: dataset folder not found — check the dataset's path in the config")
-    problems = validate_dataset(folder, name)
+    problems = validate_dataset(folder, name, required=("train", eval_split))
     if problems:
         shown = "\n".join(f"  {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
         more = len(problems) - MAX_PROBLEMS_SHOWN

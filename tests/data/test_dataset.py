@@ -54,13 +54,13 @@ def test_load_eval_examples_uses_first_turn(clean_folder):
         load_eval_examples(clean_folder / "tiny_train.jsonl", clean_folder / "images", max_samples=0)
 
 
-def test_majority_answer_normalises_and_breaks_ties_by_first_seen(tmp_path):
+def test_majority_answer_counts_normalised_keeps_spelling_and_breaks_ties_by_first_seen(tmp_path):
     path = write_lines(tmp_path / "m_train.jsonl", [
         record("1", [], assistant="No."), record("2", [], assistant="yes"),
         record("3", [], assistant=" no"), record("4", [], assistant="YES."),
         record("5", [], assistant="maybe"),
     ])
-    assert majority_answer(path) == "no"
+    assert majority_answer(path) == "No."  # "No." and " no" tie as spellings: first seen
     path = write_lines(tmp_path / "n_train.jsonl", [record("1", [], assistant="b"), record("2", [], assistant="B."),
                                                      record("3", [], assistant="a"), record("4", [], assistant="c"),
                                                      record("5", [], assistant="c")])

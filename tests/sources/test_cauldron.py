@@ -37,11 +37,11 @@ def test_hateful_memes_eval_is_the_first_rows_across_shards(tmp_path):
     assert [r["id"] for r in train] == [f"train-{i:010d}" for i in range(3, 7)]
     assert train[0] == {"id": "train-0000000003", "source": "hateful_memes", "conversations": [
         {"images": ["train/train-0000000003.0.png"],
-         "user": "<|image_1|>\nIs meme 3 hateful?\nAnswer yes or no.", "assistant": "Yes."}]}
+         "user": "Is meme 3 hateful?\nAnswer yes or no.", "assistant": "Yes."}]}
     for record in test + train:
         i = int(record["id"].split("-")[1])
         turn = record["conversations"][0]
-        assert turn["user"] == f"<|image_1|>\n{rows[i][1][0][0]}" and turn["assistant"] == rows[i][1][0][1]
+        assert turn["user"] == rows[i][1][0][0] and turn["assistant"] == rows[i][1][0][1]
         assert (tmp_path / "out/images" / turn["images"][0]).read_bytes() == rows[i][0][0]
     assert validate_dataset(tmp_path / "out", "hateful_memes", splits=("train", "test")) == []
 
@@ -57,7 +57,7 @@ def test_nlvr2_keeps_two_images_on_the_first_turn_and_later_turns_text_only(tmp_
     [test] = read_jsonl(tmp_path / "out/nlvr2_test.jsonl")
     assert test["conversations"] == [
         {"images": ["test/test-0000000000.0.png", "test/test-0000000000.1.jpg"],
-         "user": "<|image_1|><|image_2|>\nIs the left one red? Answer yes or no.", "assistant": "Yes."},
+         "user": "Is the left one red? Answer yes or no.", "assistant": "Yes."},
         {"images": [], "user": "And the right one?", "assistant": "No."},
     ]
     right = np.asarray(Image.open(tmp_path / "out/images/test/test-0000000000.1.jpg"))
@@ -123,8 +123,7 @@ def test_synthetic_sets_use_the_hub_layout_and_are_balanced_and_deterministic(ta
         assert answers.count("Yes.") == answers.count("No.") == n // 2
         images = len(records[0]["conversations"][0]["images"])
         assert images == cauldron.IMAGES_PER_EXAMPLE[task]
-        tags = "".join(f"<|image_{k}|>" for k in range(1, images + 1))
-        assert all(r["conversations"][0]["user"].startswith(tags + "\n") for r in records)
+        assert not any("<|image_" in r["conversations"][0]["user"] for r in records)  # loading adds tags
     assert validate_dataset(tmp_path / "out", task, splits=("train", "test")) == []
 
     synthesize(tmp_path / "raw2", seed=1, sizes=sizes)

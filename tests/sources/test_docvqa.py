@@ -52,18 +52,18 @@ def test_converts_the_hub_layout_line_by_line_and_image_by_image(handmade_raw, t
     assert read_jsonl(out / "docvqa_train.jsonl") == [
         {"id": "train-0000000000", "source": "docvqa", "answers": ["$12", "12"],
          "conversations": [{"images": ["train/train-0000000000.0.png"],
-                            "user": "<|image_1|>\nWhat is the total?\nAnswer briefly.", "assistant": "$12"}]},
+                            "user": "What is the total?\nAnswer briefly.", "assistant": "$12"}]},
         {"id": "train-0000000001", "source": "docvqa", "answers": ["J. Smith"],
          "conversations": [{"images": ["train/train-0000000001.0.jpg"],
-                            "user": "<|image_1|>\nWho signed?\nAnswer briefly.", "assistant": "J. Smith"}]},
+                            "user": "Who signed?\nAnswer briefly.", "assistant": "J. Smith"}]},
         {"id": "train-0000000002", "source": "docvqa", "answers": ["May 1", "1 May", "may 1"],
          "conversations": [{"images": ["train/train-0000000002.0.png"],
-                            "user": "<|image_1|>\nWhat is the date?\nAnswer briefly.", "assistant": "May 1"}]},
+                            "user": "What is the date?\nAnswer briefly.", "assistant": "May 1"}]},
     ]
     assert read_jsonl(out / "docvqa_test.jsonl") == [
         {"id": "test-0000000000", "source": "docvqa", "answers": ["3"],
          "conversations": [{"images": ["test/test-0000000000.0.png"],
-                            "user": "<|image_1|>\nWhich page?\nAnswer briefly.", "assistant": "3"}]},
+                            "user": "Which page?\nAnswer briefly.", "assistant": "3"}]},
     ]
     expected = {"train/train-0000000000.0.png": "red", "train/train-0000000002.0.png": "green",
                 "test/test-0000000000.0.png": "yellow"}
@@ -160,7 +160,7 @@ def test_full_train_reads_the_cauldron_docvqa_and_keeps_multi_turn_rows(handmade
     assert read_jsonl(tmp_path / "out/docvqa_train.jsonl") == [
         {"id": "train-0000000000", "source": "docvqa", "conversations": [
             {"images": ["train/train-0000000000.0.png"],
-             "user": "<|image_1|>\nWhat is the title?\nGive a very brief answer.", "assistant": "Memo."},
+             "user": "What is the title?\nGive a very brief answer.", "assistant": "Memo."},
             {"images": [], "user": "Who wrote it?\nBe succinct.", "assistant": "Ann."}]},
     ]
 

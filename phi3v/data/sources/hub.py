@@ -341,10 +341,13 @@ class RawExample:
 
 
 def conversation(turns: list[tuple[str, str]], image_paths: list[str]) -> list[dict]:
-    """The recipe's `conversations`: every image tagged on the first turn, later turns text only."""
-    tags = "".join(f"<|image_{k}|>" for k in range(1, len(image_paths) + 1))
+    """The recipe's `conversations`: every image on the first turn, later turns text only.
+
+    The user text carries no `<|image_k|>` tags, as in the recipe's converted files: loading adds
+    them (`phi3v.data.dataset.with_image_tags`), so a custom dataset without tags works the same.
+    """
     (first_user, first_assistant), later = turns[0], turns[1:]
-    first = {"images": image_paths, "user": f"{tags}\n{first_user}", "assistant": first_assistant}
+    first = {"images": image_paths, "user": first_user, "assistant": first_assistant}
     return [first] + [{"images": [], "user": user, "assistant": assistant} for user, assistant in later]
 
 
