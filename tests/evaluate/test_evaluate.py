@@ -139,5 +139,5 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path, precision):
     assert rows[0]["answers"] == ["Ann Lee", "A. Lee"]
     assert all(isinstance(row["prediction"], str) and 0 <= row["score"] <= 1 for row in rows)
     assert scores["score"] == pytest.approx(100 * sum(row["score"] for row in rows) / 3, abs=1e-3)
-    assert scores["majority_answer"] == "ann lee"
+    assert scores["majority_answer"] == "Ann Lee"
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
