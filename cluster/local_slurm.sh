@@ -3,13 +3,17 @@
 # for trying the SLURM profile without a cluster. Needs root and Debian's munge, slurmctld, slurmd
 # and slurm-client packages. Every daemon is stopped by the PID it wrote, nothing else is touched.
 #
-#   cluster/local_slurm.sh start [STATE_DIR]   # prints `export SLURM_CONF=...`
+#   cluster/local_slurm.sh start [STATE_DIR]   # prints `export SLURM_CONF=... PATH=STATE_DIR/bin:$PATH`
 #   cluster/local_slurm.sh stop  [STATE_DIR]
 set -euo pipefail
 
 action=${1:-}
 state_dir=$(realpath -m "${2:-${TMPDIR:-/tmp}/phi3v-slurm}")
 conf="$state_dir/slurm.conf"
+# munged runs as the munge user, who may not reach a private state dir (e.g. pytest's, mode 0700):
+# its files then live in a folder of their own, named after the state dir.
+munge_dir="$state_dir/munge"
+[ -e "$state_dir/munge_dir" ] && munge_dir=$(cat "$state_dir/munge_dir")
 
 die() { echo "local_slurm.sh: $*" >&2; exit 1; }
 
@@ -19,21 +23,26 @@ start() {
       || die "$tool not found: install Debian's munge slurmctld slurmd slurm-client (apt-get install munge slurmctld slurmd slurm-client)"
   done
   [ "$(id -u)" = 0 ] || die "must run as root (slurmd starts job steps as their users)"
-  mkdir -p "$state_dir"/{state,spool,munge}
-  chown munge: "$state_dir/munge"
+  mkdir -p "$state_dir"/{state,spool}
+  if ! runuser -u munge -- test -x "$state_dir"; then
+    munge_dir="${TMPDIR:-/tmp}/phi3v-munge-$(printf %s "$state_dir" | md5sum | cut -c1-12)"
+    echo "$munge_dir" >"$state_dir/munge_dir"
+  fi
+  mkdir -p "$munge_dir"
+  chown munge: "$munge_dir"; chmod 755 "$munge_dir"  # munged wants its socket folder reachable by all
   local host cpus mem_mb
   host=$(hostname -s)
   cpus=$(nproc)
   mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 
   # munge: a private key and socket, so a system munged (if any) is left alone.
-  [ -s "$state_dir/munge/munge.key" ] || {
-    dd if=/dev/urandom bs=1 count=1024 of="$state_dir/munge/munge.key" status=none
-    chown munge: "$state_dir/munge/munge.key"; chmod 400 "$state_dir/munge/munge.key"
+  [ -s "$munge_dir/munge.key" ] || {
+    dd if=/dev/urandom bs=1 count=1024 of="$munge_dir/munge.key" status=none
+    chown munge: "$munge_dir/munge.key"; chmod 400 "$munge_dir/munge.key"
   }
-  runuser -u munge -- /usr/sbin/munged --key-file="$state_dir/munge/munge.key" \
-    --socket="$state_dir/munge/munge.socket" --pid-file="$state_dir/munge/munged.pid" \
-    --log-file="$state_dir/munge/munged.log" --seed-file="$state_dir/munge/munged.seed"
+  runuser -u munge -- /usr/sbin/munged --key-file="$munge_dir/munge.key" \
+    --socket="$munge_dir/munge.socket" --pid-file="$munge_dir/munged.pid" \
+    --log-file="$munge_dir/munged.log" --seed-file="$munge_dir/munged.seed"
 
   cat >"$conf" <<CONF
 ClusterName=phi3v-local
@@ -41,7 +50,7 @@ SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$state_dir/munge/munge.socket
+AuthInfo=socket=$munge_dir/munge.socket
 CredType=cred/munge
 StateSaveLocation=$state_dir/state
 SlurmdSpoolDir=$state_dir/spool
@@ -66,10 +75,18 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
   /usr/sbin/slurmctld -f "$conf"
   /usr/sbin/slurmd -f "$conf"
+  # Client commands that find this config without SLURM_CONF, which Snakemake's SLURM job step
+  # removes (with every SLURM_* variable) before it calls srun; a cluster has /etc/slurm instead.
+  mkdir -p "$state_dir/bin"
+  local tool
+  for tool in srun sbatch squeue scontrol sinfo scancel; do
+    printf '#!/bin/sh\nSLURM_CONF=%q exec %q "$@"\n' "$conf" "$(command -v "$tool")" >"$state_dir/bin/$tool"
+    chmod 755 "$state_dir/bin/$tool"
+  done
   export SLURM_CONF="$conf"
   for _ in $(seq 1 60); do
     if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
-      echo "export SLURM_CONF=$conf"
+      echo "export SLURM_CONF=$conf PATH=$state_dir/bin:\$PATH"
       return 0
     fi
     sleep 0.5
@@ -79,7 +96,7 @@ CONF
 
 stop() {
   local pidfile pid
-  for pidfile in "$state_dir/slurmd.pid" "$state_dir/slurmctld.pid" "$state_dir/munge/munged.pid"; do
+  for pidfile in "$state_dir/slurmd.pid" "$state_dir/slurmctld.pid" "$munge_dir/munged.pid"; do
     [ -s "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if kill "$pid" 2>/dev/null; then
@@ -88,6 +105,7 @@ stop() {
     fi
     rm -f "$pidfile"
   done
+  if [ -e "$state_dir/munge_dir" ]; then rm -rf "$munge_dir" "$state_dir/munge_dir"; fi
 }
 
 case "$action" in

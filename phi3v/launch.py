@@ -1,8 +1,9 @@
-"""How a training or evaluation job starts its processes: one process, torchrun on one machine,
-or srun + torchrun across SLURM nodes; and which GPUs a job on a shared machine may use.
+"""How a job asks the scheduler for resources and starts its processes: one process, torchrun on
+one machine, or srun + torchrun across SLURM nodes; and which GPUs a job on a shared machine uses.
 
 Snakemake counts GPUs as a resource but does not say which ones a job gets, so concurrent jobs
-on one machine claim disjoint GPUs here, with one lock file per GPU.
+on one machine claim disjoint GPUs here, with one lock file per GPU. Under SLURM, SLURM assigns
+the GPUs (CUDA_VISIBLE_DEVICES) and the nodes; nothing is claimed here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import fcntl
 import os
 import re
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -20,11 +23,105 @@ from typing import Iterator, Mapping, Sequence
 from phi3v.errors import UserError
 
 RENDEZVOUS_PORT = 29500
+# Machine-wide, so that jobs of different workflow runs on one machine see each other's claims.
+DEFAULT_LOCK_DIR = os.path.join(tempfile.gettempdir(), "phi3v-gpu-locks")
+SLURM_PROFILE = "profiles/slurm/config.yaml"
+# Jobs started through `python -m phi3v.launch`, which runs srun itself on several nodes.
+LAUNCHED_KINDS = ("train",)
+# The machine's GPU count for claims, as the workflow read it from `--resources gpu=N`.
+MACHINE_GPUS_VARIABLE = "PHI3V_GPUS_ON_MACHINE"
+
+
+# ---------------------------------------------------------------------------------------------
+# What a job asks the scheduler for
+
+
+def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 0, nodes: int = 1) -> dict:
+    """Snakemake resources of one kind of job (`data`, `model`, `train`, `evaluate`, `benchmark`,
+    `tables`): memory (MB per node) and time limit (minutes) from the config's `resources`, plus
+    GPUs and nodes.
+
+    On one machine the GPUs are the `gpu` resource, which Snakemake counts against
+    `--resources gpu=N`. Under SLURM they are `gres: gpu:G` (G per node, as `--gres` means), and a
+    job of LAUNCHED_KINDS on several nodes runs its own `srun` (the `mpi` resource tells the executor
+    plugin not to wrap the job in a one-task step), one task per node. The keys depend only on the
+    executor and on that, so Snakemake can take each value from a function of the wildcards.
+    """
+    limits = config["resources"][kind]
+    resources = {"mem_mb": limits["mem_mb"], "runtime": limits["runtime"]}
+    if not slurm:
+        resources["gpu"] = gpus_per_node
+        return resources
+    resources["nodes"] = nodes
+    resources["cpus_per_task"] = limits["threads"]
+    resources["gres"] = f"gpu:{gpus_per_node}" if gpus_per_node else ""
+    resources["tasks_per_gpu"] = 0  # no --ntasks-per-gpu: one launcher task per node
+    if nodes > 1 and kind in LAUNCHED_KINDS:
+        resources.update(mpi="srun", tasks=nodes)
+    else:
+        resources["tasks"] = 1
+    return resources
+
+
+def check_cluster(config: dict, *, slurm: bool, partition: str | None, machine_gpus: int | None) -> None:
+    """Refuse, before any job is submitted, what the scheduler could never run.
+
+    `partition`: the profile's default `slurm_partition` (None when the profile sets none);
+    `machine_gpus`: the N of `--resources gpu=N` (None when not given).
+    """
+    hardware = config["hardware"]
+    if slurm:
+        if partition is not None and not partition.strip():
+            raise UserError(
+                f"{SLURM_PROFILE}: `slurm_partition` is empty; set it to your cluster's partition "
+                "(`sinfo -s` lists them) under default-resources in that file, or run with "
+                "`--default-resources slurm_partition=NAME`"
+            )
+        return
+    if hardware["nodes"] > 1:
+        raise UserError(
+            f"config key `hardware.nodes` is {hardware['nodes']}: runs on several nodes need SLURM; "
+            "run with `--workflow-profile profiles/slurm`, or set `--config 'hardware={nodes: 1}'`"
+        )
+    if hardware["accelerator"] != "cuda" or machine_gpus is None:
+        return
+    wanted = [("config key `hardware.gpus_per_node`", hardware["gpus_per_node"])]
+    wanted += [
+        (f"speed row {row['row']}", row["gpus"])
+        for row in config["speed"]["rows"] if row["skip_reason"] is None
+    ]
+    for what, gpus in wanted:
+        if gpus > machine_gpus:
+            raise UserError(
+                f"{what} asks for {gpus} GPUs but `--resources gpu={machine_gpus}` says this machine "
+                f"has {machine_gpus}; lower it (e.g. `--config 'hardware={{gpus_per_node: {machine_gpus}}}'`), "
+                "remove the row with `runs_filter`, or run on a cluster (`--workflow-profile profiles/slurm`)"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# How a job starts its processes
 
 
 def under_slurm(env: Mapping[str, str] = os.environ) -> bool:
     """True inside a SLURM allocation (SLURM then owns CUDA_VISIBLE_DEVICES and the node list)."""
     return "SLURM_JOB_ID" in env
+
+
+def slurm_allocation(env: Mapping[str, str] = os.environ) -> tuple[int, str]:
+    """(number of nodes, node list) of the SLURM job this process runs in.
+
+    Snakemake's SLURM job step removes most SLURM_* variables before it starts a rule (keeping
+    SLURM_JOB_ID), so when they are missing the job is looked up with `scontrol`.
+    """
+    if "SLURM_JOB_NODELIST" in env and ("SLURM_JOB_NUM_NODES" in env or "SLURM_NNODES" in env):
+        return int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES"))), env["SLURM_JOB_NODELIST"]
+    job_id = env["SLURM_JOB_ID"]
+    shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job_id], capture_output=True, text=True)
+    fields = dict(re.findall(r"(\w+)=(\S+)", shown.stdout))
+    if shown.returncode or "NumNodes" not in fields or "NodeList" not in fields:
+        raise UserError(f"cannot read SLURM job {job_id} with `scontrol show job`: {shown.stderr.strip()}")
+    return int(fields["NumNodes"].split("-")[0]), fields["NodeList"]
 
 
 def launch_command(
@@ -40,7 +137,7 @@ def launch_command(
     - 1 process on 1 node: plain python (no launcher to get in the way of debuggers).
     - several processes on 1 node: `torchrun --standalone`.
     - several nodes: `srun` starts one torchrun per node; they meet at the first node of the
-      allocation (c10d rendezvous), whose name SLURM gives in SLURM_JOB_NODELIST.
+      allocation (c10d rendezvous), with the SLURM job id as the rendezvous id.
     """
     if processes_per_node < 1 or nodes < 1:
         raise UserError(f"processes_per_node ({processes_per_node}) and nodes ({nodes}) must be >= 1")
@@ -54,16 +151,15 @@ def launch_command(
             f"a run on {nodes} nodes needs a SLURM allocation (SLURM_JOB_ID is not set): run the "
             "workflow with `--workflow-profile profiles/slurm`, or set nodes: 1"
         )
-    allocated = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+    allocated, nodelist = slurm_allocation(env)
     if allocated != nodes:
         raise UserError(f"the run asks for {nodes} nodes but the SLURM job has {allocated}")
-    head = first_node(env["SLURM_JOB_NODELIST"])
     return [
-        "srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+        "srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
         *torchrun,
         f"--nnodes={nodes}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={head}:{RENDEZVOUS_PORT}",
+        f"--rdzv-endpoint={first_node(nodelist)}:{RENDEZVOUS_PORT}",
         f"--rdzv-id={env['SLURM_JOB_ID']}",
         "-m", *module_args,
     ]
@@ -77,6 +173,19 @@ def first_node(nodelist: str) -> str:
         raise UserError(f"cannot read the SLURM node list {nodelist!r}")
     prefix, ranges = match.groups()
     return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+# ---------------------------------------------------------------------------------------------
+# GPUs of a shared machine
+
+
+def machine_gpu_count(env: Mapping[str, str] = os.environ) -> int:
+    """GPUs this machine shares among jobs: $PHI3V_GPUS_ON_MACHINE, else all visible to this process."""
+    if env.get(MACHINE_GPUS_VARIABLE):
+        return int(env[MACHINE_GPUS_VARIABLE])
+    import torch
+
+    return torch.cuda.device_count()
 
 
 @contextlib.contextmanager
@@ -101,7 +210,7 @@ def claim_gpus(
             for gpu in range(total):
                 if len(held) == count or any(g == gpu for g, _ in held):
                     continue
-                fd = os.open(Path(lock_dir) / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+                fd = os.open(Path(lock_dir) / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDONLY, 0o666)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     held.append((gpu, fd))
@@ -117,6 +226,25 @@ def claim_gpus(
             os.close(fd)
 
 
+@contextlib.contextmanager
+def visible_gpus(
+    count: int, *, total: int | None = None, lock_dir: str | os.PathLike = DEFAULT_LOCK_DIR,
+    env: dict | None = None,
+) -> Iterator[dict]:
+    """Claim `count` GPUs (unless SLURM already assigned them) and yield the environment with
+    CUDA_VISIBLE_DEVICES set to them; a job that runs in this process passes `os.environ`.
+
+    `total`: the machine's GPUs; when None, see `machine_gpu_count`.
+    """
+    env = dict(os.environ) if env is None else env
+    if not count or under_slurm(env):
+        yield env
+        return
+    with claim_gpus(count, lock_dir, machine_gpu_count(env) if total is None else total) as gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        yield env
+
+
 def format_command(command: Sequence[str]) -> str:
     """The command as one shell-quoted line, for logs."""
     return shlex.join(command)
@@ -125,15 +253,14 @@ def format_command(command: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m phi3v.launch [options] -- MODULE ARGS...`: claim GPUs, then run the module."""
     import argparse
-    import subprocess
 
     parser = argparse.ArgumentParser(prog="python -m phi3v.launch", description=main.__doc__)
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--processes-per-node", type=int, default=1)
     parser.add_argument("--gpus", type=int, default=0, help="GPUs per node the job uses (0: CPU)")
     parser.add_argument("--gpus-on-machine", type=int, default=None,
-                        help="GPUs this machine has, shared by concurrent jobs (default: all visible)")
-    parser.add_argument("--lock-dir", default=".gpu-locks")
+                        help=f"GPUs this machine has, shared by concurrent jobs (default: ${MACHINE_GPUS_VARIABLE}, else all visible)")
+    parser.add_argument("--lock-dir", default=DEFAULT_LOCK_DIR)
     parser.add_argument("module_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     module_args = args.module_args[1:] if args.module_args[:1] == ["--"] else args.module_args
@@ -141,17 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give the module to run after --")
     try:
         command = launch_command(module_args, processes_per_node=args.processes_per_node, nodes=args.nodes)
-        env = dict(os.environ)
-        with contextlib.ExitStack() as stack:
-            if args.gpus and not under_slurm(env):
-                total = args.gpus_on_machine
-                if total is None:
-                    import torch
-
-                    total = torch.cuda.device_count()
-                gpus = stack.enter_context(claim_gpus(args.gpus, args.lock_dir, total))
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        with visible_gpus(args.gpus, total=args.gpus_on_machine, lock_dir=args.lock_dir) as env:
             print(f"launch: {format_command(command)}", file=sys.stderr, flush=True)
+            if "CUDA_VISIBLE_DEVICES" in env and not under_slurm(env):
+                print(f"launch: GPUs {env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
             return subprocess.run(command, env=env).returncode
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -20,12 +20,7 @@ rule benchmark_speed:
         warmup=config["speed"]["warmup"],
     threads: resources_of("benchmark")["threads"]
     resources:
-        mem_mb=resources_of("benchmark")["mem_mb"],
-        runtime=resources_of("benchmark")["runtime"],
-        gpus=lambda wildcards: (
-            settings.speed_row(config, wildcards.row)["gpus"] if config["hardware"]["accelerator"] == "cuda" else 0
-        ),
-        nodes=lambda wildcards: settings.speed_row(config, wildcards.row)["nodes"],
+        **speed_row_job_resources(),
     conda:
         "../envs/train.yaml"
     script:

@@ -4,14 +4,43 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from phi3v import settings
+from phi3v import launch, settings
 from phi3v.errors import UserError
+
+
+def default_resource(name):
+    """The raw value of a `--default-resources` entry (the profile's or the command line's), or None."""
+    defaults = workflow.resource_settings.default_resources
+    resource = defaults.get(name) if defaults is not None else None
+    return None if resource is None else str(resource.raw).strip("'\" ")
+
+
+def runs_on_slurm():
+    """Jobs go to SLURM: the slurm executor (or its job step, inside a SLURM job), or the SLURM
+    profile's default resources. The executor is only known once jobs are scheduled, the profile's
+    resources already while the rules are read."""
+    plugin = workflow.executor_plugin
+    return (plugin is not None and plugin.name.startswith("slurm")) or default_resource("slurm_partition") is not None
+
+
+def machine_gpus():
+    """The machine's GPUs as `--resources gpu=N` gives them, else None (detected by the job)."""
+    given = workflow.global_resources.get("gpu")
+    return getattr(given, "value", given)
+
 
 try:
     config.update(settings.resolve_config(config, workflow.basedir))
+    launch.check_cluster(
+        config, slurm=runs_on_slurm(), partition=default_resource("slurm_partition"), machine_gpus=machine_gpus()
+    )
 except UserError as error:
     # Reported before any job runs, without a traceback: the message names the key and the fix.
     raise WorkflowError(str(error)) from None
+
+if machine_gpus() is not None:
+    # Local jobs inherit this process's environment: their GPU claims share `--resources gpu=N`.
+    os.environ[launch.MACHINE_GPUS_VARIABLE] = str(machine_gpus())
 
 wildcard_constraints:
     dataset=settings.wildcard_pattern(config["datasets"]),
@@ -25,6 +54,20 @@ def results(path):
 def resources_of(kind):
     """Threads, memory (MB) and time limit (minutes) of a kind of job, from the config."""
     return config["resources"][kind]
+
+def job_resources(kind, gpus_per_node=0, nodes=1):
+    """The Snakemake resources of a kind of job, for this executor (see phi3v.launch.job_resources)."""
+    return launch.job_resources(config, kind, slurm=runs_on_slurm(), gpus_per_node=gpus_per_node, nodes=nodes)
+
+def speed_row_job_resources():
+    """Resources of a speed-table job: one function of the row per resource."""
+    def value(key):
+        return lambda wildcards: job_resources("benchmark", *speed_row_resources(wildcards.row))[key]
+    return {key: value(key) for key in job_resources("benchmark")}
+
+def gpus_per_job():
+    """GPUs a single-process GPU job (evaluation) uses."""
+    return 1 if config["hardware"]["accelerator"] == "cuda" else 0
 
 def dataset_dir(wildcards):
     return results(f"data/{wildcards.dataset}")
@@ -43,6 +86,12 @@ def training_processes():
     hardware = config["hardware"]
     gpus = hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 0
     return hardware["nodes"], settings.processes_per_node(config), gpus
+
+def speed_row_resources(row):
+    """GPUs per node and nodes of a speed-table row (its `gpus` count all nodes)."""
+    entry = settings.speed_row(config, row)
+    gpus = entry["gpus"] // entry["nodes"] if config["hardware"]["accelerator"] == "cuda" else 0
+    return gpus, entry["nodes"]
 
 def all_scores():
     return [results(f"eval/{dataset}/{run}/scores.json") for dataset, run in settings.evaluations(config)]

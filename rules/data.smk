@@ -15,8 +15,7 @@ rule synthesize_raw:
         sizes=lambda wildcards: config["datasets"][wildcards.dataset]["sizes"],
     threads: resources_of("data")["threads"]
     resources:
-        mem_mb=resources_of("data")["mem_mb"],
-        runtime=resources_of("data")["runtime"],
+        **job_resources("data"),
     conda:
         "../envs/data.yaml"
     script:
@@ -36,8 +35,7 @@ rule download_raw:
         cache_dir=config["model"]["cache_dir"],
     threads: resources_of("data")["threads"]
     resources:
-        mem_mb=resources_of("data")["mem_mb"],
-        runtime=resources_of("data")["runtime"],
+        **job_resources("data"),
     conda:
         "../envs/data.yaml"
     script:
@@ -63,8 +61,7 @@ rule convert:
         num_crops=lambda wildcards: config["datasets"][wildcards.dataset]["num_crops"],
     threads: resources_of("data")["threads"]
     resources:
-        mem_mb=resources_of("data")["mem_mb"],
-        runtime=resources_of("data")["runtime"],
+        **job_resources("data"),
     conda:
         "../envs/data.yaml"
     script:
@@ -86,8 +83,7 @@ rule validate:
         num_crops=lambda wildcards: config["datasets"][wildcards.dataset]["num_crops"],
     threads: resources_of("data")["threads"]
     resources:
-        mem_mb=resources_of("data")["mem_mb"],
-        runtime=resources_of("data")["runtime"],
+        **job_resources("data"),
     conda:
         "../envs/data.yaml"
     script:
@@ -104,8 +100,7 @@ rule pretrain_corpus:
         size=config["pretrain"]["corpus_size"],
     threads: resources_of("data")["threads"]
     resources:
-        mem_mb=resources_of("data")["mem_mb"],
-        runtime=resources_of("data")["runtime"],
+        **job_resources("data"),
     conda:
         "../envs/data.yaml"
     script:

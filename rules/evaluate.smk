@@ -17,10 +17,7 @@ rule evaluate:
         out_dir=lambda wildcards: results(f"eval/{wildcards.dataset}/{wildcards.run}"),
     threads: resources_of("evaluate")["threads"]
     resources:
-        mem_mb=resources_of("evaluate")["mem_mb"],
-        runtime=resources_of("evaluate")["runtime"],
-        gpus=1 if config["hardware"]["accelerator"] == "cuda" else 0,
-        nodes=1,
+        **job_resources("evaluate", gpus_per_job()),
     conda:
         "../envs/evaluate.yaml"
     script:

@@ -18,8 +18,7 @@ if config["model"]["source"] == "demo":
             vocab_size=config["pretrain"]["vocab_size"],
         threads: resources_of("model")["threads"]
         resources:
-            mem_mb=resources_of("model")["mem_mb"],
-            runtime=resources_of("model")["runtime"],
+            **job_resources("model"),
         conda:
             "../envs/train.yaml"
         script:
@@ -38,8 +37,7 @@ else:
             cache_dir=config["model"]["cache_dir"],
         threads: resources_of("model")["threads"]
         resources:
-            mem_mb=resources_of("model")["mem_mb"],
-            runtime=resources_of("model")["runtime"],
+            **job_resources("model"),
         conda:
             "../envs/data.yaml"
         script:

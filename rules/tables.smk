@@ -21,8 +21,7 @@ rule tables:
         results_dir=lambda wildcards, output: os.path.dirname(output[0]),
     threads: resources_of("tables")["threads"]
     resources:
-        mem_mb=resources_of("tables")["mem_mb"],
-        runtime=resources_of("tables")["runtime"],
+        **job_resources("tables"),
     conda:
         "../envs/tables.yaml"
     script:
@@ -48,8 +47,7 @@ rule figures:
         results_dir=lambda wildcards, output: os.path.dirname(output[0]),
     threads: resources_of("tables")["threads"]
     resources:
-        mem_mb=resources_of("tables")["mem_mb"],
-        runtime=resources_of("tables")["runtime"],
+        **job_resources("tables"),
     conda:
         "../envs/tables.yaml"
     script:

@@ -22,10 +22,7 @@ rule train:
         processes=training_processes(),
     threads: resources_of("train")["threads"]
     resources:
-        mem_mb=resources_of("train")["mem_mb"],
-        runtime=resources_of("train")["runtime"],
-        gpus=training_processes()[2],
-        nodes=training_processes()[0],
+        **job_resources("train", gpus_per_node=training_processes()[2], nodes=training_processes()[0]),
     conda:
         "../envs/train.yaml"
     script:

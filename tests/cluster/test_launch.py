@@ -23,7 +23,7 @@ def test_one_node_several_processes_uses_standalone_torchrun():
 
 def test_several_nodes_use_srun_and_rendezvous_on_the_first_node():
     command = launch_command(["phi3v.train"], processes_per_node=8, nodes=2, python="py", env=SLURM_2_NODES)
-    assert command[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert command[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert "--nnodes=2" in command and "--rdzv-endpoint=gpu07:29500" in command and "--rdzv-id=42" in command
     assert command[-2:] == ["-m", "phi3v.train"]
 

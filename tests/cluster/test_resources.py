@@ -1,0 +1,115 @@
+"""What jobs ask the scheduler for, GPU claims through the launcher, and the refusals that come
+before anything is submitted."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from phi3v import settings
+from phi3v.errors import UserError
+from phi3v.launch import MACHINE_GPUS_VARIABLE, check_cluster, job_resources, launch_command, slurm_allocation
+
+from workflow.helpers import run_snakemake
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return settings.resolve_config({"preset": "paper"})
+
+
+def test_local_jobs_count_gpus_as_the_gpu_resource(paper):
+    assert job_resources(paper, "train", slurm=False, gpus_per_node=8) == {"mem_mb": 200000, "runtime": 1440, "gpu": 8}
+    assert job_resources(paper, "data", slurm=False)["gpu"] == 0
+
+
+def test_slurm_jobs_ask_for_gres_per_node_and_multi_node_training_runs_its_own_srun(paper):
+    train = job_resources(paper, "train", slurm=True, gpus_per_node=8, nodes=2)
+    assert train == {"mem_mb": 200000, "runtime": 1440, "nodes": 2, "cpus_per_task": 16, "gres": "gpu:8",
+                     "tasks_per_gpu": 0, "mpi": "srun", "tasks": 2}
+    single = job_resources(paper, "train", slurm=True, gpus_per_node=8)
+    assert single["nodes"] == 1 and single["tasks"] == 1 and "mpi" not in single
+    # A benchmark is one process: several nodes are allocated but no srun per node is expected.
+    assert "mpi" not in job_resources(paper, "benchmark", slurm=True, gpus_per_node=8, nodes=2)
+    data = job_resources(paper, "data", slurm=True)
+    assert data["gres"] == "" and data["cpus_per_task"] == 8
+    # The keys do not depend on the values, so the benchmark can take each from its row.
+    assert job_resources(paper, "benchmark", slurm=True).keys() == job_resources(paper, "benchmark", slurm=True, gpus_per_node=4).keys()
+
+
+def test_check_cluster_refusals(paper):
+    with pytest.raises(UserError, match=r"`slurm_partition` is empty; .*--default-resources slurm_partition=NAME"):
+        check_cluster(paper, slurm=True, partition=" ", machine_gpus=None)
+    check_cluster(paper, slurm=True, partition="gpu", machine_gpus=None)
+    check_cluster(paper, slurm=True, partition=None, machine_gpus=None)  # plugin picks the default partition
+    with pytest.raises(UserError, match=r"`hardware.gpus_per_node` asks for 8 GPUs but `--resources gpu=4`"):
+        check_cluster(paper, slurm=False, partition=None, machine_gpus=4)
+    check_cluster(paper, slurm=False, partition=None, machine_gpus=8)
+    two_nodes = settings.resolve_config({"preset": "paper", "hardware": {"nodes": 2}})
+    with pytest.raises(UserError, match=r"`hardware.nodes` is 2: runs on several nodes need SLURM"):
+        check_cluster(two_nodes, slurm=False, partition=None, machine_gpus=None)
+    check_cluster(two_nodes, slurm=True, partition="gpu", machine_gpus=None)
+
+
+def test_speed_row_wanting_more_gpus_than_the_machine_has_is_refused():
+    four = settings.resolve_config({"preset": "paper", "hardware": {"gpus_per_node": 4},
+                                    "runs_filter": ["docvqa/lora-bf16-*", "speed/*-1x8"]})
+    # The config says 4 GPUs a node, the row wants 8 on one node: listed as not run...
+    assert all(row["skip_reason"] == "needs 8 GPUs" for row in four["speed"]["rows"])
+    with pytest.raises(UserError, match=r"needs 8 GPUs but hardware is"):
+        settings.resolve_config({"preset": "paper", "hardware": {"gpus_per_node": 4}, "on_unsupported": "error",
+                                 "runs_filter": ["docvqa/lora-bf16-*", "speed/*-1x8"]})
+    eight = settings.resolve_config({"preset": "paper", "runs_filter": ["docvqa/lora-bf16-*", "speed/full-eager-bf16-1x8"]})
+    with pytest.raises(UserError, match=r"speed row full-eager-bf16-1x8 asks for 8 GPUs but `--resources gpu=6`"):
+        check_cluster({**eight, "hardware": {**eight["hardware"], "gpus_per_node": 2}}, slurm=False,
+                      partition=None, machine_gpus=6)
+
+
+def test_allocation_is_read_with_scontrol_when_the_job_step_removed_it(tmp_path):
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho 'JobId=77 JobName=x NumNodes=3 NumCPUs=48 NodeList=gpu[03-05] BatchHost=gpu03'\n")
+    scontrol.chmod(0o755)
+    env = {"SLURM_JOB_ID": "77", "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    old_path = os.environ["PATH"]
+    os.environ["PATH"] = env["PATH"]
+    try:
+        assert slurm_allocation(env) == (3, "gpu[03-05]")
+        command = launch_command(["phi3v.train"], processes_per_node=8, nodes=3, python="py", env=env)
+    finally:
+        os.environ["PATH"] = old_path
+    assert command[:5] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert "--rdzv-endpoint=gpu03:29500" in command and "--rdzv-id=77" in command
+
+
+def test_concurrent_launches_run_on_disjoint_gpus(tmp_path):
+    (tmp_path / "show_gpus.py").write_text(textwrap.dedent("""
+        import os, sys, time
+        print(os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
+        time.sleep(float(sys.argv[1]))
+    """))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           MACHINE_GPUS_VARIABLE: "4"}
+    env.pop("SLURM_JOB_ID", None)
+    launch = [sys.executable, "-m", "phi3v.launch", "--gpus", "2", "--lock-dir", str(tmp_path / "locks"), "--", "show_gpus"]
+    jobs = [subprocess.Popen([*launch, "3"], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    seen = [job.stdout.readline().strip().split(",") for job in jobs]
+    # A third job finds all four GPUs taken and waits until one of the first two ends.
+    third = subprocess.run([*launch, "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert all(job.wait() == 0 for job in jobs) and third.returncode == 0
+    assert sorted(seen[0] + seen[1]) == ["0", "1", "2", "3"]
+    assert len(third.stdout.strip().split(",")) == 2
+
+
+def test_workflow_refuses_before_submitting(tmp_path):
+    empty = run_snakemake("-n", "--workflow-profile", "profiles/slurm")
+    assert empty.returncode != 0
+    assert "profiles/slurm/config.yaml: `slurm_partition` is empty" in empty.stderr + empty.stdout
+    set_partition = run_snakemake("-n", "--workflow-profile", "profiles/slurm", "--default-resources",
+                                  "slurm_partition=gpu", "--config", "preset=paper", "hardware={nodes: 2}",
+                                  "runs_filter=[docvqa/full-bf16-*]")
+    assert set_partition.returncode == 0, set_partition.stderr[-3000:]
+    assert "gres=gpu:8" in set_partition.stdout and "mpi=srun, tasks=2" in set_partition.stdout
+    too_many = run_snakemake("-n", "--cores", "2", "--resources", "gpu=4", "--config", "preset=paper")
+    assert too_many.returncode != 0 and "asks for 8 GPUs but `--resources gpu=4`" in too_many.stderr + too_many.stdout
