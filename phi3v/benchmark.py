@@ -8,6 +8,7 @@ base model is used as it is.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -30,7 +31,9 @@ def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmu
         "warmup_steps": 0, "max_grad_norm": 1.0, "num_crops": num_crops,
         "gradient_checkpointing": row.get("gradient_checkpointing", True), "packing": False,
         "checkpoint_every": 0, "max_steps": warmup + steps, "max_train_samples": None, "seed": 0,
-        "deepspeed": row["strategy"] in ("full", "frozen_vision") and torch.cuda.is_available(),
+        # ZeRO-2 as the recipe's full fine-tuning, where torchrun launched GPU processes
+        "deepspeed": (row["strategy"] in ("full", "frozen_vision") and torch.cuda.is_available()
+                      and "WORLD_SIZE" in os.environ),
     }
 
 

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import os
 import resource
 import shutil
@@ -56,12 +55,20 @@ def make_accelerator(run: dict, accumulation: int):
     """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise."""
     from accelerate import Accelerator, DeepSpeedPlugin
 
+    on_cpu = not torch.cuda.is_available()  # without it, torchrun on CPUs would run N lone copies
+
     if run["deepspeed"]:
+        if on_cpu:  # Accelerate finds no backend for DeepSpeed without GPUs: name gloo
+            import deepspeed
+            from accelerate import PartialState
+
+            deepspeed.init_distributed(dist_backend="gloo")
+            PartialState(backend="gloo")
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(run, accumulation))
         return Accelerator(deepspeed_plugin=plugin, mixed_precision=run["precision"],
                            gradient_accumulation_steps=accumulation, step_scheduler_with_optimizer=False)
     # Precision is ours (autocast + GradScaler): Accelerate would run fp16 on a CPU as plain fp32.
-    return Accelerator(mixed_precision="no", gradient_accumulation_steps=accumulation,
+    return Accelerator(mixed_precision="no", gradient_accumulation_steps=accumulation, cpu=on_cpu,
                        step_scheduler_with_optimizer=False)
 
 
@@ -143,18 +150,22 @@ class FitResult:
 
 def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -> FitResult:
     """The training loop: set up, resume, train `total_steps` optimiser steps, measure."""
-    from accelerate import PartialState
     from accelerate.utils import DistributedType, set_seed
 
     from .processing_phi3v import Phi3VProcessor
 
     check_fields(run)
     data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
-    state = PartialState()
-    check_run(run, state.device)
-    accumulation = effective_batch_plan(run["batch_size"], run["per_device_batch_size"], state.num_processes)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_run(run, device)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
+    accumulation = effective_batch_plan(run["batch_size"], run["per_device_batch_size"], world_size)
     accelerator = make_accelerator(run, accumulation)
     uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if uses_deepspeed != bool(run["deepspeed"]) or accelerator.num_processes != world_size:
+        raise UserError(f"run {run['run']!r}: asked for deepspeed={run['deepspeed']} on {world_size} "
+                        f"process(es) but Accelerate set up {accelerator.distributed_type} on "
+                        f"{accelerator.num_processes} — launch with torchrun, or set deepspeed: false")
     set_seed(run["seed"])  # same LoRA init and data order on every process
 
     processor = Phi3VProcessor.from_pretrained(base_model)
@@ -201,11 +212,13 @@ def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -
                     desc=run["run"])
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
-        micro = [to_device(next(batches), accelerator.device, input_dtype) for _ in range(accumulation)]
+        micro = [next(batches) for _ in range(accumulation)]  # kept on the host until their turn
         # every process needs the effective batch's token count before its first backward
-        window_tokens = accelerator.reduce(sum(supervised_tokens(b["labels"]) for b in micro), "sum")
+        window_tokens = accelerator.reduce(
+            sum(supervised_tokens(b["labels"]) for b in micro).to(accelerator.device), "sum")
         step_loss = torch.zeros((), device=accelerator.device)
         for batch in micro:
+            batch = to_device(batch, accelerator.device, input_dtype)
             with accelerator.accumulate(model):
                 with autocast:
                     # loss = this micro-batch's token-loss sum / the effective batch's token count
@@ -228,7 +241,7 @@ def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -
 
         loss = accelerator.reduce(step_loss, "sum").item()
         images, crops, tokens = accelerator.reduce(
-            sum(batch_counts(b) for b in micro), "sum").tolist()
+            sum(batch_counts(b) for b in micro).to(accelerator.device), "sum").tolist()
         seconds = time.perf_counter() - t0
         if step > start_step or total_steps - start_step == 1:  # the first step warms up kernels
             timed.add(images, crops, tokens, seconds)
@@ -276,7 +289,7 @@ def batch_counts(batch: dict) -> torch.Tensor:
     crops = batch["pixel_values"].shape[0] if "pixel_values" in batch else 0
     mask = batch.get("attention_mask")
     tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-    return torch.tensor([images, crops, tokens], dtype=torch.float64, device=batch["input_ids"].device)
+    return torch.tensor([images, crops, tokens], dtype=torch.float64)
 
 
 def dtype_name(model, *, trainable: bool) -> str | None:

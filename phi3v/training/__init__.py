@@ -1,0 +1,1 @@
+"""Pieces of the training entry point: strategy set-up and resumable checkpoints."""
