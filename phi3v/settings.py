@@ -254,7 +254,9 @@ def _hardware_gaps(config: dict, attention: str, strategy: str, nodes: int = 1, 
     """What this hardware lacks for a job, e.g. `["needs GPU"]`; empty when it can run."""
     hardware = config["hardware"]
     gaps = []
-    if hardware["accelerator"] == "cpu" and (attention == "flash_attention_2" or strategy == "qlora"):
+    # QLoRA is not listed: bitsandbytes quantises to NF4 on CPUs too, and the trainer checks at
+    # start that it really can on this machine (refusing with the reason if not).
+    if hardware["accelerator"] == "cpu" and attention == "flash_attention_2":
         gaps.append("needs GPU")
     if nodes > hardware["nodes"]:
         gaps.append(f"needs {nodes} nodes")
