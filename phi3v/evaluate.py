@@ -200,7 +200,8 @@ def generate_answers(model, processor, examples: Sequence, *, num_crops: int, ma
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(weights_dtype(precision, device))
             with precision_context(precision, device):
-                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                        eos_token_id=processor.stop_token_ids, pad_token_id=processor.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new) after left-padded prompts
             answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
             bar.update(len(batch))

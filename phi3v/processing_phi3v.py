@@ -385,6 +385,13 @@ class Phi3VProcessor:
         self.pad_token_id = tokenizer.pad_token_id
         self.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Where generation ends: `<|end|>` closes an assistant turn; `<|endoftext|>` and EOS too."""
+        vocab = self.tokenizer.get_vocab()
+        ids = [vocab.get(END), vocab.get(PAD), self.tokenizer.eos_token_id]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **image_processor_overrides) -> "Phi3VProcessor":
         folder = Path(folder)

@@ -254,11 +254,11 @@ def skip_note(run: dict | None) -> str:
 
 def model_label(config: dict) -> str:
     model = config.get("model") or {}
+    if model.get("source") == "demo":
+        return "tiny Phi-3.5-vision (same architecture, small widths), pre-trained by the workflow"
     label = f"`{model.get('id')}`"
     if model.get("revision"):
         label += f" @ {model['revision']}"
-    if model.get("source") == "demo":
-        label += " (demo: tiny base model built by the workflow)"
     return label
 
 

@@ -81,6 +81,7 @@ rule validate:
         dataset=settings.wildcard_pattern(settings.datasets_by_source(config, "custom")),
     params:
         num_crops=lambda wildcards: config["datasets"][wildcards.dataset]["num_crops"],
+        eval_split=lambda wildcards: config["datasets"][wildcards.dataset]["eval_split"],
     threads: resources_of("data")["threads"]
     resources:
         **job_resources("data"),

@@ -20,7 +20,7 @@ def validate():
     from phi3v.data.stats import write_stats
 
     name, source, target = snakemake.wildcards.dataset, Path(snakemake.input[0]), Path(snakemake.output[0])
-    counts = validate_or_raise(source, name)
+    counts = validate_or_raise(source, name, eval_split=snakemake.params.eval_split)
     print(f"{source}: valid; records per split: {counts}")
     link_dataset(source, target, name)
     write_stats(target, name, snakemake.params.num_crops)

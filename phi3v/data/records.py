@@ -357,7 +357,8 @@ def validate_or_raise(folder: str | os.PathLike, name: str, eval_split: str = "v
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: dataset folder not found — check the dataset's path in the config")
-    problems = validate_dataset(folder, name, required=("train", eval_split))
+    # A custom dataset brings train and val (the recipe's format); its eval split must exist too.
+    problems = validate_dataset(folder, name, required=tuple(dict.fromkeys(("train", "val", eval_split))))
     if problems:
         shown = "\n".join(f"  {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
         more = len(problems) - MAX_PROBLEMS_SHOWN

@@ -76,6 +76,11 @@ def test_chat_template_and_generation_prompt(processor, tiny_tokenizer):
     assert processor.generation_prompt("Hi there") == "<|user|>\nHi there<|end|>\n<|assistant|>\n"
 
 
+def test_generation_stops_at_the_end_of_the_assistant_turn(processor, tiny_tokenizer):
+    vocab = tiny_tokenizer.get_vocab()
+    assert processor.stop_token_ids == [vocab["<|end|>"], vocab["<|endoftext|>"], vocab["</s>"]]
+
+
 def test_processor_falls_back_to_the_builtin_template():
     tokenizer = LlamaTokenizer(vocab={"<unk>": 0, "<s>": 1, "</s>": 2}, merges=[], add_bos_token=True)
     tokenizer.add_special_tokens({"pad_token": "<|endoftext|>"})

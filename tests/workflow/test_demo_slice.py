@@ -1,22 +1,15 @@
 """A slice of the demo through Snakemake itself: one dataset, two strategies, tiny sizes."""
 
-import importlib.util
 import json
 
 import pytest
 
 from .helpers import run_snakemake
 
-ENTRY_POINTS = ["phi3v.train", "phi3v.evaluate", "phi3v.pretrain", "phi3v.tables", "phi3v.report",
-                "phi3v.data.sources.docvqa", "phi3v.data.sources.pretrain_corpus"]
 RUNS = ["full-bf16-sdpa", "lora-bf16-sdpa"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    any(importlib.util.find_spec(name) is None for name in ENTRY_POINTS),
-    reason="the package's entry points are not all present",
-)
 def test_demo_slice_runs_end_to_end(tmp_path):
     results = tmp_path / "results"
     config = [
