@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
-TASKS = ("docvqa", "hateful_memes", "nlvr2", "ucf101")
+TASKS = ("docvqa", "docvqa_full", "hateful_memes", "nlvr2", "ucf101")  # docvqa_full: the recipe's --full_train
 FULL_PARAMETER_STRATEGIES = ("full", "frozen_vision")
 LORA_STRATEGIES = ("lora", "qlora")
 LORA_FIELDS = ("lora_rank", "lora_alpha")

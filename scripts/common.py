@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from phi3v.errors import UserError  # noqa: E402
+from phi3v.launch import visible_gpus  # noqa: E402
 
 
 def run_step(snakemake, step):
@@ -29,7 +30,11 @@ def run_step(snakemake, step):
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(snakemake.threads)
         try:
-            return step()
+            # Jobs on a shared multi-GPU machine hold disjoint GPUs; training claims its own in
+            # `phi3v.launch`, which also starts its processes.
+            gpus = 0 if snakemake.rule == "train" else snakemake.resources.get("gpu", 0)
+            with visible_gpus(gpus, env=os.environ):
+                return step()
         except UserError as error:
             print(f"error: {error}", file=log)
             print(f"error: {error}", file=sys.__stderr__)

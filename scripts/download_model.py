@@ -1,28 +1,29 @@
-"""The hub's model folder (weights, config, tokenizer, processor config) at a pinned revision."""
+"""The hub's model folder (weights, config, tokenizer, processor config) at a pinned commit."""
 
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
 from common import run_step  # noqa: E402
 
+# Everything a model folder needs; the hub's remote-code .py files are not (the model is native).
+MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja", "*.txt"]
+
 
 def download_model():
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    import json
+    from pathlib import Path
 
-    from phi3v.errors import UserError
+    from phi3v.data.sources.hub import download_snapshot
+    from phi3v.provenance import MODEL_SOURCE_FILE
 
-    repo_id, revision = snakemake.params.repo_id, snakemake.params.revision
-    try:
-        path = snapshot_download(
-            repo_id, revision=revision, cache_dir=snakemake.params.cache_dir, local_dir=snakemake.output[0]
-        )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
-        raise UserError(
-            f"config key `model.id`: cannot download {repo_id!r} (revision {revision}): {error}. "
-            "Check the id and revision, the network, and HF_TOKEN for gated models"
-        ) from None
-    print(f"downloaded {repo_id}@{revision or 'main'} to {path}")
+    repo_id, out_dir = snakemake.params.repo_id, Path(snakemake.output[0])
+    record = download_snapshot(
+        repo_id, out_dir, allow_patterns=MODEL_FILES, revision=snakemake.params.revision,
+        cache_dir=snakemake.params.cache_dir, repo_type="model",
+    )
+    # Runs started from this folder record which model and commit they came from.
+    (out_dir / MODEL_SOURCE_FILE).write_text(json.dumps({"model": {"id": repo_id, "revision": record["commit"]}}, indent=2))
+    print(f"downloaded {repo_id}@{record['commit']} to {out_dir}")
 
 
 run_step(snakemake, download_model)

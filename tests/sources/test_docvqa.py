@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,18 @@ def test_full_train_reads_the_cauldron_docvqa_and_keeps_multi_turn_rows(handmade
              "user": "What is the title?\nGive a very brief answer.", "assistant": "Memo."},
             {"images": [], "user": "Who wrote it?\nBe succinct.", "assistant": "Ann."}]},
     ]
+
+
+def test_full_task_converts_its_two_raw_parts_like_the_full_train_option(handmade_raw, tmp_path):
+    raw = tmp_path / "raw_full"
+    shutil.copytree(handmade_raw, raw / docvqa.FULL_TRAIN_PARTS["mini"])
+    write_cauldron(raw / docvqa.FULL_TRAIN_PARTS["cauldron"], "docvqa", [
+        ([image_bytes("red")], [("What is the title?\nGive a very brief answer.", "Memo.")]),
+    ])
+    docvqa.convert_docvqa_full(raw, tmp_path / "full")
+    docvqa.convert_docvqa(raw / "nielsr", tmp_path / "direct", full_train_dir=raw / "cauldron-docvqa")
+    for split in ("train", "test"):
+        assert read_jsonl(tmp_path / f"full/docvqa_{split}.jsonl") == read_jsonl(tmp_path / f"direct/docvqa_{split}.jsonl")
 
 
 def test_synthetic_docvqa_is_in_the_hub_layout_deterministic_and_learnable(tmp_path):

@@ -83,6 +83,12 @@ def test_runs_filter_string_and_helpers():
     assert (options["split"], options["metric"], options["attention"]) == ("test", "accuracy", "sdpa")
 
 
+def test_runs_filter_may_select_only_speed_rows():
+    config = resolve(runs_filter="speed/*")
+    assert config["runs"] == [] and settings.speed_rows(config) == ["full-eager-bf16-1x8", "frozen_vision-eager-bf16-1x8",
+                                                                      "lora-eager-bf16-1x8", "qlora-eager-bf16-1x8"]
+
+
 def test_custom_dataset_needs_a_path_and_wildcards_match_exactly():
     with pytest.raises(UserError, match="source custom needs `path`"):
         resolve(datasets={"mine": {"source": "custom", "metric": "accuracy"}})

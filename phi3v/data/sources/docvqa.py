@@ -79,6 +79,28 @@ def download_docvqa_full_train(raw_dir, revision=None, cache_dir=None) -> dict:
     return cauldron.download_cauldron(raw_dir, "docvqa", revision, cache_dir)
 
 
+# The recipe's `--full_train` as a task of its own: one raw folder holding both sources.
+FULL_TRAIN_PARTS = {"mini": "nielsr", "cauldron": "cauldron-docvqa"}
+
+
+def download_docvqa_full(raw_dir, revision=None, cache_dir=None) -> dict:
+    """The recipe's `--full_train` data: the Cauldron's `docvqa` to train on, the mini set's test
+    split to evaluate on, as `raw_dir/nielsr/` and `raw_dir/cauldron-docvqa/` (`revision` pins the mini set)."""
+    raw_dir = Path(raw_dir)
+    return {
+        "mini": download_docvqa(raw_dir / FULL_TRAIN_PARTS["mini"], revision, cache_dir),
+        "cauldron": download_docvqa_full_train(raw_dir / FULL_TRAIN_PARTS["cauldron"], None, cache_dir),
+    }
+
+
+def convert_docvqa_full(raw_dir, out_dir, **options) -> dict:
+    """`convert_docvqa` on a `download_docvqa_full` folder: Cauldron train split, mini test split."""
+    raw_dir = Path(raw_dir)
+    return convert_docvqa(
+        raw_dir / FULL_TRAIN_PARTS["mini"], out_dir, full_train_dir=raw_dir / FULL_TRAIN_PARTS["cauldron"], **options
+    )
+
+
 def pick_answer(answers: list[str], answer_seed: int | None, split: str, index: int) -> str:
     """The training target: the first gold answer, or one drawn per record (the recipe draws one)."""
     if answer_seed is None:
