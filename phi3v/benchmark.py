@@ -52,6 +52,11 @@ def write_random_full_size(base_model: Path, folder: Path) -> Path:
     return folder
 
 
+def nodes_used() -> int:
+    """Machines this process group spans (torchrun's world size over its per-node size)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", 1)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
 def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: int, weights: str,
               steps: int, warmup: int, out_json) -> dict:
     """Measure one speed row and write `results/speed/<row>.json`; return what was written."""
@@ -84,7 +89,9 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
               else f"cpu ({torch.get_num_threads()} threads)")
     speed = {
         "row": row["row"], "strategy": row["strategy"], "precision": row["precision"],
-        "attention": row["attention"], "nodes": row.get("nodes", 1), "gpus": row.get("gpus", 1),
+        # What was measured, not what the row asks for: on a CPU, one process and no GPU.
+        "attention": row["attention"], "nodes": nodes_used(),
+        "gpus": accelerator.num_processes if accelerator.device.type == "cuda" else 0,
         "effective_batch": run["batch_size"],
         "img_per_s": samples_per_s * images_per_sample,
         "tokens_per_s": statistics.median(entry["tokens"] / entry["step_s"] for entry in timed),
@@ -93,6 +100,7 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
                     accelerator.num_processes, samples_per_s=samples_per_s),
         "device": device, "processes": accelerator.num_processes, "weights": weights,
         "steps_measured": len(timed), "warmup_steps": warmup,
+        "git": provenance.git_state(), "hardware": provenance.hardware(),
     }
     if accelerator.is_main_process:
         provenance.write_json_atomic(out_json, speed)
