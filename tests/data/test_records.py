@@ -108,7 +108,7 @@ def test_validator_reports_every_planted_problem_at_its_line(tmp_path):
     assert len(problems) == len(expected), "\n".join(map(str, problems))
     # every message reads `file:line: problem — fix`
     assert all(str(p).startswith(f"{p.path}:{p.line}: ") and " — " in str(p) for p in problems)
-    dup = next(str(p) for p in problems if "t-13" in str(p))
+    dup = next(str(p) for p in problems if "duplicate id 't-13'" in str(p))
     assert f"{folder / 'bad_train.jsonl'}:14" in dup
 
 

@@ -15,8 +15,9 @@ def test_lint_is_clean():
     assert "Lints for" not in result.stdout + result.stderr
 
 
-def test_demo_dag():
-    result = snakemake("-n", "--cores", "2")
+# Dry runs plan into an empty results folder, so results of an earlier run do not hide jobs.
+def test_demo_dag(tmp_path):
+    result = snakemake("-n", "--cores", "2", "--config", f"results_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts["train"] == TABLE_ROWS  # every row runs on the CPU, QLoRA included (NF4 on CPU)
@@ -26,8 +27,8 @@ def test_demo_dag():
     assert "download_model" not in counts
 
 
-def test_paper_dag_lists_every_table_row_without_network():
-    result = snakemake("-n", "--cores", "2", "--config", "preset=paper")
+def test_paper_dag_lists_every_table_row_without_network(tmp_path):
+    result = snakemake("-n", "--cores", "2", "--config", "preset=paper", f"results_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts["train"] == TABLE_ROWS == 19
@@ -49,9 +50,9 @@ def test_bad_config_fails_before_any_job(override, expected):
     assert "Job stats" not in result.stdout
 
 
-def test_runs_filter_selects_one_dataset():
+def test_runs_filter_selects_one_dataset(tmp_path):
     result = snakemake(
-        "-n", "--cores", "1", "--config", "runs_filter=[docvqa/full-bf16-*, docvqa/lora-bf16-*]"
+        "-n", "--cores", "1", "--config", "runs_filter=[docvqa/full-bf16-*, docvqa/lora-bf16-*]", f"results_dir={tmp_path}"
     )
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
