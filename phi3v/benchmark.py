@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .files import write_json_atomic
 
 WEIGHTS = ("random", "pretrained")
 
@@ -103,6 +104,6 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
         "git": provenance.git_state(), "hardware": provenance.hardware(),
     }
     if accelerator.is_main_process:
-        provenance.write_json_atomic(out_json, speed)
+        write_json_atomic(out_json, speed)
     accelerator.end_training()
     return speed

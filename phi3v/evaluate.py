@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from phi3v.errors import UserError
 from phi3v.metrics import accuracy, anls
-from phi3v.tables import write_text_atomic
+from phi3v.files import write_json_atomic, write_text_atomic
 
 METRICS = ("anls", "accuracy")
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -217,7 +217,7 @@ def write_outputs(out_dir: Path, rows: Sequence[dict], scores: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     write_text_atomic(out_dir / "predictions.jsonl", jsonl)
-    write_text_atomic(out_dir / "scores.json", json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(out_dir / "scores.json", scores)
 
 
 def evaluate(

@@ -15,6 +15,7 @@ import torch
 
 from .data.records import read_records
 from .errors import UserError
+from .files import write_json_atomic
 
 CORPUS_NAME = "pretrain"
 DEMO_MODEL_ID = "phi3v-demo-tiny"
@@ -78,7 +79,7 @@ def build_demo_base(corpus_dir, text_dirs, out_dir, *, steps: int, seed: int, vo
         metrics = train(pretrain_run(steps=steps, seed=seed), base_model=work / "random", data_dir=corpus_dir,
                         dataset_name=CORPUS_NAME, out_dir=work / "trained", checkpoint_dir=work / "checkpoints")
         model_dir = work / "trained" / "model"
-        provenance.write_json_atomic(model_dir / provenance.MODEL_SOURCE_FILE, {
+        write_json_atomic(model_dir / provenance.MODEL_SOURCE_FILE, {
             "model": {"id": DEMO_MODEL_ID, "revision": provenance.sha256_file(model_dir / "model.safetensors")},
             "pretraining": {"steps": steps, "seed": seed, "vocab_size": vocab_size, "final_loss": metrics["final_loss"],
                             "corpus": provenance.dataset_hashes(corpus_dir)},

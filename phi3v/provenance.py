@@ -112,12 +112,3 @@ def collect(run: dict, *, model_dir: str | os.PathLike, data_dir: str | os.PathL
     if extra:
         record.update(extra)
     return record
-
-
-def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write JSON to a temporary name next to `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

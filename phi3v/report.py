@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 from phi3v.errors import UserError  # noqa: E402
+from phi3v.files import atomic_path  # noqa: E402
 from phi3v.recipe_tables import ACCURACY_TABLES  # noqa: E402
 from phi3v.tables import (  # noqa: E402
     ResultSources,
@@ -82,12 +83,10 @@ def read_train_log(path: Path, run_label: str) -> tuple[list[int], list[float]]:
 
 
 def save(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     figure.tight_layout()
-    figure.savefig(tmp, dpi=100, metadata=PNG_METADATA)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, metadata=PNG_METADATA)
     plt.close(figure)
-    os.replace(tmp, path)
     return path
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from phi3v.errors import UserError
+from phi3v.files import write_text_atomic
 from phi3v.recipe_tables import (
     ACCURACY_TABLES,
     CHECK_MARK,
@@ -570,14 +571,6 @@ def render(document: TableDocument, config: dict, level: int = 1) -> str:
     body = [("#" * (level - 1) + line) if line.startswith("## ") else line for line in document.body]
     lines = ["#" * level + f" {document.title}", "", *body, "", *footer_lines(config, document.sources)]
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name next to `path`, then rename: no half-written file is ever seen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def table_documents(config: dict, results_dir: str | os.PathLike) -> list[TableDocument]:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .data.collate import IGNORE_INDEX, collate_packed, collate_padded, effective_batch_plan
 from .data.dataset import ConversationDataset
 from .errors import UserError
+from .files import atomic_output_dir, write_json_atomic, write_text_atomic
 from .training.checkpoint import (keep_only_trainable_tensors, latest_checkpoint, load_checkpoint,
                                   save_checkpoint)
 from .training.strategy import build_model, check_run, deepspeed_config, parameter_counts, precision_dtype
@@ -351,17 +352,6 @@ def copy_processor_files(base_model: Path, folder: Path) -> None:
             shutil.copy2(path, folder / path.name)
 
 
-@contextlib.contextmanager
-def atomic_folder(final: Path):
-    """Build a folder under a temporary name; it replaces `final` only when complete."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-
-
 def export_merged_lora(peft_model, base_model: Path, adapter_dir: Path, folder: Path) -> None:
     """Merge the adapter into a fresh full-precision base (every CLIP layer back) and save it."""
     from peft import PeftModel
@@ -382,23 +372,21 @@ def write_outputs(model, run: dict, *, base_model: Path, data_dir: Path, out_dir
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if run["strategy"] in ("lora", "qlora"):
-        with atomic_folder(out_dir / "adapter") as adapter_dir:
+        with atomic_output_dir(out_dir / "adapter") as adapter_dir:
             model.save_pretrained(adapter_dir, save_embedding_layers=False)  # only LoRA weights train
-        with atomic_folder(out_dir / "model") as model_dir:
+        with atomic_output_dir(out_dir / "model") as model_dir:
             export_merged_lora(model, base_model, out_dir / "adapter", model_dir)
             copy_processor_files(base_model, model_dir)
     else:
-        with atomic_folder(out_dir / "model") as model_dir:
+        with atomic_output_dir(out_dir / "model") as model_dir:
             model.save_pretrained(model_dir)
             copy_processor_files(base_model, model_dir)
-    tmp_log = out_dir / ".train_log.jsonl.tmp"
-    tmp_log.write_text("".join(json.dumps(entry) + "\n" for entry in log))
-    os.replace(tmp_log, out_dir / "train_log.jsonl")
-    provenance.write_json_atomic(out_dir / "provenance.json", provenance.collect(
+    write_text_atomic(out_dir / "train_log.jsonl", "".join(json.dumps(entry) + "\n" for entry in log))
+    write_json_atomic(out_dir / "provenance.json", provenance.collect(
         run, model_dir=base_model, data_dir=data_dir,
         extra={"precision": {k: metrics[k] for k in ("weights_dtype", "frozen_weights_dtype",
                                                      "autocast_dtype", "deepspeed")}}))
-    provenance.write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / "metrics.json", metrics)
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 
 from phi3v import flops, provenance
 from phi3v.errors import UserError
+from phi3v.files import write_json_atomic
 
 
 def test_lm_and_clip_matmul_sizes_match_the_release():
@@ -81,6 +82,6 @@ def test_provenance_records_code_data_and_run(tmp_path):
     assert after["x_train.jsonl"] == before["x_train.jsonl"] and after["images"] != before["images"]
     (model / provenance.MODEL_SOURCE_FILE).write_text(json.dumps({"model": {"id": "org/m", "revision": "abc"}}))
     assert provenance.model_source(model) == {"path": str(model), "id": "org/m", "revision": "abc"}
-    provenance.write_json_atomic(tmp_path / "p.json", record)
+    write_json_atomic(tmp_path / "p.json", record)
     assert json.loads((tmp_path / "p.json").read_text())["run"] == run
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -17,7 +17,7 @@ from typing import Iterator
 import datasets
 
 from phi3v.data.sources import synthetic_images
-from phi3v.data.sources.common import atomic_output_dir
+from phi3v.files import atomic_output_dir
 from phi3v.data.sources.hub import (
     RawExample,
     RowLocator,

@@ -1,33 +1,10 @@
-"""Helpers every dataset source shares: all-or-nothing output folders and jsonl splits."""
+"""Helpers every dataset source shares: jsonl splits and record ids."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Iterable, Iterator
-
-
-@contextlib.contextmanager
-def atomic_output_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to `final_dir`; move it into place only if the block succeeds.
-
-    An interrupted or failed conversion therefore never leaves a half-written folder that looks done.
-    """
-    final_dir = Path(final_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
-    try:
-        yield tmp_dir
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
+from typing import Iterable
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:

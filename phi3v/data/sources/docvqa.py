@@ -21,7 +21,7 @@ from typing import Iterator
 import datasets
 
 from phi3v.data.sources import cauldron, synthetic_images
-from phi3v.data.sources.common import atomic_output_dir
+from phi3v.files import atomic_output_dir
 from phi3v.data.sources.hub import (
     RawExample,
     RowLocator,

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from phi3v.data.sources import hub
-from phi3v.data.sources.common import atomic_output_dir, record_id, write_jsonl
+from phi3v.data.sources.common import record_id, write_jsonl
+from phi3v.files import atomic_output_dir
 from phi3v.data.sources.ucf101 import COLOURS, DIRECTIONS, SYNTHETIC_FRAME_RANGE, frame_indices, moving_block_frames
 from phi3v.errors import UserError
 

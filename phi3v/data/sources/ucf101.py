@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from phi3v.data.sources import hub
-from phi3v.data.sources.common import atomic_output_dir, record_id, write_jsonl
+from phi3v.data.sources.common import record_id, write_jsonl
+from phi3v.files import atomic_output_dir, atomic_path
 from phi3v.data.sources.synthetic_images import COLOURS as TASK_COLOURS
 from phi3v.errors import UserError
 
@@ -324,14 +325,13 @@ def write_tar_gz(path: Path, files: dict[str, bytes]) -> None:
     """Write `files` (archive name -> bytes, with their parent folders) as a reproducible .tar.gz, atomically."""
     top = PurePosixPath(".")
     folders = sorted({parent.as_posix() for name in files for parent in PurePosixPath(name).parents if parent != top})
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    with open(tmp_path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for folder in folders:
-                tar.addfile(_tar_entry(folder))
-            for name in sorted(files):
-                tar.addfile(_tar_entry(name, len(files[name])), io.BytesIO(files[name]))
-    os.replace(tmp_path, path)
+    with atomic_path(path) as tmp_path, open(tmp_path, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for folder in folders:
+                    tar.addfile(_tar_entry(folder))
+                for name in sorted(files):
+                    tar.addfile(_tar_entry(name, len(files[name])), io.BytesIO(files[name]))
 
 
 def _videos_per_class(sizes: dict) -> dict[str, int]:
