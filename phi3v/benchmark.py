@@ -38,18 +38,23 @@ def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmu
     }
 
 
-def write_random_full_size(base_model: Path, folder: Path) -> Path:
-    """The base folder's config with random bf16 weights, plus its processor files."""
+def write_random_weights(base_model: Path, folder: Path) -> Path:
+    """The base folder's config with random weights (bf16 on a GPU), plus its processor files.
+
+    Only the config and tokenizer of `base_model` are read, so it may be a folder without weights.
+    """
     from .configuration_phi3v import Phi3VConfig
     from .modeling_phi3v import Phi3VForCausalLM
     from .train import copy_processor_files
 
     config = Phi3VConfig.from_pretrained(base_model)
-    model = Phi3VForCausalLM.random_init(config, device="cuda", dtype=torch.bfloat16)
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    model = Phi3VForCausalLM.random_init(config, device=device, dtype=dtype)
     model.save_pretrained(folder)
     copy_processor_files(base_model, folder)
     del model
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return folder
 
 
@@ -75,8 +80,8 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
                                      else None) as work:
         work = Path(work)
         model_dir = base_model
-        if weights == "random" and torch.cuda.is_available():
-            model_dir = write_random_full_size(base_model, work / "model")
+        if weights == "random":
+            model_dir = write_random_weights(base_model, work / "model")
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         result = fit(run, base_model=model_dir, data_dir=data_dir, dataset_name=dataset_name,

@@ -3,7 +3,12 @@
 
 rule benchmark_speed:
     input:
-        base_model=results("base_model"),
+        # random weights from a hub model need only its config and tokenizer, not its weights
+        base_model=results(
+            "model_config"
+            if config["speed"]["weights"] == "random" and config["model"]["source"] == "hub"
+            else "base_model"
+        ),
         data=results(f"data/{config['speed']['dataset']}"),
     output:
         results("speed/{row}.json"),

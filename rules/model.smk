@@ -26,6 +26,27 @@ if config["model"]["source"] == "demo":
 
 else:
 
+    # The model's config and tokenizer without its weights: all the speed rows need when they
+    # measure random weights (speed.weights: random).
+    rule download_model_config:
+        output:
+            directory(results("model_config")),
+        log:
+            results("logs/download_model_config.log"),
+        params:
+            repo_id=config["model"]["id"],
+            revision=config["model"]["revision"],
+            cache_dir=config["model"]["cache_dir"],
+            weights=False,
+        threads: resources_of("model")["threads"]
+        resources:
+            **job_resources("model"),
+        conda:
+            "../envs/data.yaml"
+        script:
+            "../scripts/download_model.py"
+
+
     rule download_model:
         output:
             directory(results("base_model")),
@@ -35,6 +56,7 @@ else:
             repo_id=config["model"]["id"],
             revision=config["model"]["revision"],
             cache_dir=config["model"]["cache_dir"],
+            weights=True,
         threads: resources_of("model")["threads"]
         resources:
             **job_resources("model"),

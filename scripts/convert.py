@@ -10,7 +10,10 @@ def convert():
     from phi3v.data.stats import write_stats
 
     out_dir = snakemake.output[0]
-    source_function("convert", snakemake.params.task)(snakemake.input[0], out_dir, **dict(snakemake.params.options))
+    # Files are named after the dataset's key, so two datasets of one task can live side by side.
+    source_function("convert", snakemake.params.task)(
+        snakemake.input[0], out_dir, name=snakemake.wildcards.dataset, **dict(snakemake.params.options)
+    )
     write_stats(out_dir, snakemake.wildcards.dataset, snakemake.params.num_crops)
 
 

@@ -6,7 +6,8 @@ sys.path.insert(0, snakemake.scriptdir)
 from common import run_step  # noqa: E402
 
 # Everything a model folder needs; the hub's remote-code .py files are not (the model is native).
-MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.jinja", "*.txt"]
+CONFIG_FILES = ["*.json", "tokenizer*", "*.model", "*.jinja", "*.txt"]
+WEIGHT_FILES = ["*.safetensors"]
 
 
 def download_model():
@@ -18,7 +19,8 @@ def download_model():
 
     repo_id, out_dir = snakemake.params.repo_id, Path(snakemake.output[0])
     record = download_snapshot(
-        repo_id, out_dir, allow_patterns=MODEL_FILES, revision=snakemake.params.revision,
+        repo_id, out_dir, allow_patterns=CONFIG_FILES + (WEIGHT_FILES if snakemake.params.weights else []),
+        revision=snakemake.params.revision,
         cache_dir=snakemake.params.cache_dir, repo_type="model",
     )
     # Runs started from this folder record which model and commit they came from.

@@ -209,3 +209,9 @@ def test_download_docvqa_asks_for_the_mini_sets_parquet(tmp_path, monkeypatch):
     assert record["commit"] == COMMIT and sorted(record["files"]) == [
         "data/test-00000-of-00001-41.parquet", "data/train-00000-of-00001-f7.parquet"]
     assert not (tmp_path / "raw/dataset_infos.json").exists()
+
+
+def test_files_are_named_after_the_dataset_key(handmade_raw, tmp_path):
+    docvqa.convert_docvqa(handmade_raw, tmp_path / "out", name="docvqa_pages")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jsonl")) == ["docvqa_pages_test.jsonl", "docvqa_pages_train.jsonl"]
+    assert validate_dataset(tmp_path / "out", "docvqa_pages", splits=("train", "test"), required=("train", "test")) == []

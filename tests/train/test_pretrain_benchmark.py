@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -55,11 +56,15 @@ def test_run_speed_measures_the_training_step(tiny_base, tiny_data, tmp_path):
            "nodes": 1, "gpus": 1, "effective_batch": 2, "skip_reason": None}
     out_json = tmp_path / "speed" / f"{row['row']}.json"
     out_json.parent.mkdir()
-    result = run_speed(row, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET, num_crops=1,
+    # Random weights need the model's config and tokenizer only: measure from a folder without weights.
+    config_only = tmp_path / "config_only"
+    shutil.copytree(tiny_base, config_only, ignore=shutil.ignore_patterns("*.safetensors*"))
+    result = run_speed(row, base_model=config_only, data_dir=tiny_data, dataset_name=DATASET, num_crops=1,
                        weights="random", steps=3, warmup=1, out_json=out_json)
     assert json.loads(out_json.read_text()) == result
     assert result["steps_measured"] == 3 and result["img_per_s"] > 0 and result["tokens_per_s"] > 0
     assert result["mfu"] is None and "cpu" in result["mfu_reason"] and result["device"].startswith("cpu")
+    assert (result["gpus"], result["nodes"], result["weights"]) == (0, 1, "random")  # what was measured
     assert {"row", "strategy", "precision", "attention", "nodes", "gpus", "effective_batch", "img_per_s",
             "tokens_per_s", "peak_mem_gib", "mfu", "device", "weights", "steps_measured"} <= result.keys()
     with pytest.raises(UserError, match="speed.weights"):

@@ -167,16 +167,14 @@ def convert_cauldron(
         return {split: writer.finish() for split, writer in writers.items()}
 
 
-def convert_hateful_memes(raw_dir, out_dir, *, eval_size: int | None = None, skip_corrupt: bool = False) -> dict:
-    return convert_cauldron(
-        raw_dir, out_dir, "hateful_memes", name="hateful_memes", eval_size=eval_size, skip_corrupt=skip_corrupt
-    )
+def convert_hateful_memes(raw_dir, out_dir, *, eval_size: int | None = None, skip_corrupt: bool = False,
+                          name: str = "hateful_memes") -> dict:
+    return convert_cauldron(raw_dir, out_dir, "hateful_memes", name=name, eval_size=eval_size, skip_corrupt=skip_corrupt)
 
 
-def convert_nlvr2(raw_dir, out_dir, *, eval_size: int | None = None, skip_corrupt: bool = False) -> dict:
-    return convert_cauldron(
-        raw_dir, out_dir, "nlvr2", name="nlvr2", eval_size=eval_size, skip_corrupt=skip_corrupt
-    )
+def convert_nlvr2(raw_dir, out_dir, *, eval_size: int | None = None, skip_corrupt: bool = False,
+                  name: str = "nlvr2") -> dict:
+    return convert_cauldron(raw_dir, out_dir, "nlvr2", name=name, eval_size=eval_size, skip_corrupt=skip_corrupt)
 
 
 # ---------------------------------------------------------------------------------------------

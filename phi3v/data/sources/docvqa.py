@@ -135,20 +135,21 @@ def convert_docvqa(
     answer_seed: int | None = None,
     full_train_dir: str | os.PathLike | None = None,
     skip_corrupt: bool = False,
+    name: str = NAME,
 ) -> dict:
-    """Raw folder -> `out_dir/docvqa_{train,test}.jsonl` + `out_dir/images/`; returns per-split counts.
+    """Raw folder -> `out_dir/<name>_{train,test}.jsonl` + `out_dir/images/`; returns per-split counts.
 
     With `full_train_dir` (a raw folder of the Cauldron's `docvqa` configuration) the train split is
     the Cauldron's (multi-turn rows kept) and only the test split is read from `raw_dir`.
     """
     with atomic_output_dir(out_dir) as tmp_dir:
         summary = {}
-        test = SplitWriter(tmp_dir, NAME, "test", NAME, skip_corrupt=skip_corrupt)
+        test = SplitWriter(tmp_dir, name, "test", NAME, skip_corrupt=skip_corrupt)
         for example in read_docvqa_split(raw_dir, "test", answer_seed):
             test.add(example)
         summary["test"] = test.finish()
 
-        train = SplitWriter(tmp_dir, NAME, "train", NAME, skip_corrupt=skip_corrupt)
+        train = SplitWriter(tmp_dir, name, "train", NAME, skip_corrupt=skip_corrupt)
         if full_train_dir is None:
             examples = read_docvqa_split(raw_dir, "train", answer_seed)
         else:

@@ -208,8 +208,9 @@ def convert_ucf101(
     out_dir: str | os.PathLike,
     skip_corrupt: bool = False,
     splits: Iterable[str] = SPLITS,
+    name: str = SOURCE_NAME,
 ) -> dict:
-    """Convert the raw archive to `ucf101_<split>.jsonl` + frames; return {split: {"records", "skipped_corrupt"}}.
+    """Convert the raw archive to `<name>_<split>.jsonl` (default `ucf101_…`) + frames; return {split: {"records", "skipped_corrupt"}}.
 
     Ids number the videos in one sequence over the splits (train, val, test; classes and files sorted), as the
     recipe's converter does. A video that cannot be sampled stops the conversion with its name, unless
@@ -244,18 +245,18 @@ def convert_ucf101(
                 frame.save(frame_dir / f"{video_path.stem}.{k}.jpg", format="JPEG")
             records[split].append(_video_record(index, split, class_name, video_path, question))
 
-        bad = [name for names in unreadable.values() for name in names]
+        bad = [video for videos_of_split in unreadable.values() for video in videos_of_split]
         if bad and not skip_corrupt:
             raise UserError(
                 f"{archive}: {len(bad)} video(s) cannot be sampled: " + "; ".join(bad)
                 + ". Replace the archive, or convert with skip_corrupt=True to leave them out."
             )
-        for name in bad:
-            logger.warning("UCF-101: %s; video skipped", name)
+        for video in bad:
+            logger.warning("UCF-101: %s; video skipped", video)
         for split, split_records in records.items():
             if not split_records:
                 raise UserError(f"{archive}: no readable videos left in split {split!r}")
-            write_jsonl(tmp_out / f"{SOURCE_NAME}_{split}.jsonl", split_records)
+            write_jsonl(tmp_out / f"{name}_{split}.jsonl", split_records)
     return {split: {"records": len(records[split]), "skipped_corrupt": len(unreadable[split])} for split in splits}
 
 
