@@ -1,6 +1,9 @@
 """Evaluation: scoring, sharding across processes, the CLI, and a run on a tiny model folder."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -116,7 +119,8 @@ def write_tiny_dataset(folder):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    pretrain = pytest.importorskip("phi3v.pretrain")
+    from phi3v import pretrain
+
     folder = tmp_path_factory.mktemp("model")
     texts = ["Who signed it? Answer briefly. Ann Lee", "What is the total? 42", "What is the date? May 3"]
     pretrain.write_random_base(folder, texts=texts, vocab_size=300, seed=0)
@@ -141,3 +145,23 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path, precision):
     assert scores["score"] == pytest.approx(100 * sum(row["score"] for row in rows) / 3, abs=1e-3)
     assert scores["majority_answer"] == "Ann Lee"
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_two_processes_give_the_same_predictions_as_one(tiny_model, tmp_path):
+    data = tmp_path / "data"
+    write_tiny_dataset(data)
+    args = ["--model-dir", str(tiny_model), "--data-dir", str(data), "--dataset", "docvqa", "--split", "test",
+            "--metric", "anls", "--run-name", "base", "--num-crops", "1", "--precision", "bf16",
+            "--batch-size", "1", "--max-new-tokens", "4"]
+    single = evaluate(model_dir=tiny_model, data_dir=data, dataset_name="docvqa", split="test", metric="anls",
+                      out_dir=tmp_path / "one", run_name="base", num_crops=1, precision="bf16",
+                      attention="sdpa", batch_size=1, max_new_tokens=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "phi3v.evaluate", *args, "--out-dir", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "scores.json").read_text()) == single
+    assert (tmp_path / "two" / "predictions.jsonl").read_text() == (tmp_path / "one" / "predictions.jsonl").read_text()
