@@ -55,6 +55,7 @@ def check_fields(run: dict) -> None:
 def make_accelerator(run: dict, accumulation: int):
     """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise."""
     from accelerate import Accelerator, DeepSpeedPlugin
+    from accelerate.utils import DistributedDataParallelKwargs
 
     on_cpu = not torch.cuda.is_available()  # without it, torchrun on CPUs would run N lone copies
 
@@ -69,8 +70,10 @@ def make_accelerator(run: dict, accumulation: int):
         return Accelerator(deepspeed_plugin=plugin, mixed_precision=run["precision"],
                            gradient_accumulation_steps=accumulation, step_scheduler_with_optimizer=False)
     # Precision is ours (autocast + GradScaler): Accelerate would run fp16 on a CPU as plain fp32.
+    # A micro-batch without images leaves the vision tower without gradients: DDP must allow that.
     return Accelerator(mixed_precision="no", gradient_accumulation_steps=accumulation, cpu=on_cpu,
-                       step_scheduler_with_optimizer=False)
+                       step_scheduler_with_optimizer=False,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def make_optimizer(model, run: dict) -> torch.optim.Optimizer:
@@ -286,8 +289,9 @@ def to_device(batch: dict, device: torch.device, pixel_dtype: torch.dtype | None
 
 def batch_counts(batch: dict) -> torch.Tensor:
     """(images, crops, non-padding tokens) of a collated batch, as one tensor to reduce."""
-    images = batch["image_sizes"].shape[0] if "image_sizes" in batch else 0
-    crops = batch["pixel_values"].shape[0] if "pixel_values" in batch else 0
+    # a batch without images carries pixel_values / image_sizes = None
+    images = batch["image_sizes"].shape[0] if batch.get("image_sizes") is not None else 0
+    crops = batch["pixel_values"].shape[0] if batch.get("pixel_values") is not None else 0
     mask = batch.get("attention_mask")
     tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
     return torch.tensor([images, crops, tokens], dtype=torch.float64)

@@ -61,3 +61,18 @@ def test_deepspeed_zero2_on_two_cpu_processes(tiny_base, tiny_data, tmp_path):
         assert abs(a - b) <= DEEPSPEED_LOSS_TOLERANCE * a
     assert losses(tmp_path / "zero2")[-1] < losses(tmp_path / "zero2")[0]
     assert (tmp_path / "zero2" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_train_when_a_micro_batch_has_no_image(tiny_base, tiny_data, tmp_path):
+    # Every other sample is text only: some micro-batches leave the vision tower without gradients.
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    train_jsonl = data / f"{DATASET}_train.jsonl"
+    records = [json.loads(line) for line in train_jsonl.read_text().splitlines()]
+    for record in records[::2]:
+        record["conversations"] = [{"user": "Say hello.", "assistant": "hello"}]
+    train_jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = base_run(batch_size=2, per_device_batch_size=1, max_steps=6)
+    metrics = torchrun(run, tiny_base, data, tmp_path / "out", tmp_path / "ckpt")
+    assert metrics["steps"] == 6 and metrics["processes"] == 2
