@@ -82,6 +82,13 @@ _RELEASE_KEYS_NOT_KEPT = ("auto_map", "_attn_implementation")
 DEFAULT_IMAGE_TOKEN_ID = 32044
 
 
+def image_token_count(rows: int, cols: int, tokens_per_side: int) -> int:
+    """Image tokens of one image tiled into rows x cols sub-crops, in the HD layout: every sub-crop
+    and the global crop (g*g tokens each), one `glb_GN`, and one `sub_GN` per grid row (g + g)."""
+    g = tokens_per_side
+    return (rows * cols + 1) * g * g + 1 + (rows + 1) * g
+
+
 class Phi3VConfig(Phi3Config):
     r"""Phi-3.5-vision: the Phi-3 language-model fields (inherited) plus the vision settings.
 
@@ -176,8 +183,7 @@ class Phi3VConfig(Phi3Config):
 
     def image_token_count(self, h_crops: int, w_crops: int) -> int:
         """Image tokens of one image tiled into h_crops x w_crops sub-crops (sub-crops, separators, global crop)."""
-        g = self.tokens_per_crop_side
-        return (h_crops * w_crops + 1) * g * g + 1 + (h_crops + 1) * g
+        return image_token_count(h_crops, w_crops, self.tokens_per_crop_side)
 
     def to_phi3_config(self) -> Phi3Config:
         """transformers' own Phi-3 config for the language model alone (longrope factors included)."""

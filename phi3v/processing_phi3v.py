@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, BatchFeature, LlamaTokenizer
 from transformers.image_transforms import convert_to_rgb
 
+from phi3v.configuration_phi3v import image_token_count
 from phi3v.errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -240,8 +241,7 @@ class Phi3VImageProcessor:
 
     def image_token_count(self, hd_height: int, hd_width: int) -> int:
         """Tokens for an HD image: tiles + global crop (g*g each), one glb_GN, one sub_GN per grid row."""
-        g, rows, cols = self.tokens_per_side, hd_height // self.crop_size, hd_width // self.crop_size
-        return (rows * cols + 1) * g * g + 1 + (rows + 1) * g
+        return image_token_count(hd_height // self.crop_size, hd_width // self.crop_size, self.tokens_per_side)
 
     def num_image_tokens(self, height: int, width: int, num_crops: int | None = None) -> int:
         """Image tokens for an image of `height x width` pixels at `num_crops`."""

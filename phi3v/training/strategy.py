@@ -12,7 +12,8 @@ import torch
 from ..errors import UserError
 
 STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
-PRECISIONS = ("bf16", "fp16")
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = tuple(PRECISION_DTYPES)
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
 
 VISION_PREFIX = "model.vision_embed_tokens."
@@ -22,7 +23,7 @@ VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
 
 
 def precision_dtype(precision: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return PRECISION_DTYPES[precision]
 
 
 def weights_dtype(run: dict) -> torch.dtype:

@@ -1,7 +1,7 @@
 """Report figures: written under deterministic names, non-empty, errors naming the file."""
 
 import pytest
-from conftest import demo_config
+from .conftest import demo_config
 
 from phi3v.errors import UserError
 from phi3v.report import figure_file_names, write_figures

@@ -5,7 +5,7 @@ import os
 import shutil
 
 import pytest
-from conftest import GOLDEN, demo_config
+from .conftest import GOLDEN, demo_config
 
 from phi3v import recipe_tables
 from phi3v.errors import UserError

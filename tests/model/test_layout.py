@@ -9,7 +9,7 @@ from transformers.core_model_loading import revert_weight_conversion
 from phi3v.configuration_phi3v import Phi3VConfig
 from phi3v.modeling_phi3v import Phi3VForCausalLM
 
-from phi3v_inputs import make_images
+from .phi3v_inputs import make_images
 
 KEYS_FIXTURE = Path(__file__).parents[1] / "fixtures" / "official_keys.tsv"
 

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from phi3v.errors import UserError
 from phi3v.modeling_phi3v import Phi3VForCausalLM
 from phi3v.testing import official_key_shapes, write_official_checkpoint
-from phi3v_inputs import make_images, make_sample, pad_batch
+from .phi3v_inputs import make_images, make_sample, pad_batch
 
 MIXED_GRIDS = [[], [(1, 2)], [(1, 1), (2, 1)], [(1, 1)] * 8]  # 0, 1, 2 and 8 images
 

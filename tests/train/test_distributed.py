@@ -12,7 +12,7 @@ import pytest
 
 from phi3v.train import train
 
-from conftest import DATASET, base_run
+from .conftest import DATASET, base_run
 
 # relative; same samples and weights, only the order of the gradient sum changes
 DDP_LOSS_TOLERANCE = 1e-3

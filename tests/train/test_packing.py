@@ -6,7 +6,7 @@ import json
 
 from phi3v.train import micro_batches, train
 
-from conftest import DATASET, base_run
+from .conftest import DATASET, base_run
 
 # relative; bf16 autocast rounds a (1, sum T) row slightly differently from a padded (B, T) batch
 # (measured: ~3e-5 over three steps)

@@ -9,7 +9,7 @@ import pytest
 
 from phi3v.errors import UserError
 
-from conftest import DATASET
+from .conftest import DATASET
 
 
 @pytest.fixture(scope="module")

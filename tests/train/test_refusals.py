@@ -12,7 +12,7 @@ from phi3v.train import main, train
 from phi3v.training import strategy
 from phi3v.training.strategy import check_run
 
-from conftest import DATASET, base_run
+from .conftest import DATASET, base_run
 
 CPU = torch.device("cpu")
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from phi3v.train import train
 from phi3v.training.checkpoint import complete_checkpoints, latest_checkpoint
 
-from conftest import DATASET, base_run
+from .conftest import DATASET, base_run
 
 KILL_TIMEOUT_S = 120
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from phi3v.train import train
 from phi3v.training.strategy import LM_LORA_TARGETS, VISION_LORA_TARGETS, VISION_PREFIX
 
-from conftest import DATASET, base_run
+from .conftest import DATASET, base_run
 
 CASES = [("full", "bf16"), ("frozen_vision", "fp16"), ("lora", "bf16"), ("qlora", "fp16")]
 CHECKPOINTED = {"frozen_vision", "qlora"}  # gradient checkpointing (non-reentrant) on these
