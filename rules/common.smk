@@ -4,7 +4,9 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from phi3v import launch, settings
+from phi3v import launch
+from phi3v.workflow import resources
+from phi3v.workflow import config as settings
 from phi3v.errors import UserError
 
 
@@ -31,7 +33,7 @@ def machine_gpus():
 
 try:
     config.update(settings.resolve_config(config, workflow.basedir))
-    launch.check_cluster(
+    resources.check_cluster(
         config, slurm=runs_on_slurm(), partition=default_resource("slurm_partition"), machine_gpus=machine_gpus()
     )
 except UserError as error:
@@ -56,8 +58,8 @@ def resources_of(kind):
     return config["resources"][kind]
 
 def job_resources(kind, gpus_per_node=0, nodes=1):
-    """The Snakemake resources of a kind of job, for this executor (see phi3v.launch.job_resources)."""
-    return launch.job_resources(config, kind, slurm=runs_on_slurm(), gpus_per_node=gpus_per_node, nodes=nodes)
+    """The Snakemake resources of a kind of job, for this executor (see phi3v.workflow.resources.job_resources)."""
+    return resources.job_resources(config, kind, slurm=runs_on_slurm(), gpus_per_node=gpus_per_node, nodes=nodes)
 
 def speed_row_job_resources():
     """Resources of a speed-table job: one function of the row per resource."""

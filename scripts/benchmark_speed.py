@@ -7,7 +7,7 @@ from common import run_step  # noqa: E402
 
 
 def benchmark_speed():
-    from phi3v.benchmark import run_speed
+    from phi3v.training.speed import run_speed
 
     result = run_speed(
         dict(snakemake.params.row),

@@ -7,7 +7,7 @@ from common import run_step  # noqa: E402
 
 
 def build_demo_model():
-    from phi3v.pretrain import build_demo_base
+    from phi3v.training.demo_model import build_demo_base
 
     build_demo_base(
         snakemake.input.corpus,

@@ -7,7 +7,7 @@ from common import run_step  # noqa: E402
 
 
 def evaluate():
-    from phi3v.evaluate import evaluate as evaluate_model
+    from phi3v.evaluation.evaluate import evaluate as evaluate_model
 
     scores = evaluate_model(
         model_dir=snakemake.input.model,

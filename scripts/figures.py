@@ -10,7 +10,7 @@ def figures():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a cluster node
-    from phi3v.report import write_figures
+    from phi3v.reporting.figures import write_figures
 
     written = write_figures(dict(snakemake.params.config), snakemake.params.results_dir, snakemake.output[0])
     print("wrote " + ", ".join(map(str, written)))

@@ -7,7 +7,7 @@ from common import run_step  # noqa: E402
 
 
 def tables():
-    from phi3v.tables import write_tables
+    from phi3v.reporting.tables import write_tables
 
     written = write_tables(dict(snakemake.params.config), snakemake.params.results_dir, snakemake.output[0])
     print("wrote " + ", ".join(map(str, written)))

@@ -1,4 +1,4 @@
-"""One training run: `python -m phi3v.train` under the launcher (torchrun for several processes)."""
+"""One training run: `python -m phi3v.training.train` under the launcher (torchrun for several processes)."""
 
 import os
 import subprocess
@@ -13,7 +13,7 @@ def train_command() -> list[str]:
     return [
         sys.executable, "-m", "phi3v.launch",
         "--nodes", str(nodes), "--processes-per-node", str(processes_per_node), "--gpus", str(gpus),
-        "--", "phi3v.train",
+        "--", "phi3v.training.train",
         "--run-json", snakemake.params.run_json,
         "--base-model", snakemake.input.base_model,
         "--data-dir", snakemake.input.data,

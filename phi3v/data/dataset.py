@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from phi3v.data.records import Record, Turn, image_tags, read_records
 from phi3v.errors import UserError
-from phi3v.metrics import normalize_answer
+from phi3v.evaluation.metrics import normalize_answer
 from phi3v.processing_phi3v import image_tag_numbers, load_image
 
 

@@ -1,1 +1,1 @@
-"""Pieces of the training entry point: strategy set-up and resumable checkpoints."""
+"""Training: the loop, strategies, checkpoints, FLOPs, the speed benchmark and the demo's base model."""

@@ -13,19 +13,19 @@ SLURM_2_NODES = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NO
 
 
 def test_single_process_runs_plain_python():
-    assert launch_command(["phi3v.train", "--x"], processes_per_node=1, python="py") == ["py", "-m", "phi3v.train", "--x"]
+    assert launch_command(["phi3v.training.train", "--x"], processes_per_node=1, python="py") == ["py", "-m", "phi3v.training.train", "--x"]
 
 
 def test_one_node_several_processes_uses_standalone_torchrun():
-    command = launch_command(["phi3v.train"], processes_per_node=4, python="py", env={})
-    assert command == ["py", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "phi3v.train"]
+    command = launch_command(["phi3v.training.train"], processes_per_node=4, python="py", env={})
+    assert command == ["py", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "phi3v.training.train"]
 
 
 def test_several_nodes_use_srun_and_rendezvous_on_the_first_node():
-    command = launch_command(["phi3v.train"], processes_per_node=8, nodes=2, python="py", env=SLURM_2_NODES)
+    command = launch_command(["phi3v.training.train"], processes_per_node=8, nodes=2, python="py", env=SLURM_2_NODES)
     assert command[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert "--nnodes=2" in command and "--rdzv-endpoint=gpu07:29500" in command and "--rdzv-id=42" in command
-    assert command[-2:] == ["-m", "phi3v.train"]
+    assert command[-2:] == ["-m", "phi3v.training.train"]
 
 
 def test_several_nodes_outside_slurm_or_with_the_wrong_allocation_are_refused():

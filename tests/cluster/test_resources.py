@@ -8,9 +8,10 @@ import textwrap
 
 import pytest
 
-from phi3v import settings
+from phi3v.workflow import config as settings
 from phi3v.errors import UserError
-from phi3v.launch import MACHINE_GPUS_VARIABLE, check_cluster, job_resources, launch_command, slurm_allocation
+from phi3v.launch import MACHINE_GPUS_VARIABLE, launch_command, slurm_allocation
+from phi3v.workflow.resources import check_cluster, job_resources
 
 from workflow.helpers import run_snakemake
 
@@ -76,7 +77,7 @@ def test_allocation_is_read_with_scontrol_when_the_job_step_removed_it(tmp_path)
     os.environ["PATH"] = env["PATH"]
     try:
         assert slurm_allocation(env) == (3, "gpu[03-05]")
-        command = launch_command(["phi3v.train"], processes_per_node=8, nodes=3, python="py", env=env)
+        command = launch_command(["phi3v.training.train"], processes_per_node=8, nodes=3, python="py", env=env)
     finally:
         os.environ["PATH"] = old_path
     assert command[:5] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]

@@ -33,7 +33,7 @@ def speed_row(row, strategy, attention, precision, skip_reason=None):
 
 
 def demo_config() -> dict:
-    """A resolved configuration in the shape `phi3v.settings.resolve_config` returns."""
+    """A resolved configuration in the shape `phi3v.workflow.config.resolve_config` returns."""
     return {
         "preset": "demo",
         "results_dir": "results",

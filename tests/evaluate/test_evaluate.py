@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from phi3v.errors import UserError
-from phi3v.evaluate import (
+from phi3v.evaluation.evaluate import (
     check_arguments,
     evaluate,
     main,
@@ -119,7 +119,7 @@ def write_tiny_dataset(folder):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from phi3v import pretrain
+    from phi3v.training import demo_model as pretrain
 
     folder = tmp_path_factory.mktemp("model")
     texts = ["Who signed it? Answer briefly. Ann Lee", "What is the total? 42", "What is the date? May 3"]
@@ -159,7 +159,7 @@ def test_two_processes_give_the_same_predictions_as_one(tiny_model, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "phi3v.evaluate", *args, "--out-dir", str(tmp_path / "two")],
+         "-m", "phi3v.evaluation.evaluate", *args, "--out-dir", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from phi3v.metrics import accuracy, anls, mean_anls, normalize_answer, normalized_levenshtein
+from phi3v.evaluation.metrics import accuracy, anls, mean_anls, normalize_answer, normalized_levenshtein
 
 
 def test_empty_prediction_scores_zero():

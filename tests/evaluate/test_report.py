@@ -4,7 +4,7 @@ import pytest
 from .conftest import demo_config
 
 from phi3v.errors import UserError
-from phi3v.report import figure_file_names, write_figures
+from phi3v.reporting.figures import figure_file_names, write_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

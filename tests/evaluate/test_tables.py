@@ -7,9 +7,9 @@ import shutil
 import pytest
 from .conftest import GOLDEN, demo_config
 
-from phi3v import recipe_tables
+from phi3v.reporting import recipe_tables
 from phi3v.errors import UserError
-from phi3v.tables import format_learning_rate, table_file_names, write_tables
+from phi3v.reporting.tables import format_learning_rate, table_file_names, write_tables
 
 # Set to regenerate the golden files after an intended change; review the diff before committing.
 UPDATE = os.environ.get("PHI3V_UPDATE_GOLDEN") == "1"

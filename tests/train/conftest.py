@@ -49,7 +49,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, tiny_data) -> Path:
-    from phi3v.pretrain import corpus_texts, write_random_base
+    from phi3v.training.demo_model import corpus_texts, write_random_base
 
     folder = tmp_path_factory.mktemp("base") / "model"
     write_random_base(folder, texts=corpus_texts([tiny_data]) * 4, vocab_size=400, seed=0)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from phi3v.train import train
+from phi3v.training.train import train
 
 from .conftest import DATASET, base_run
 
@@ -23,7 +23,7 @@ DEEPSPEED_LOSS_TOLERANCE = 3e-2
 def torchrun(run, base, data, out, ckpt, nproc=2, timeout=480):
     torchrun_bin = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [torchrun_bin, "--standalone", f"--nproc_per_node={nproc}", "-m", "phi3v.train",
+    command = [torchrun_bin, "--standalone", f"--nproc_per_node={nproc}", "-m", "phi3v.training.train",
                "--run-json", json.dumps(run), "--base-model", str(base), "--data-dir", str(data),
                "--dataset", DATASET, "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

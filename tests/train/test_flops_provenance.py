@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from phi3v import flops, provenance
+from phi3v import provenance
+from phi3v.training import flops
 from phi3v.errors import UserError
 from phi3v.files import write_json_atomic
 

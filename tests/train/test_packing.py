@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from phi3v.train import micro_batches, train
+from phi3v.training.train import micro_batches, train
 
 from .conftest import DATASET, base_run
 

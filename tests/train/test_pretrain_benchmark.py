@@ -23,7 +23,7 @@ def corpus(tmp_path_factory):
 
 def test_build_demo_base_writes_a_loadable_trained_model(corpus, tiny_data, tmp_path):
     from phi3v.modeling_phi3v import Phi3VForCausalLM
-    from phi3v.pretrain import build_demo_base
+    from phi3v.training.demo_model import build_demo_base
     from phi3v.processing_phi3v import Phi3VProcessor
 
     out = tmp_path / "base_model"
@@ -43,14 +43,14 @@ def test_build_demo_base_writes_a_loadable_trained_model(corpus, tiny_data, tmp_
 
 
 def test_build_demo_base_refuses_a_missing_text_folder(corpus, tmp_path):
-    from phi3v.pretrain import build_demo_base
+    from phi3v.training.demo_model import build_demo_base
 
     with pytest.raises(UserError, match="no \\*.jsonl split"):
         build_demo_base(corpus, [tmp_path], tmp_path / "out", steps=2, seed=0, vocab_size=512)
 
 
 def test_run_speed_measures_the_training_step(tiny_base, tiny_data, tmp_path):
-    from phi3v.benchmark import run_speed
+    from phi3v.training.speed import run_speed
 
     row = {"row": "lora-sdpa-bf16-1x1", "strategy": "lora", "attention": "sdpa", "precision": "bf16",
            "nodes": 1, "gpus": 1, "effective_batch": 2, "skip_reason": None}

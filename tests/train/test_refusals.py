@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from phi3v.errors import UserError
-from phi3v.train import main, train
+from phi3v.training.train import main, train
 from phi3v.training import strategy
 from phi3v.training.strategy import check_run
 

@@ -13,7 +13,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from phi3v.train import train
+from phi3v.training.train import train
 from phi3v.training.checkpoint import complete_checkpoints, latest_checkpoint
 
 from .conftest import DATASET, base_run
@@ -22,7 +22,7 @@ KILL_TIMEOUT_S = 120
 
 
 def cli(run, base, data, out, ckpt) -> list[str]:
-    return [sys.executable, "-m", "phi3v.train", "--run-json", json.dumps(run), "--base-model", str(base),
+    return [sys.executable, "-m", "phi3v.training.train", "--run-json", json.dumps(run), "--base-model", str(base),
             "--data-dir", str(data), "--dataset", DATASET, "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from phi3v.train import train
+from phi3v.training.train import train
 from phi3v.training.strategy import LM_LORA_TARGETS, VISION_LORA_TARGETS, VISION_PREFIX
 
 from .conftest import DATASET, base_run

@@ -21,7 +21,7 @@ GROUPS = {
     "tables": ["tables", "figures"],
 }
 # Modules the training entry point starts in child processes (imported by name, not by `import`).
-STARTED_MODULES = {"train": ["phi3v.launch", "phi3v.train"]}
+STARTED_MODULES = {"train": ["phi3v.launch", "phi3v.training.train"]}
 
 
 def requirement_name(spec: str) -> str:

@@ -3,7 +3,7 @@
 Writes `predictions.jsonl` (id, prediction, answers, score; sorted by id) and `scores.json`.
 Under torchrun each process answers a strided slice of the split; rank 0 gathers and writes.
 
-    python -m phi3v.evaluate --model-dir results/runs/docvqa/full-bf16-sdpa/model \\
+    python -m phi3v.evaluation.evaluate --model-dir results/runs/docvqa/full-bf16-sdpa/model \\
         --data-dir results/data/docvqa --dataset docvqa --split test --metric anls \\
         --out-dir results/eval/docvqa/full-bf16-sdpa --run-name full-bf16-sdpa \\
         --num-crops 16 --precision bf16 --attention sdpa --batch-size 8
@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from phi3v.errors import UserError
-from phi3v.metrics import accuracy, anls
+from phi3v.evaluation.metrics import accuracy, anls
 from phi3v.files import write_json_atomic, write_text_atomic
 
 METRICS = ("anls", "accuracy")
@@ -277,7 +277,7 @@ def evaluate(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from phi3v.modeling_phi3v import ATTENTION_IMPLEMENTATIONS
 
-    parser = argparse.ArgumentParser(prog="python -m phi3v.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m phi3v.evaluation.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--dataset", required=True, help="dataset name: files are <name>_<split>.jsonl")

@@ -21,7 +21,7 @@ import yaml
 
 from phi3v.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
@@ -51,7 +51,7 @@ RECIPE_TRAINING = {
     "deepspeed": False,
 }
 
-# Field order of a run config, as phi3v.train receives it.
+# Field order of a run config, as phi3v.training.train receives it.
 RUN_CONFIG_FIELDS = (
     "dataset", "run", "strategy", "precision", "attention", "learning_rate", "epochs",
     "batch_size", "per_device_batch_size", "lora_rank", "lora_alpha", "lora_dropout",
@@ -417,7 +417,7 @@ def runs_for(config: dict, dataset: str) -> list[str]:
 
 
 def run_config(config: dict, dataset: str, run: str) -> dict:
-    """The flat run config `phi3v.train.train` receives."""
+    """The flat run config `phi3v.training.train.train` receives."""
     for entry in config["runs"]:
         if entry["dataset"] == dataset and entry["run"] == run:
             return {field: entry[field] for field in RUN_CONFIG_FIELDS}
@@ -463,7 +463,7 @@ def datasets_by_source(config: dict, source: str) -> list[str]:
 
 
 def evaluation_options(config: dict, dataset: str, run: str) -> dict:
-    """Keyword arguments of `phi3v.evaluate.evaluate` that come from the config."""
+    """Keyword arguments of `phi3v.evaluation.evaluate.evaluate` that come from the config."""
     data = config["datasets"][dataset]
     evaluation = config["evaluation"]
     if run == BASE_RUN:

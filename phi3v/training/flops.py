@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UserError
+from phi3v.errors import UserError
 
 # Dense peak FLOP/s per GPU for the precisions training uses (vendor data sheets, no sparsity).
 PEAK_FLOPS = {

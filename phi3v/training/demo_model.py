@@ -1,6 +1,6 @@
 """The demo's base model: tiny Phi-3.5-vision, tiny tokenizer, a short pre-training on the demo corpus.
 
-It goes through the same training code as every fine-tuning run (`phi3v.train.train`, strategy
+It goes through the same training code as every fine-tuning run (`phi3v.training.train.train`, strategy
 `full`), so the demo exercises one loop, and the result is a model folder in the official layout.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .data.records import read_records
-from .errors import UserError
-from .files import write_json_atomic
+from phi3v.data.records import read_records
+from phi3v.errors import UserError
+from phi3v.files import write_json_atomic
 
 CORPUS_NAME = "pretrain"
 DEMO_MODEL_ID = "phi3v-demo-tiny"
@@ -49,9 +49,9 @@ def corpus_texts(folders) -> list[str]:
 
 def write_random_base(folder: Path, *, texts: list[str], vocab_size: int, seed: int) -> None:
     """Tokenizer, tiny config, random weights and the tiny-crop image processor, in one folder."""
-    from .configuration_phi3v import Phi3VConfig
-    from .modeling_phi3v import Phi3VForCausalLM
-    from .processing_phi3v import IMAGE_TOKEN, Phi3VImageProcessor, Phi3VProcessor, build_tiny_tokenizer
+    from phi3v.configuration_phi3v import Phi3VConfig
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
+    from phi3v.processing_phi3v import IMAGE_TOKEN, Phi3VImageProcessor, Phi3VProcessor, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(texts, vocab_size)
     config = Phi3VConfig.tiny(vocab_size=vocab_size, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -65,7 +65,7 @@ def write_random_base(folder: Path, *, texts: list[str], vocab_size: int, seed: 
 
 def build_demo_base(corpus_dir, text_dirs, out_dir, *, steps: int, seed: int, vocab_size: int) -> dict:
     """Build the demo's base model folder at `out_dir`; return the pre-training metrics."""
-    from . import provenance
+    from phi3v import provenance
     from .train import train
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m phi3v.pretrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m phi3v.training.demo_model", description=__doc__.split("\n")[0])
     parser.add_argument("--corpus-dir", required=True)
     parser.add_argument("--text-dir", action="append", default=[], help="a demo dataset folder (repeatable)")
     parser.add_argument("--out-dir", required=True)

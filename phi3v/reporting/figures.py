@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 
 from phi3v.errors import UserError  # noqa: E402
 from phi3v.files import atomic_path  # noqa: E402
-from phi3v.recipe_tables import ACCURACY_TABLES  # noqa: E402
-from phi3v.tables import (  # noqa: E402
+from phi3v.reporting.recipe_tables import ACCURACY_TABLES  # noqa: E402
+from phi3v.reporting.tables import (  # noqa: E402
     ResultSources,
     configured_runs,
     read_base_result,

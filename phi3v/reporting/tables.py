@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 from phi3v.errors import UserError
 from phi3v.files import write_text_atomic
-from phi3v.recipe_tables import (
+from phi3v.reporting.recipe_tables import (
     ACCURACY_TABLES,
     CHECK_MARK,
     METHOD_OF_STRATEGY,

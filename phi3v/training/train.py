@@ -1,6 +1,6 @@
 """Fine-tune Phi-3.5-vision: every strategy, checkpoints, automatic resume, torchrun.
 
-    torchrun --nproc_per_node=N -m phi3v.train --run-json RUN --base-model DIR --data-dir DIR \\
+    torchrun --nproc_per_node=N -m phi3v.training.train --run-json RUN --base-model DIR --data-dir DIR \\
         --dataset NAME --out-dir DIR --checkpoint-dir DIR
 
 Loss of an optimiser step: the mean over the supervised tokens of the whole effective batch (all
@@ -29,13 +29,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data.collate import IGNORE_INDEX, collate_packed, collate_padded, effective_batch_plan
-from .data.dataset import ConversationDataset
-from .errors import UserError
-from .files import atomic_output_dir, write_json_atomic, write_text_atomic
-from .training.checkpoint import (keep_only_trainable_tensors, latest_checkpoint, load_checkpoint,
+from phi3v.data.collate import IGNORE_INDEX, collate_packed, collate_padded, effective_batch_plan
+from phi3v.data.dataset import ConversationDataset
+from phi3v.errors import UserError
+from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
+from .checkpoint import (keep_only_trainable_tensors, latest_checkpoint, load_checkpoint,
                                   save_checkpoint)
-from .training.strategy import build_model, check_run, deepspeed_config, parameter_counts, precision_dtype
+from .strategy import build_model, check_run, deepspeed_config, parameter_counts, precision_dtype
 
 RUN_FIELDS = ("dataset", "run", "strategy", "precision", "attention", "learning_rate", "epochs",
               "batch_size", "per_device_batch_size", "lora_rank", "lora_alpha", "lora_dropout",
@@ -49,7 +49,7 @@ def check_fields(run: dict) -> None:
     missing = [key for key in RUN_FIELDS if key not in run]
     if missing:
         raise UserError(f"run config {run.get('run')!r} lacks {', '.join(missing)} — resolve it with "
-                        "phi3v.settings.resolve_config")
+                        "phi3v.workflow.config.resolve_config")
 
 
 def make_accelerator(run: dict, accumulation: int):
@@ -156,7 +156,7 @@ def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -
     """The training loop: set up, resume, train `total_steps` optimiser steps, measure."""
     from accelerate.utils import DistributedType, set_seed
 
-    from .processing_phi3v import Phi3VProcessor
+    from phi3v.processing_phi3v import Phi3VProcessor
 
     check_fields(run)
     data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
@@ -360,7 +360,7 @@ def export_merged_lora(peft_model, base_model: Path, adapter_dir: Path, folder: 
     """Merge the adapter into a fresh full-precision base (every CLIP layer back) and save it."""
     from peft import PeftModel
 
-    from .modeling_phi3v import Phi3VForCausalLM
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
 
     base = Phi3VForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     saved_dtype = base.config.dtype or torch.float32  # the base checkpoint's own dtype
@@ -372,7 +372,7 @@ def export_merged_lora(peft_model, base_model: Path, adapter_dir: Path, folder: 
 
 def write_outputs(model, run: dict, *, base_model: Path, data_dir: Path, out_dir: Path,
                   log: list, metrics: dict) -> None:
-    from . import provenance
+    from phi3v import provenance
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if run["strategy"] in ("lora", "qlora"):
@@ -396,7 +396,7 @@ def write_outputs(model, run: dict, *, base_model: Path, data_dir: Path, out_dir
 # ---- command line ------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m phi3v.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m phi3v.training.train", description=__doc__.split("\n")[0])
     parser.add_argument("--run-json", required=True, help="resolved run config: JSON text or a .json file")
     parser.add_argument("--base-model", required=True)
     parser.add_argument("--data-dir", required=True)

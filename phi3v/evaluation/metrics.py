@@ -1,6 +1,6 @@
 """The recipe's metrics: ANLS (DocVQA) and exact-match accuracy (classification and yes/no tasks).
 
-Scores here are fractions in [0, 1]; `phi3v.evaluate` reports them in percent.
+Scores here are fractions in [0, 1]; `phi3v.evaluation.evaluate` reports them in percent.
 """
 
 from __future__ import annotations

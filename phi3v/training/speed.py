@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .files import write_json_atomic
+from phi3v.errors import UserError
+from phi3v.files import write_json_atomic
 
 WEIGHTS = ("random", "pretrained")
 
@@ -43,8 +43,8 @@ def write_random_weights(base_model: Path, folder: Path) -> Path:
 
     Only the config and tokenizer of `base_model` are read, so it may be a folder without weights.
     """
-    from .configuration_phi3v import Phi3VConfig
-    from .modeling_phi3v import Phi3VForCausalLM
+    from phi3v.configuration_phi3v import Phi3VConfig
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
     from .train import copy_processor_files
 
     config = Phi3VConfig.from_pretrained(base_model)
@@ -66,7 +66,7 @@ def nodes_used() -> int:
 def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: int, weights: str,
               steps: int, warmup: int, out_json) -> dict:
     """Measure one speed row and write `results/speed/<row>.json`; return what was written."""
-    from . import provenance
+    from phi3v import provenance
     from .train import fit, mfu_entry
 
     if weights not in WEIGHTS:

@@ -1,0 +1,1 @@
+"""Reporting: regenerated accuracy and speed tables, figures, and the recipe's reference tables."""

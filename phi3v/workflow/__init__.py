@@ -1,0 +1,1 @@
+"""The workflow's planning: config resolution, the run matrix and job resources."""
