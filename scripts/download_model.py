@@ -5,27 +5,14 @@ import sys
 sys.path.insert(0, snakemake.scriptdir)
 from common import run_step  # noqa: E402
 
-# Everything a model folder needs; the hub's remote-code .py files are not (the model is native).
-CONFIG_FILES = ["*.json", "tokenizer*", "*.model", "*.jinja", "*.txt"]
-WEIGHT_FILES = ["*.safetensors"]
-
 
 def download_model():
-    import json
-    from pathlib import Path
+    from phi3v.data.sources.hub import download_model
 
-    from phi3v.data.sources.hub import download_snapshot
-    from phi3v.provenance import MODEL_SOURCE_FILE
-
-    repo_id, out_dir = snakemake.params.repo_id, Path(snakemake.output[0])
-    record = download_snapshot(
-        repo_id, out_dir, allow_patterns=CONFIG_FILES + (WEIGHT_FILES if snakemake.params.weights else []),
-        revision=snakemake.params.revision,
-        cache_dir=snakemake.params.cache_dir, repo_type="model",
-    )
-    # Runs started from this folder record which model and commit they came from.
-    (out_dir / MODEL_SOURCE_FILE).write_text(json.dumps({"model": {"id": repo_id, "revision": record["commit"]}}, indent=2))
-    print(f"downloaded {repo_id}@{record['commit']} to {out_dir}")
+    repo_id = snakemake.params.repo_id
+    record = download_model(repo_id, snakemake.output[0], revision=snakemake.params.revision,
+                            cache_dir=snakemake.params.cache_dir, weights=snakemake.params.weights)
+    print(f"downloaded {repo_id}@{record['commit']} to {snakemake.output[0]}")
 
 
 run_step(snakemake, download_model)

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Iterator
 import datasets
 import huggingface_hub
 import pyarrow.parquet as pq
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.utils import filter_repo_objects
 from PIL import Image, UnidentifiedImageError
 
@@ -31,6 +32,17 @@ from phi3v.errors import UserError
 logger = logging.getLogger(__name__)
 
 SOURCE_FILE = "SOURCE.json"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NO_TREE_LISTING = tuple(
+    getattr(huggingface_hub.errors, name)
+    for name in ("CachedRepoTreeNotFoundError",)
+    if hasattr(huggingface_hub.errors, name)
+)
+
+
+class NoMatchingFiles(UserError):
+    """No file of the repository matches the requested patterns."""
+
 
 # Errors the hub client raises for a wrong repo id/revision or an unreachable hub (the names that
 # exist depend on the huggingface_hub version; its transport errors are OSError in older ones).
@@ -62,20 +74,37 @@ def read_source_record(raw_dir: str | os.PathLike) -> dict | None:
 
 
 def _hub_failure(repo_id: str, revision: str | None, error: Exception) -> UserError:
+    offline = " (HF_HUB_OFFLINE is set: only what the hub cache already holds can be used)" if constants.HF_HUB_OFFLINE else ""
     return UserError(
-        f"could not fetch the hub dataset '{repo_id}' at revision '{revision or 'main'}': "
+        f"could not fetch the hub repository '{repo_id}' at revision '{revision or 'main'}'{offline}: "
         f"{type(error).__name__}: {error}. Check the repository name and revision, the network, "
         "and HF_TOKEN for gated repositories; rerunning resumes the download."
     )
 
 
-def _repo_files(repo_id: str, revision: str | None, repo_type: str):
-    """(commit sha, {path: sibling}) of one revision; sizes and LFS hashes as the hub publishes them."""
+def _published_files(repo_id: str, repo_type: str, commit: str, cache_dir, snapshot: Path) -> dict[str, dict]:
+    """{path: {size, sha256}} of every file of the repo at `commit`, as the hub publishes them.
+
+    Read without network from the tree listing huggingface_hub caches with each snapshot download (so an
+    offline machine that downloaded once works); the sha256 of an LFS file is the name of its cached blob
+    (the hub's etag). huggingface_hub versions without that listing ask the hub API.
+    """
+    cached_tree = getattr(huggingface_hub, "get_cached_repo_tree", None)
     try:
-        info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, files_metadata=True)
-    except _HUB_ERRORS as error:
-        raise _hub_failure(repo_id, revision, error) from error
-    return info.sha, {sibling.rfilename: sibling for sibling in info.siblings or []}
+        if cached_tree is None:
+            raise LookupError("this huggingface_hub keeps no tree listing")
+        tree = cached_tree(repo_id, repo_type=repo_type, revision=commit, cache_dir=cache_dir)
+    except (LookupError,) + _NO_TREE_LISTING:
+        try:
+            info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=commit, files_metadata=True)
+        except _HUB_ERRORS as error:
+            raise _hub_failure(repo_id, commit, error) from error
+        return {s.rfilename: _published_record(s) for s in info.siblings or []}
+    files = {}
+    for entry in tree:
+        blob = Path(os.path.realpath(snapshot / entry.path)).name
+        files[entry.path] = {"size": entry.size, "sha256": blob if _SHA256.fullmatch(blob) else None}
+    return files
 
 
 def _published_record(sibling) -> dict:
@@ -117,19 +146,13 @@ def download_snapshot(
 ) -> dict:
     """Download the files of `repo_id` matching `allow_patterns` into `raw_dir`, in the repo's layout.
 
-    The revision is resolved to a commit first and every file is fetched at that commit, so one raw
-    folder never mixes two versions. Files go through the hub cache (`cache_dir`), which resumes
-    interrupted downloads, and are hard-linked into `raw_dir`. Returns the record written to
-    `raw_dir/SOURCE.json` (repo, requested revision, commit, patterns, published size/sha256 per file).
+    `snapshot_download` resolves the revision to one commit (from the hub, or offline from the cache's
+    refs) and fetches every file at that commit, so one raw folder never mixes two versions. Files go
+    through the hub cache (`cache_dir`, default `$HF_HOME/hub`), which resumes interrupted downloads, and
+    are hard-linked into `raw_dir`. Returns the record written to `raw_dir/SOURCE.json` (repo, requested
+    revision, commit, patterns, published size/sha256 per file).
     """
     raw_dir = Path(raw_dir)
-    commit, siblings = _repo_files(repo_id, revision, repo_type)
-    wanted = sorted(filter_repo_objects(siblings, allow_patterns=allow_patterns))
-    if not wanted:
-        raise UserError(
-            f"no file of {repo_id}@{commit} matches {allow_patterns}; check the dataset name and "
-            "configuration (they are case-sensitive)."
-        )
     raw_dir.mkdir(parents=True, exist_ok=True)
     # A folder without SOURCE.json is incomplete: remove it first so an interrupted update is visible.
     (raw_dir / SOURCE_FILE).unlink(missing_ok=True)
@@ -138,13 +161,21 @@ def download_snapshot(
             snapshot_download(
                 repo_id,
                 repo_type=repo_type,
-                revision=commit,
+                revision=revision,
                 allow_patterns=allow_patterns,
                 cache_dir=cache_dir,
             )
         )
     except _HUB_ERRORS as error:
         raise _hub_failure(repo_id, revision, error) from error
+    commit = snapshot.name  # the cache names each snapshot folder after its commit
+    published = _published_files(repo_id, repo_type, commit, cache_dir, snapshot)
+    wanted = sorted(filter_repo_objects(published, allow_patterns=allow_patterns))
+    if not wanted:
+        raise NoMatchingFiles(
+            f"no file of {repo_id}@{commit} matches {allow_patterns}; check the dataset name and "
+            "configuration (they are case-sensitive)."
+        )
 
     # Files of an older revision that the patterns cover would be read by the converters: drop them.
     for stale in sorted(filter_repo_objects(_relative_files(raw_dir), allow_patterns=allow_patterns)):
@@ -158,7 +189,7 @@ def download_snapshot(
             )
         _place_file(cached, raw_dir / name)
 
-    files = {name: _published_record(siblings[name]) for name in wanted}
+    files = {name: published[name] for name in wanted}
     _check_sizes(raw_dir, files, repo_id, commit)
     record = {
         "repo_id": repo_id,
@@ -181,40 +212,46 @@ def download_file(
     cache_dir: str | os.PathLike | None = None,
     repo_type: str = "dataset",
 ) -> Path:
-    """Download one file of `repo_id` into `raw_dir/filename` (same rules as `download_snapshot`).
+    """Download one file of `repo_id` into `raw_dir/filename` (`download_snapshot` of that one file).
 
     Returns the local path; `raw_dir/SOURCE.json` records the repo, requested revision and commit.
     """
-    raw_dir = Path(raw_dir)
-    commit, siblings = _repo_files(repo_id, revision, repo_type)
-    if filename not in siblings:
-        raise UserError(
-            f"'{filename}' is not a file of {repo_id}@{commit}; check the file name (case-sensitive)."
-        )
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    (raw_dir / SOURCE_FILE).unlink(missing_ok=True)
+    # The name as a pattern that matches only itself (fnmatch's wildcards escaped).
+    pattern = re.sub(r"([*?\[])", r"[\1]", filename)
     try:
-        cached = hf_hub_download(
-            repo_id, filename, repo_type=repo_type, revision=commit, cache_dir=cache_dir
-        )
-    except _HUB_ERRORS as error:
-        raise _hub_failure(repo_id, revision, error) from error
-    target = raw_dir / filename
-    _place_file(Path(cached), target)
-    files = {filename: _published_record(siblings[filename])}
-    _check_sizes(raw_dir, files, repo_id, commit)
-    write_source_record(
-        raw_dir,
-        {
-            "repo_id": repo_id,
-            "repo_type": repo_type,
-            "revision": revision,
-            "commit": commit,
-            "allow_patterns": [filename],
-            "files": files,
-        },
-    )
-    return target
+        download_snapshot(repo_id, raw_dir, allow_patterns=[pattern], revision=revision, cache_dir=cache_dir,
+                          repo_type=repo_type)
+    except NoMatchingFiles:
+        raise UserError(
+            f"'{filename}' is not a file of {repo_id} at revision '{revision or 'main'}'; check the file name "
+            "(case-sensitive)."
+        ) from None
+    return Path(raw_dir) / filename
+
+
+# Everything a model folder needs; the hub's remote-code .py files are not (the model is native).
+MODEL_CONFIG_FILES = ["*.json", "tokenizer*", "*.model", "*.jinja", "*.txt"]
+MODEL_WEIGHT_FILES = ["*.safetensors"]
+
+
+def download_model(
+    repo_id: str,
+    out_dir: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    weights: bool = True,
+) -> dict:
+    """The hub's model folder (configs, tokenizer, processor config; weights unless `weights=False`) in
+    `out_dir`, plus the provenance file that runs started from it record. Returns the SOURCE.json record."""
+    from phi3v.provenance import MODEL_SOURCE_FILE
+
+    patterns = MODEL_CONFIG_FILES + (MODEL_WEIGHT_FILES if weights else [])
+    record = download_snapshot(repo_id, out_dir, allow_patterns=patterns, revision=revision, cache_dir=cache_dir,
+                               repo_type="model")
+    provenance = {"model": {"id": repo_id, "revision": record["commit"]}}
+    (Path(out_dir) / MODEL_SOURCE_FILE).write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+    return record
 
 
 def _relative_files(folder: Path) -> list[str]:
