@@ -1,72 +1,32 @@
-"""Raw folders in the hub's layouts, written by hand with pyarrow, and a local stand-in for the hub."""
+"""Raw folders in the hub's layouts, written by hand with pyarrow, and local hub caches to download them from."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from huggingface_hub.utils import filter_repo_objects
+from hub_fixture import use_hub_cache
 from PIL import Image
 
-from phi3v.data.sources import hub
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
+from phi3v.hub_cache import write_cached_repo
 
 class LocalHub:
-    """Stands in for the hub's network: a local folder per repo, published sizes/sha256, call log."""
+    """A hub cache folder in huggingface_hub's layout, used offline: downloads resolve from it alone."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.calls: list[tuple] = []
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+        self.commits: dict[str, str] = {}
 
-    def repo(self, repo_id: str, files: dict[str, bytes]) -> None:
-        for name, data in files.items():
-            path = self.root / repo_id / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-
-    def _files(self, repo_id: str) -> list[str]:
-        base = self.root / repo_id
-        return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
+    def repo(self, repo_id: str, files: dict[str, bytes], *, ref: str = "main", repo_type: str = "dataset") -> str:
+        """Cache `files` as one commit of `repo_id` that `ref` points to; return the commit."""
+        self.commits[repo_id] = write_cached_repo(self.cache_dir, repo_id, files, repo_type=repo_type, ref=ref)
+        return self.commits[repo_id]
 
     def install(self, monkeypatch) -> None:
-        local = self
-
-        class Api:
-            def repo_info(self, repo_id, *, repo_type=None, revision=None, files_metadata=False):
-                local.calls.append(("repo_info", repo_id, repo_type, revision))
-                siblings = []
-                for name in local._files(repo_id):
-                    data = (local.root / repo_id / name).read_bytes()
-                    lfs = SimpleNamespace(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-                    siblings.append(SimpleNamespace(rfilename=name, size=len(data), lfs=lfs))
-                return SimpleNamespace(sha=COMMIT, siblings=siblings)
-
-        def snapshot_download(repo_id, *, repo_type, revision, allow_patterns, cache_dir):
-            local.calls.append(("snapshot_download", repo_id, repo_type, revision, list(allow_patterns), cache_dir))
-            snapshot = Path(cache_dir) / "snapshots" / revision
-            for name in filter_repo_objects(local._files(repo_id), allow_patterns=allow_patterns):
-                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(local.root / repo_id / name, snapshot / name)
-            return str(snapshot)
-
-        def hf_hub_download(repo_id, filename, *, repo_type, revision, cache_dir):
-            local.calls.append(("hf_hub_download", repo_id, filename, repo_type, revision, cache_dir))
-            target = Path(cache_dir) / "snapshots" / revision / filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(local.root / repo_id / filename, target)
-            return str(target)
-
-        monkeypatch.setattr(hub, "HfApi", Api)
-        monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
-        monkeypatch.setattr(hub, "hf_hub_download", hf_hub_download)
+        use_hub_cache(monkeypatch, hub_dir=self.cache_dir)
 
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

@@ -13,7 +13,7 @@ from phi3v.data.records import validate_dataset
 from phi3v.data.sources import cauldron
 from phi3v.errors import UserError
 
-from .layouts import CAULDRON_SCHEMA, COMMIT, LocalHub, image_bytes, read_jsonl, write_cauldron
+from .layouts import CAULDRON_SCHEMA, LocalHub, image_bytes, read_jsonl, write_cauldron
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white"]
 
@@ -141,12 +141,12 @@ def test_synthetic_sizes_are_checked(tmp_path):
 @pytest.mark.parametrize("download, config", [
     (cauldron.download_hateful_memes, "hateful_memes"), (cauldron.download_nlvr2, "nlvr2")])
 def test_download_fetches_one_configuration(download, config, tmp_path, monkeypatch):
-    local = LocalHub(tmp_path / "hub")
+    local = LocalHub(tmp_path / "cache")
     local.install(monkeypatch)
-    local.repo(cauldron.REPO_ID, {f"{c}/train-0000{i}-of-00002-x.parquet": b"p" * (i + 1)
-                                  for c in ("hateful_memes", "nlvr2", "docvqa") for i in range(2)})
+    commit = local.repo(cauldron.REPO_ID, {f"{c}/train-0000{i}-of-00002-x.parquet": b"p" * (i + 1)
+                                           for c in ("hateful_memes", "nlvr2", "docvqa") for i in range(2)}, ref="abc")
     record = download(tmp_path / "raw", revision="abc", cache_dir=tmp_path / "cache")
-    assert local.calls[0][3] == "abc" and local.calls[1][3] == COMMIT
-    assert local.calls[1][4] == [f"{config}/train-*.parquet"]
+    assert record["commit"] == commit and record["revision"] == "abc"
+    assert record["allow_patterns"] == [f"{config}/train-*.parquet"]
     assert sorted(record["files"]) == [f"{config}/train-0000{i}-of-00002-x.parquet" for i in range(2)]
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["SOURCE.json", config]

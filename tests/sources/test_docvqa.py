@@ -17,7 +17,6 @@ from phi3v.data.sources import docvqa, hub
 from phi3v.errors import UserError
 
 from .layouts import (
-    COMMIT,
     IMAGE_STRUCT,
     NIELSR_SCHEMA,
     LocalHub,
@@ -199,14 +198,14 @@ def test_synthetic_docvqa_is_in_the_hub_layout_deterministic_and_learnable(tmp_p
     assert validate_dataset(tmp_path / "out", "docvqa", splits=("train", "test")) == []
 
 
-def test_download_docvqa_asks_for_the_mini_sets_parquet(tmp_path, monkeypatch):
-    local = LocalHub(tmp_path / "hub")
+def test_download_docvqa_takes_the_mini_sets_parquet(tmp_path, monkeypatch):
+    local = LocalHub(tmp_path / "cache")
     local.install(monkeypatch)
-    local.repo(docvqa.REPO_ID, {"data/train-00000-of-00001-f7.parquet": b"1", "data/test-00000-of-00001-41.parquet": b"2",
-                                 "dataset_infos.json": b"{}"})
+    commit = local.repo(docvqa.REPO_ID, {"data/train-00000-of-00001-f7.parquet": b"1",
+                                         "data/test-00000-of-00001-41.parquet": b"2", "dataset_infos.json": b"{}"})
     record = docvqa.download_docvqa(tmp_path / "raw", revision="main", cache_dir=tmp_path / "cache")
-    assert local.calls[1][4] == ["data/train-*.parquet", "data/test-*.parquet"]
-    assert record["commit"] == COMMIT and sorted(record["files"]) == [
+    assert record["allow_patterns"] == ["data/train-*.parquet", "data/test-*.parquet"]
+    assert record["commit"] == commit and sorted(record["files"]) == [
         "data/test-00000-of-00001-41.parquet", "data/train-00000-of-00001-f7.parquet"]
     assert not (tmp_path / "raw/dataset_infos.json").exists()
 

@@ -15,6 +15,8 @@ from phi3v.data.records import validate_dataset
 from phi3v.data.sources import hub, ucf101
 from phi3v.errors import UserError
 
+from .layouts import LocalHub
+
 GREY_STEP = 12  # frame i of a fixture video is a flat grey of level GREY_BASE + GREY_STEP * i
 GREY_BASE = 10
 FRAME_W, FRAME_H = 32, 24
@@ -255,14 +257,12 @@ def test_synthetic_sizes_are_checked(tmp_path):
 
 
 def test_download_fetches_the_recipe_archive_into_the_raw_folder(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_download_file(repo_id, filename, raw_dir, *, revision, cache_dir):
-        calls.append((repo_id, filename, revision, cache_dir))
-        return write_archive(raw_dir)
-
-    monkeypatch.setattr(hub, "download_file", fake_download_file)
+    local = LocalHub(tmp_path / "cache")
+    local.install(monkeypatch)
+    write_archive(tmp_path / "made")
+    commit = local.repo(ucf101.HUB_REPO_ID, {ucf101.ARCHIVE_NAME: (tmp_path / "made" / ucf101.ARCHIVE_NAME).read_bytes(),
+                                             "README.md": b"card"}, ref="abc123")
     archive = ucf101.download_ucf101(tmp_path / "raw", revision="abc123", cache_dir=str(tmp_path / "cache"))
-    assert calls == [("sayakpaul/ucf101-subset", "UCF101_subset.tar.gz", "abc123", str(tmp_path / "cache"))]
     assert archive == tmp_path / "raw" / "UCF101_subset.tar.gz"
+    assert hub.read_source_record(tmp_path / "raw")["commit"] == commit
     assert ucf101.convert_ucf101(tmp_path / "raw", tmp_path / "out", splits=("val",))["val"]["records"] == 2

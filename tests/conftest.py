@@ -1,0 +1,39 @@
+"""Fixtures every test folder may use: the local hub cache (`HF_HOME`) of phi3v.hub_cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hub_fixture import use_hub_cache
+from phi3v.hub_cache import write_test_hub
+
+
+@dataclass(frozen=True)
+class HubCache:
+    hf_home: Path
+    commits: dict[str, str]  # repo id -> commit of its `main`
+    build_seconds: float
+
+    @property
+    def hub_dir(self) -> Path:
+        return self.hf_home / "hub"
+
+
+@pytest.fixture(scope="session")
+def test_hub(tmp_path_factory) -> HubCache:
+    """The model and the four datasets in the hub cache's layout (built once a session, about a second)."""
+    hf_home = tmp_path_factory.mktemp("hf") / "home"
+    start = time.perf_counter()
+    commits = write_test_hub(hf_home)
+    return HubCache(hf_home, commits, time.perf_counter() - start)
+
+
+@pytest.fixture
+def offline_hub(test_hub, monkeypatch) -> HubCache:
+    """`HF_HOME` = the test hub and `HF_HUB_OFFLINE=1` for this test: hub ids resolve from the cache alone."""
+    use_hub_cache(monkeypatch, test_hub.hf_home)
+    return test_hub
