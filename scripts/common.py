@@ -1,7 +1,6 @@
 """What every workflow script shares: the log file, the thread count, and clean user errors."""
 
 import contextlib
-import importlib
 import logging
 import os
 import sys
@@ -42,13 +41,7 @@ def run_step(snakemake, step):
 
 
 def source_function(kind: str, task: str):
-    """`phi3v.data.sources.<task>.<kind>_<task>` (kind: synthesize, download, convert); the
-    Cauldron's tasks share one module."""
-    for module_name in (task, "cauldron"):
-        try:
-            module = importlib.import_module(f"phi3v.data.sources.{module_name}")
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, f"{kind}_{task}"):
-            return getattr(module, f"{kind}_{task}")
-    raise RuntimeError(f"phi3v.data.sources has no {kind}_{task}")
+    """`<kind>_<task>` of the task's module in phi3v.data.sources (kind: synthesize, download, convert)."""
+    from phi3v.data.sources import source_function as lookup
+
+    return lookup(kind, task)

@@ -10,6 +10,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+import yaml
 from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
 from safetensors import safe_open
 
@@ -149,3 +150,15 @@ def test_cli_rebuilds_the_same_commits(test_hub, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert all(f"{repo_id}@{commit}" in printed for repo_id, commit in test_hub.commits.items())
     assert json.loads((tmp_path / "home/commits.json").read_text()) == test_hub.commits
+
+
+def _schema_tasks() -> list[str]:
+    schema = yaml.safe_load((Path(__file__).parents[2] / "schemas/config.schema.yaml").read_text())
+    return schema["$defs"]["dataset"]["properties"]["task"]["enum"]
+
+
+@pytest.mark.parametrize("task", _schema_tasks())
+def test_every_task_of_the_schema_has_its_download_and_convert(task):
+    from phi3v.data.sources import source_function
+
+    assert callable(source_function("download", task)) and callable(source_function("convert", task))
