@@ -19,6 +19,6 @@ include: "rules/tables.smk"
 
 rule all:
     input:
-        results("tables"),
-        results("figures"),
+        layout.tables,
+        layout.figures,
     default_target: True

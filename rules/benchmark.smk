@@ -4,18 +4,18 @@
 rule benchmark_speed:
     input:
         # random weights from a hub model need only its config and tokenizer, not its weights
-        base_model=results(
-            "model_config"
+        base_model=(
+            layout.model_config
             if config["speed"]["weights"] == "random" and config["model"]["source"] == "hub"
-            else "base_model"
+            else layout.base_model
         ),
-        data=results(f"data/{config['speed']['dataset']}"),
+        data=layout.data(config["speed"]["dataset"]),
     output:
-        results("speed/{row}.json"),
+        layout.speed("{row}"),
     log:
-        results("logs/speed/{row}.log"),
+        layout.log("speed", "{row}"),
     benchmark:
-        results("benchmarks/speed/{row}.tsv")
+        layout.benchmark("speed", "{row}")
     params:
         row=lambda wildcards: settings.speed_row(config, wildcards.row),
         dataset=config["speed"]["dataset"],

@@ -5,6 +5,7 @@ import os
 from snakemake.exceptions import WorkflowError
 
 from phi3v import launch
+from phi3v.layout import ResultsLayout, report_inputs
 from phi3v.workflow import resources
 from phi3v.workflow import config as settings
 from phi3v.errors import UserError
@@ -49,9 +50,8 @@ wildcard_constraints:
     run=settings.wildcard_pattern([settings.BASE_RUN] + [run["run"] for run in config["runs"]]),
     row=settings.wildcard_pattern(row["row"] for row in config["speed"]["rows"]),
 
-def results(path):
-    """A path under the configured results folder."""
-    return os.path.join(config["results_dir"], path)
+# Every path under the results folder (phi3v/layout.py).
+layout = ResultsLayout(config["results_dir"])
 
 def resources_of(kind):
     """Threads, memory (MB) and time limit (minutes) of a kind of job, from the config."""
@@ -72,13 +72,13 @@ def gpus_per_job():
     return 1 if config["hardware"]["accelerator"] == "cuda" else 0
 
 def dataset_dir(wildcards):
-    return results(f"data/{wildcards.dataset}")
+    return layout.data(wildcards.dataset)
 
 def model_to_evaluate(wildcards):
     """The base model for `base`, else the run's fine-tuned (or merged LoRA) model."""
     if wildcards.run == settings.BASE_RUN:
-        return results("base_model")
-    return results(f"runs/{wildcards.dataset}/{wildcards.run}/model")
+        return layout.base_model
+    return layout.model(wildcards.dataset, wildcards.run)
 
 def run_json(wildcards):
     return json.dumps(settings.run_config(config, wildcards.dataset, wildcards.run), sort_keys=True)
@@ -95,14 +95,7 @@ def speed_row_resources(row):
     gpus = entry["gpus"] // entry["nodes"] if config["hardware"]["accelerator"] == "cuda" else 0
     return gpus, entry["nodes"]
 
-def all_scores():
-    return [results(f"eval/{dataset}/{run}/scores.json") for dataset, run in settings.evaluations(config)]
-
-def all_train_metrics():
-    return [results(f"runs/{run['dataset']}/{run['run']}/metrics.json") for run in settings.active_runs(config)]
-
-def all_speed_results():
-    return [results(f"speed/{row}.json") for row in settings.speed_rows(config)]
-
-def all_data_stats():
-    return [results(f"data/{dataset}") for dataset in settings.used_datasets(config)]
+def result_files(wildcards):
+    """The result files the tables and figures read, named by run and row (phi3v.layout.ReportInputs)."""
+    trained = [(run["dataset"], run["run"]) for run in settings.active_runs(config)]
+    return report_inputs(layout, settings.evaluations(config), trained, settings.speed_rows(config))

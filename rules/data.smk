@@ -4,9 +4,9 @@
 
 rule synthesize_raw:
     output:
-        directory(results("raw/{dataset}")),
+        directory(layout.raw("{dataset}")),
     log:
-        results("logs/synthesize_raw/{dataset}.log"),
+        layout.log("synthesize_raw", "{dataset}"),
     wildcard_constraints:
         dataset=settings.wildcard_pattern(settings.datasets_by_source(config, "synthetic")),
     params:
@@ -24,9 +24,9 @@ rule synthesize_raw:
 
 rule download_raw:
     output:
-        directory(results("raw/{dataset}")),
+        directory(layout.raw("{dataset}")),
     log:
-        results("logs/download_raw/{dataset}.log"),
+        layout.log("download_raw", "{dataset}"),
     wildcard_constraints:
         dataset=settings.wildcard_pattern(settings.datasets_by_source(config, "hub")),
     params:
@@ -46,11 +46,11 @@ rule download_raw:
 # Snakemake allows no output inside another rule's directory output.
 rule convert:
     input:
-        results("raw/{dataset}"),
+        layout.raw("{dataset}"),
     output:
-        directory(results("data/{dataset}")),
+        directory(layout.data("{dataset}")),
     log:
-        results("logs/convert/{dataset}.log"),
+        layout.log("convert", "{dataset}"),
     wildcard_constraints:
         dataset=settings.wildcard_pattern(
             settings.datasets_by_source(config, "synthetic") + settings.datasets_by_source(config, "hub")
@@ -74,9 +74,9 @@ rule validate:
     input:
         lambda wildcards: config["datasets"][wildcards.dataset]["path"],
     output:
-        directory(results("data/{dataset}")),
+        directory(layout.data("{dataset}")),
     log:
-        results("logs/validate/{dataset}.log"),
+        layout.log("validate", "{dataset}"),
     wildcard_constraints:
         dataset=settings.wildcard_pattern(settings.datasets_by_source(config, "custom")),
     params:
@@ -93,9 +93,9 @@ rule validate:
 
 rule pretrain_corpus:
     output:
-        directory(results("pretrain/corpus")),
+        directory(layout.pretrain_corpus),
     log:
-        results("logs/pretrain_corpus.log"),
+        layout.log("pretrain_corpus"),
     params:
         seed=config["pretrain"]["seed"],
         size=config["pretrain"]["corpus_size"],

@@ -6,15 +6,15 @@ rule evaluate:
         model=model_to_evaluate,
         data=dataset_dir,
     output:
-        predictions=results("eval/{dataset}/{run}/predictions.jsonl"),
-        scores=results("eval/{dataset}/{run}/scores.json"),
+        predictions=layout.predictions("{dataset}", "{run}"),
+        scores=layout.scores("{dataset}", "{run}"),
     log:
-        results("logs/evaluate/{dataset}/{run}.log"),
+        layout.log("evaluate", "{dataset}", "{run}"),
     benchmark:
-        results("benchmarks/evaluate/{dataset}/{run}.tsv")
+        layout.benchmark("evaluate", "{dataset}", "{run}")
     params:
         options=lambda wildcards: settings.evaluation_options(config, wildcards.dataset, wildcards.run),
-        out_dir=lambda wildcards: results(f"eval/{wildcards.dataset}/{wildcards.run}"),
+        out_dir=lambda wildcards: layout.eval_dir(wildcards.dataset, wildcards.run),
     threads: resources_of("evaluate")["threads"]
     resources:
         **job_resources("evaluate", gpus_per_job()),

@@ -4,14 +4,14 @@ if config["model"]["source"] == "demo":
 
     rule build_demo_model:
         input:
-            corpus=results("pretrain/corpus"),
-            datasets=[results(f"data/{dataset}") for dataset in settings.used_datasets(config)],
+            corpus=layout.pretrain_corpus,
+            datasets=[layout.data(dataset) for dataset in settings.used_datasets(config)],
         output:
-            directory(results("base_model")),
+            directory(layout.base_model),
         log:
-            results("logs/build_demo_model.log"),
+            layout.log("build_demo_model"),
         benchmark:
-            results("benchmarks/build_demo_model.tsv")
+            layout.benchmark("build_demo_model")
         params:
             steps=config["pretrain"]["steps"],
             seed=config["pretrain"]["seed"],
@@ -30,9 +30,9 @@ else:
     # measure random weights (speed.weights: random).
     rule download_model_config:
         output:
-            directory(results("model_config")),
+            directory(layout.model_config),
         log:
-            results("logs/download_model_config.log"),
+            layout.log("download_model_config"),
         params:
             repo_id=config["model"]["id"],
             revision=config["model"]["revision"],
@@ -49,9 +49,9 @@ else:
 
     rule download_model:
         output:
-            directory(results("base_model")),
+            directory(layout.base_model),
         log:
-            results("logs/download_model.log"),
+            layout.log("download_model"),
         params:
             repo_id=config["model"]["id"],
             revision=config["model"]["revision"],

@@ -3,22 +3,19 @@
 
 rule tables:
     input:
-        scores=all_scores(),
-        metrics=all_train_metrics(),
-        speed=all_speed_results(),
-        data=all_data_stats(),
+        unpack(result_files),
     output:
-        report(
-            directory(results("tables")),
+        tables=report(
+            directory(layout.tables),
             patterns=["{name}.md"],
             category="Tables",
             labels={"table": "{name}"},
         ),
+        readme=layout.readme,
     log:
-        results("logs/tables.log"),
+        layout.log("tables"),
     params:
         config=config,
-        results_dir=lambda wildcards, output: os.path.dirname(output[0]),
     threads: resources_of("tables")["threads"]
     resources:
         **job_resources("tables"),
@@ -30,21 +27,18 @@ rule tables:
 
 rule figures:
     input:
-        scores=all_scores(),
-        metrics=all_train_metrics(),
-        speed=all_speed_results(),
+        unpack(result_files),
     output:
         report(
-            directory(results("figures")),
+            directory(layout.figures),
             patterns=["{name}.png"],
             category="Figures",
             labels={"figure": "{name}"},
         ),
     log:
-        results("logs/figures.log"),
+        layout.log("figures"),
     params:
         config=config,
-        results_dir=lambda wildcards, output: os.path.dirname(output[0]),
     threads: resources_of("tables")["threads"]
     resources:
         **job_resources("tables"),

@@ -4,21 +4,21 @@
 
 rule train:
     input:
-        base_model=results("base_model"),
+        base_model=layout.base_model,
         data=dataset_dir,
     output:
-        model=directory(results("runs/{dataset}/{run}/model")),
-        metrics=results("runs/{dataset}/{run}/metrics.json"),
-        train_log=results("runs/{dataset}/{run}/train_log.jsonl"),
-        provenance=results("runs/{dataset}/{run}/provenance.json"),
+        model=directory(layout.model("{dataset}", "{run}")),
+        metrics=layout.metrics("{dataset}", "{run}"),
+        train_log=layout.train_log("{dataset}", "{run}"),
+        provenance=layout.provenance("{dataset}", "{run}"),
     log:
-        results("logs/train/{dataset}/{run}.log"),
+        layout.log("train", "{dataset}", "{run}"),
     benchmark:
-        results("benchmarks/train/{dataset}/{run}.tsv")
+        layout.benchmark("train", "{dataset}", "{run}")
     params:
         run_json=run_json,
-        out_dir=lambda wildcards: results(f"runs/{wildcards.dataset}/{wildcards.run}"),
-        checkpoint_dir=lambda wildcards: results(f"checkpoints/{wildcards.dataset}/{wildcards.run}"),
+        out_dir=lambda wildcards: layout.run_dir(wildcards.dataset, wildcards.run),
+        checkpoint_dir=lambda wildcards: layout.checkpoints(wildcards.dataset, wildcards.run),
         processes=training_processes(),
     threads: resources_of("train")["threads"]
     resources:

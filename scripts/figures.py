@@ -10,9 +10,11 @@ def figures():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a cluster node
+    from phi3v.layout import ReportInputs
     from phi3v.reporting.figures import write_figures
 
-    written = write_figures(dict(snakemake.params.config), snakemake.params.results_dir, snakemake.output[0])
+    inputs = ReportInputs(dict(snakemake.input.items()))
+    written = write_figures(dict(snakemake.params.config), inputs, snakemake.output[0])
     print("wrote " + ", ".join(map(str, written)))
 
 

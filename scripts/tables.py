@@ -7,9 +7,11 @@ from common import run_step  # noqa: E402
 
 
 def tables():
+    from phi3v.layout import ReportInputs
     from phi3v.reporting.tables import write_tables
 
-    written = write_tables(dict(snakemake.params.config), snakemake.params.results_dir, snakemake.output[0])
+    inputs = ReportInputs(dict(snakemake.input.items()))
+    written = write_tables(dict(snakemake.params.config), inputs, snakemake.output.tables, snakemake.output.readme)
     print("wrote " + ", ".join(map(str, written)))
 
 

@@ -1,7 +1,8 @@
 """Evaluate a model folder on one split: batched greedy generation, then the recipe's metric.
 
 Writes `predictions.jsonl` (id, prediction, answers, score; sorted by id) and `scores.json`.
-Under torchrun each process answers a strided slice of the split; rank 0 gathers and writes.
+Under torchrun each process answers a slice of the split (accelerate splits and gathers); the main
+process writes.
 
     python -m phi3v.evaluation.evaluate --model-dir results/runs/docvqa/full-bf16-sdpa/model \\
         --data-dir results/data/docvqa --dataset docvqa --split test --metric anls \\
@@ -17,14 +18,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from phi3v.errors import UserError
 from phi3v.evaluation.metrics import accuracy, anls
 from phi3v.files import write_json_atomic, write_text_atomic
+from phi3v.layout import PREDICTIONS, SCORES
 
 METRICS = ("anls", "accuracy")
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,57 +84,16 @@ def scored_predictions(ids: Sequence[str], predictions: Sequence[str], answers: 
 
 
 # ---------------------------------------------------------------------------------------------
-# Sharding across processes
+# Answers from several processes
 
 
-def shard(items: Sequence, rank: int, world_size: int) -> list:
-    """Process `rank`'s strided slice: every sample lands on exactly one process."""
-    return list(items[rank::world_size])
-
-
-def merge_shards(shards: Sequence[Sequence[dict]]) -> list[dict]:
-    """Concatenate the shards' rows and sort them by id; a repeated id means a sharding bug."""
-    rows = sorted((row for part in shards for row in part), key=lambda row: row["id"])
+def merge_answers(rows: Sequence[dict]) -> list[dict]:
+    """Every process's rows sorted by id; a repeated id means a sample was answered twice."""
+    rows = sorted(rows, key=lambda row: row["id"])
     for before, after in zip(rows, rows[1:]):
         if before["id"] == after["id"]:
             raise ValueError(f"sample {before['id']!r} was answered twice")
     return rows
-
-
-def distributed_context() -> tuple[int, int, int]:
-    """(rank, local rank, world size); joins the process group when launched by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 0, 1
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), local_rank, world_size
-
-
-def gather_to_rank0(rows: list[dict], world_size: int) -> list[list[dict]] | None:
-    """Every process's rows on rank 0 (None elsewhere)."""
-    if world_size == 1:
-        return [rows]
-    import torch.distributed as dist
-
-    gathered = [None] * world_size if dist.get_rank() == 0 else None
-    dist.gather_object(rows, gathered, dst=0)
-    return gathered
-
-
-def broadcast_from_rank0(value: Any, world_size: int) -> Any:
-    if world_size == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,8 +179,8 @@ def write_outputs(out_dir: Path, rows: Sequence[dict], scores: dict) -> None:
     """Both files atomically: a crash leaves no file that looks finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    write_text_atomic(out_dir / "predictions.jsonl", jsonl)
-    write_json_atomic(out_dir / "scores.json", scores)
+    write_text_atomic(out_dir / PREDICTIONS, jsonl)
+    write_json_atomic(out_dir / SCORES, scores)
 
 
 def evaluate(
@@ -243,8 +206,8 @@ def evaluate(
     from phi3v.data.dataset import load_eval_examples, majority_answer
     from phi3v.data.records import split_path
 
-    rank, local_rank, world_size = distributed_context()
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    # Under torchrun this joins the process group (NCCL on GPUs, gloo on CPUs); alone it is one process.
+    state = PartialState()
     check_arguments(metric=metric, precision=precision, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, max_samples=max_samples)
     eval_jsonl = split_path(data_dir, dataset_name, split)
@@ -257,21 +220,21 @@ def evaluate(
         raise UserError(f"{eval_jsonl} has no records: there is nothing to evaluate")
     majority = majority_answer(train_jsonl)
 
-    mine = shard(examples, rank, world_size)
-    model, processor = load_model(model_dir, precision, attention, device)
-    predictions = generate_answers(model, processor, mine, num_crops=num_crops,
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   precision=precision, device=device, progress=rank == 0)
-    rows = scored_predictions([e.id for e in mine], predictions, [e.answers for e in mine], metric)
+    model, processor = load_model(model_dir, precision, attention, state.device)
+    with state.split_between_processes(examples) as mine:  # a contiguous slice per process
+        predictions = generate_answers(model, processor, mine, num_crops=num_crops,
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                       precision=precision, device=state.device,
+                                       progress=state.is_main_process)
+        rows = scored_predictions([e.id for e in mine], predictions, [e.answers for e in mine], metric)
 
-    gathered = gather_to_rank0(rows, world_size)
-    scores = None
-    if rank == 0:
-        merged = merge_shards(gathered)
-        scores = summarize(merged, metric=metric, majority=majority, dataset=dataset_name,
-                           run=run_name, split=split)
+    # Every process gets every row, so each returns the same scores; the main process writes them.
+    merged = merge_answers(gather_object(rows))
+    scores = summarize(merged, metric=metric, majority=majority, dataset=dataset_name, run=run_name, split=split)
+    if state.is_main_process:
         write_outputs(Path(out_dir), merged, scores)
-    return broadcast_from_rank0(scores, world_size)
+    state.wait_for_everyone()
+    return scores
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -307,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if scores is not None and int(os.environ.get("RANK", "0")) == 0:
+    if PartialState().is_main_process:
         print(json.dumps(scores, indent=2, ensure_ascii=False))
     return 0
 

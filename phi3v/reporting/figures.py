@@ -6,7 +6,6 @@ them as outputs before anything has run.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,14 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
-from phi3v.errors import UserError  # noqa: E402
 from phi3v.files import atomic_path  # noqa: E402
+from phi3v.layout import ReportInputs, read_scores, read_train_log  # noqa: E402
 from phi3v.reporting.recipe_tables import ACCURACY_TABLES  # noqa: E402
 from phi3v.reporting.tables import (  # noqa: E402
     ResultSources,
     configured_runs,
     read_base_result,
-    read_result,
     read_speed_result,
     recipe_references,
     speed_references,
@@ -60,28 +58,6 @@ def figure_file_names(config: dict) -> list[str]:
     return names
 
 
-def read_train_log(path: Path, run_label: str) -> tuple[list[int], list[float]]:
-    """(steps, losses) of a `train_log.jsonl`; a bad line is named by file and line number."""
-    if not path.is_file():
-        raise UserError(f"results of {run_label}: {path} is missing — run the workflow to produce it "
-                        f"(snakemake {path})")
-    steps, losses = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            step, loss = int(entry["step"]), float(entry["loss"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise UserError(f"{path}:{number}: not a training log line with step and loss ({error}) — "
-                            "delete the run's folder and train it again") from None
-        steps.append(step)
-        losses.append(loss)
-    if not steps:
-        raise UserError(f"results of {run_label}: {path} has no logged steps — train the run again")
-    return steps, losses
-
-
 def save(figure, path: Path) -> Path:
     figure.tight_layout()
     with atomic_path(path) as tmp:
@@ -90,11 +66,10 @@ def save(figure, path: Path) -> Path:
     return path
 
 
-def loss_figure(config: dict, results_dir: Path, dataset: str, path: Path) -> Path:
+def loss_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(7, 4))
     for run in finished_runs(config, dataset):
-        log = results_dir / "runs" / dataset / run["run"] / "train_log.jsonl"
-        steps, losses = read_train_log(log, f"run {dataset}/{run['run']}")
+        steps, losses = read_train_log(inputs.train_log(dataset, run["run"]), f"run {dataset}/{run['run']}")
         axes.plot(steps, losses, label=run["run"], linewidth=1.2)
     axes.set(title=f"Training loss: {dataset}", xlabel="optimizer step", ylabel="loss")
     axes.grid(alpha=0.3)
@@ -102,17 +77,15 @@ def loss_figure(config: dict, results_dir: Path, dataset: str, path: Path) -> Pa
     return save(figure, path)
 
 
-def scores_figure(config: dict, results_dir: Path, dataset: str, path: Path) -> Path:
+def scores_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) -> Path:
     """Each run's score beside the recipe's value for its row; base model and majority as lines."""
     sources = ResultSources()
     table = next((t for t in ACCURACY_TABLES if t.dataset == dataset), None)
     references = recipe_references(config, table) if table else {}
     runs = finished_runs(config, dataset)
-    measured = []
-    for run in runs:
-        scores_path = results_dir / "eval" / dataset / run["run"] / "scores.json"
-        measured.append(read_result(scores_path, f"run {dataset}/{run['run']}", ("score",), sources)["score"])
-    base = read_base_result(results_dir, dataset, sources)
+    measured = [read_scores(inputs.scores(dataset, run["run"]), f"run {dataset}/{run['run']}", ("score",))["score"]
+                for run in runs]
+    base = read_base_result(inputs, dataset, sources)
 
     figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(runs) + 2), 4))
     positions = list(range(len(runs)))
@@ -132,11 +105,11 @@ def scores_figure(config: dict, results_dir: Path, dataset: str, path: Path) -> 
     return save(figure, path)
 
 
-def speed_figures(config: dict, results_dir: Path, throughput_path: Path, memory_path: Path) -> list[Path]:
+def speed_figures(config: dict, inputs: ReportInputs, throughput_path: Path, memory_path: Path) -> list[Path]:
     sources = ResultSources()
     rows = measured_speed_rows(config)
     references = speed_references(config)
-    results = [read_speed_result(results_dir, row, sources) for row in rows]
+    results = [read_speed_result(inputs, row, sources) for row in rows]
     names = [row["row"] for row in rows]
     positions = list(range(len(rows)))
     width = 0.38
@@ -163,14 +136,14 @@ def speed_figures(config: dict, results_dir: Path, throughput_path: Path, memory
     return written
 
 
-def write_figures(config: dict, results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Write every figure of `figure_file_names(config)` into `out_dir`; return their paths."""
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
+def write_figures(config: dict, inputs: ReportInputs, out_dir: str | os.PathLike) -> list[Path]:
+    """Write every figure of `figure_file_names(config)` into `out_dir` from the result files
+    `inputs`; return their paths."""
+    out_dir = Path(out_dir)
     written = []
     for dataset in run_datasets(config):
-        written.append(loss_figure(config, results_dir, dataset, out_dir / f"loss_{dataset}.png"))
-        written.append(scores_figure(config, results_dir, dataset, out_dir / f"scores_{dataset}.png"))
+        written.append(loss_figure(config, inputs, dataset, out_dir / f"loss_{dataset}.png"))
+        written.append(scores_figure(config, inputs, dataset, out_dir / f"scores_{dataset}.png"))
     if measured_speed_rows(config):
-        written += speed_figures(config, results_dir, out_dir / "speed_throughput.png",
-                                 out_dir / "speed_memory.png")
+        written += speed_figures(config, inputs, out_dir / "speed_throughput.png", out_dir / "speed_memory.png")
     return written

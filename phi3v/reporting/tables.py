@@ -8,14 +8,13 @@ same results gives byte-identical files.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from phi3v.errors import UserError
 from phi3v.files import write_text_atomic
+from phi3v.layout import BASE_RUN, ReportInputs, read_metrics, read_provenance, read_scores, read_speed_row
 from phi3v.reporting.recipe_tables import (
     ACCURACY_TABLES,
     CHECK_MARK,
@@ -32,7 +31,6 @@ from phi3v.reporting.recipe_tables import (
 NOT_IN_PRESET = "not in this preset"
 MISSING = "—"
 FLASH_ATTENTION = "flash_attention_2"
-BASE_RUN = "base"
 
 # Columns of the tables for datasets the recipe has no table for (UCF-101, custom datasets).
 EXTRA_COLUMNS = ("Training method", "data type", "LoRA rank", "LoRA alpha", "batch size",
@@ -64,43 +62,6 @@ class ResultSources:
         self.newest_mtime = mtime if self.newest_mtime is None else max(self.newest_mtime, mtime)
 
 
-def read_result(path: Path, run_label: str, required: Sequence[str], sources: ResultSources) -> dict:
-    """Read one result JSON; a missing or unreadable file names the run, the file and the fix."""
-    if not path.is_file():
-        raise UserError(
-            f"results of {run_label}: {path} is missing — run the workflow to produce it "
-            f"(snakemake {path}), or mark the run with a skip_reason in the config"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(
-            f"results of {run_label}: {path} is not valid JSON ({error}) — delete it and rerun "
-            "the step that writes it"
-        ) from None
-    if not isinstance(data, dict):
-        raise UserError(f"results of {run_label}: {path} holds a {type(data).__name__}, not an object")
-    absent = [key for key in required if data.get(key) is None]
-    if absent:
-        raise UserError(
-            f"results of {run_label}: {path} lacks {', '.join(absent)} — delete it and rerun the "
-            "step that writes it"
-        )
-    sources.saw(path)
-    return data
-
-
-def read_provenance(path: Path, sources: ResultSources) -> None:
-    """Commit and hardware of a run, when its provenance file exists (it is informative only)."""
-    if not path.is_file():
-        return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return
-    note_provenance(data, sources)
-
-
 def note_provenance(record: dict, sources: ResultSources) -> None:
     """Remember the commit and hardware of a record written by `phi3v.provenance.collect`."""
     git = record.get("git") if isinstance(record.get("git"), dict) else {}
@@ -127,25 +88,26 @@ class RunResult:
     metrics: dict
 
 
-def eval_dir(results_dir: Path, dataset: str, run: str) -> Path:
-    return results_dir / "eval" / dataset / run
-
-
-def read_run_result(results_dir: Path, run: dict, sources: ResultSources) -> RunResult:
+def read_run_result(inputs: ReportInputs, run: dict, sources: ResultSources) -> RunResult:
     dataset, name = run["dataset"], run["run"]
     label = f"run {dataset}/{name}"
-    scores = read_result(eval_dir(results_dir, dataset, name) / "scores.json", label,
-                         ("score", "n"), sources)
-    run_dir = results_dir / "runs" / dataset / name
-    metrics = read_result(run_dir / "metrics.json", label, ("final_loss",), sources)
-    read_provenance(run_dir / "provenance.json", sources)
+    scores_path, metrics_path = inputs.scores(dataset, name), inputs.metrics(dataset, name)
+    scores = read_scores(scores_path, label)
+    sources.saw(scores_path)
+    metrics = read_metrics(metrics_path, label)
+    sources.saw(metrics_path)
+    provenance = read_provenance(inputs.provenance(dataset, name))
+    if provenance is not None:
+        note_provenance(provenance, sources)
     return RunResult(scores, metrics)
 
 
-def read_base_result(results_dir: Path, dataset: str, sources: ResultSources) -> dict:
+def read_base_result(inputs: ReportInputs, dataset: str, sources: ResultSources) -> dict:
     label = f"run {dataset}/{BASE_RUN} (the model before fine-tuning)"
-    return read_result(eval_dir(results_dir, dataset, BASE_RUN) / "scores.json", label,
-                       ("score", "n", "majority_baseline"), sources)
+    path = inputs.scores(dataset, BASE_RUN)
+    scores = read_scores(path, label, ("score", "n", "majority_baseline"))
+    sources.saw(path)
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,12 +287,12 @@ def recipe_references(config: dict, table: AccuracyTable) -> dict[str, float]:
     }
 
 
-def base_lines(config: dict, results_dir: Path, dataset: str, runs: Sequence[dict], decimals: int,
+def base_lines(config: dict, inputs: ReportInputs, dataset: str, runs: Sequence[dict], decimals: int,
                sources: ResultSources) -> list[str]:
     """The 'before fine-tuning' line and the majority baseline, from the base model's scores."""
     if not any(run.get("skip_reason") is None for run in runs):
         return ["Before fine-tuning: not evaluated (no run of this task in this preset)."]
-    base = read_base_result(results_dir, dataset, sources)
+    base = read_base_result(inputs, dataset, sources)
     metric = METRIC_TITLE.get(base.get("metric"), "score")
     return [
         f"Before fine-tuning (base model): {metric} {format_number(base['score'], decimals)}. "
@@ -340,7 +302,7 @@ def base_lines(config: dict, results_dir: Path, dataset: str, runs: Sequence[dic
     ]
 
 
-def accuracy_document(config: dict, results_dir: Path, table: AccuracyTable) -> TableDocument:
+def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) -> TableDocument:
     sources = ResultSources()
     decimals = table.decimals
     runs = configured_runs(config, table.dataset)
@@ -352,7 +314,7 @@ def accuracy_document(config: dict, results_dir: Path, table: AccuracyTable) -> 
         return [metric_cell, reference, MISSING, *([MISSING] if official else []), MISSING, note]
 
     def measured(run: dict, reference: str | None, differences: list[str]) -> list[str]:
-        result = read_run_result(results_dir, run, sources)
+        result = read_run_result(inputs, run, sources)
         score = result.scores["score"]
         delta = format_delta(score, reference, decimals) if reference else MISSING
         cells = [format_number(score, decimals), reference or MISSING, delta]
@@ -381,7 +343,7 @@ def accuracy_document(config: dict, results_dir: Path, table: AccuracyTable) -> 
             rows.append(run_cells(table.columns[:-1], run) + measured(run, None, limit_notes(run)))
 
     body = table_lines(split_cells(header), rows, header, separator)
-    body += ["", *base_lines(config, results_dir, table.dataset, runs, decimals, sources)]
+    body += ["", *base_lines(config, inputs, table.dataset, runs, decimals, sources)]
     if official:
         body += ["", ANLS_NOTE]
     if "Phi-3-vision" in table.title:
@@ -394,7 +356,7 @@ def format_official(scores: dict, decimals: int) -> str:
     return MISSING if value is None else format_number(value, decimals)
 
 
-def extra_document(config: dict, results_dir: Path, dataset: str) -> TableDocument:
+def extra_document(config: dict, inputs: ReportInputs, dataset: str) -> TableDocument:
     """A table in the recipe's style for a dataset the recipe publishes no table for."""
     sources = ResultSources()
     decimals = 2
@@ -405,12 +367,12 @@ def extra_document(config: dict, results_dir: Path, dataset: str) -> TableDocume
         if run.get("skip_reason") is not None:
             rows.append([*run_cells(EXTRA_COLUMNS, run), MISSING, MISSING, skip_note(run)])
             continue
-        result = read_run_result(results_dir, run, sources)
+        result = read_run_result(inputs, run, sources)
         rows.append([*run_cells(EXTRA_COLUMNS, run), format_number(result.scores["score"], decimals),
                      f"{result.metrics['final_loss']:.4f}", run_note(run, limit_notes(run))])
     columns = [*EXTRA_COLUMNS, METRIC_TITLE.get(metric, metric), "Final loss", "Note"]
     body = table_lines(columns, rows)
-    body += ["", *base_lines(config, results_dir, dataset, runs, decimals, sources)]
+    body += ["", *base_lines(config, inputs, dataset, runs, decimals, sources)]
     body += ["", "The recipe publishes no table for this task: no reference values."]
     title = DATASET_TITLE.get(dataset, dataset)
     return TableDocument(f"{dataset}.md", title, body, sources)
@@ -453,9 +415,10 @@ def speed_references(config: dict) -> dict[str, tuple[SpeedTable, SpeedRow]]:
     return references
 
 
-def read_speed_result(results_dir: Path, config_row: dict, sources: ResultSources) -> dict:
-    path = results_dir / "speed" / f"{config_row['row']}.json"
-    data = read_result(path, f"speed row {config_row['row']}", ("img_per_s",), sources)
+def read_speed_result(inputs: ReportInputs, config_row: dict, sources: ResultSources) -> dict:
+    path = inputs.speed(config_row["row"])
+    data = read_speed_row(path, f"speed row {config_row['row']}")
+    sources.saw(path)
     note_provenance(data, sources)
     if data.get("device") and not isinstance(data.get("hardware"), dict):
         sources.hardware.add(f"{data.get('nodes', 1) * data.get('gpus', 1)}x {data['device']}")
@@ -493,7 +456,7 @@ def extra_speed_cells(measured: dict) -> list[str]:
     ]
 
 
-def speed_section(config: dict, results_dir: Path, table: SpeedTable, used: set[str],
+def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: set[str],
                   extra_rows: Sequence[dict], sources: ResultSources) -> list[str]:
     """One recipe speed table with this workflow's measurements in its columns."""
     hw = table.hardware
@@ -507,7 +470,7 @@ def speed_section(config: dict, results_dir: Path, table: SpeedTable, used: set[
     def measurement(row: dict | None) -> dict | None:
         if row is None or row.get("skip_reason") is not None:
             return None
-        return read_speed_result(results_dir, row, sources)
+        return read_speed_result(inputs, row, sources)
 
     measurements = [measurement(row) for row in matched]
     baseline = measurements[0]["img_per_s"] if measurements[0] else None
@@ -543,14 +506,14 @@ def speed_section(config: dict, results_dir: Path, table: SpeedTable, used: set[
     return [f"## {table.title}", "", *table_lines(split_cells(header), lines_rows, header, separator)]
 
 
-def speed_document(config: dict, results_dir: Path) -> TableDocument:
+def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
     sources = ResultSources()
     used: set[str] = set()
     config_rows = (config.get("speed") or {}).get("rows") or []
     body = [SPEED_NOTE, ""]
     weights = (config.get("speed") or {}).get("weights")
     for table in SPEED_TABLES:
-        body += speed_section(config, results_dir, table, used, config_rows, sources) + [""]
+        body += speed_section(config, inputs, table, used, config_rows, sources) + [""]
     leftover = [row["row"] for row in config_rows if row["row"] not in used]
     if leftover:
         body += [f"Rows of this preset in neither table's precision: {', '.join(leftover)}.", ""]
@@ -573,46 +536,41 @@ def render(document: TableDocument, config: dict, level: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_documents(config: dict, results_dir: str | os.PathLike) -> list[TableDocument]:
-    """Every table the configuration calls for: the recipe's four, then one per extra dataset."""
-    results_dir = Path(results_dir)
-    documents = [accuracy_document(config, results_dir, table) for table in ACCURACY_TABLES]
-    documents.append(speed_document(config, results_dir))
+def extra_datasets(config: dict) -> list[str]:
+    """Datasets with runs but no table in the recipe (UCF-101, custom ones), in configuration order."""
     recipe_datasets = {table.dataset for table in ACCURACY_TABLES}
-    extra = []
-    for run in config.get("runs") or []:
-        if run["dataset"] not in recipe_datasets and run["dataset"] not in extra:
-            extra.append(run["dataset"])
-    documents += [extra_document(config, results_dir, dataset) for dataset in extra]
+    return list(dict.fromkeys(run["dataset"] for run in config.get("runs") or []
+                              if run["dataset"] not in recipe_datasets))
+
+
+def table_documents(config: dict, inputs: ReportInputs) -> list[TableDocument]:
+    """Every table the configuration calls for: the recipe's four, then one per extra dataset."""
+    documents = [accuracy_document(config, inputs, table) for table in ACCURACY_TABLES]
+    documents.append(speed_document(config, inputs))
+    documents += [extra_document(config, inputs, dataset) for dataset in extra_datasets(config)]
     return documents
 
 
 def table_file_names(config: dict) -> list[str]:
-    """The file names `write_tables` writes (for the workflow's outputs), README excluded."""
-    names = [table.file_name for table in ACCURACY_TABLES] + ["speed.md"]
-    recipe_datasets = {table.dataset for table in ACCURACY_TABLES}
-    for run in config.get("runs") or []:
-        name = f"{run['dataset']}.md"
-        if run["dataset"] not in recipe_datasets and name not in names:
-            names.append(name)
-    return names
+    """The file names `write_tables` writes into its folder."""
+    return ([table.file_name for table in ACCURACY_TABLES] + ["speed.md"]
+            + [f"{dataset}.md" for dataset in extra_datasets(config)])
 
 
-def write_tables(config: dict, results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Write one markdown file per table into `out_dir` and `<results_dir>/README.md` gathering all.
+def write_tables(config: dict, inputs: ReportInputs, out_dir: str | os.PathLike,
+                 readme: str | os.PathLike) -> list[Path]:
+    """Write one markdown file per table into `out_dir`, and `readme` gathering them all.
 
-    Returns the written paths. Raises UserError naming the run and the file when a result a
-    table needs is missing or corrupt.
+    `inputs` are the result files the tables read. Returns the written paths. Raises UserError
+    naming the run and the file when a result a table needs is missing or corrupt.
     """
     out_dir = Path(out_dir)
-    documents = table_documents(config, results_dir)
+    documents = table_documents(config, inputs)
     written = []
     for document in documents:
         path = out_dir / document.file_name
         write_text_atomic(path, render(document, config))
         written.append(path)
-    readme = Path(results_dir) / "README.md"
     sections = [render(document, config, level=2) for document in documents]
     write_text_atomic(readme, f"# Results of preset `{config.get('preset')}`\n\n" + "\n".join(sections))
-    written.append(readme)
-    return written
+    return [*written, Path(readme)]

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from phi3v.layout import ReportInputs, ResultsLayout, report_inputs
+from phi3v.workflow import config as settings
+
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
 # Every fixture file gets this modification time, so the footer's "newest result" date is fixed.
@@ -68,6 +71,13 @@ def demo_config() -> dict:
             ],
         },
     }
+
+
+def report_files(results_dir: Path, config: dict) -> ReportInputs:
+    """The result files the tables rule declares for `config`, under `results_dir`."""
+    trained = [(run["dataset"], run["run"]) for run in settings.active_runs(config)]
+    return ReportInputs(report_inputs(ResultsLayout(results_dir), settings.evaluations(config), trained,
+                                      settings.speed_rows(config)))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Evaluation: scoring, sharding across processes, the CLI, and a run on a tiny model folder."""
+"""Evaluation: scoring, answers from several processes, the CLI, and a run on a tiny model folder."""
 
 import json
 import os
@@ -14,29 +14,24 @@ from phi3v.evaluation.evaluate import (
     check_arguments,
     evaluate,
     main,
-    merge_shards,
+    merge_answers,
     precision_context,
     scored_predictions,
-    shard,
     summarize,
 )
 
 SCORES_FIELDS = {"dataset", "run", "split", "metric", "score", "accuracy", "majority_baseline", "n"}
 
 
-def test_shards_split_and_merge_exactly():
+def test_gathered_answers_are_sorted_by_id():
     rows = [{"id": f"test-{i:010d}", "prediction": str(i)} for i in range(11)]
-    shards = [shard(rows, rank, 3) for rank in range(3)]
-    assert [len(s) for s in shards] == [4, 4, 3]
-    ids = [row["id"] for part in shards for row in part]
-    assert sorted(ids) == [row["id"] for row in rows] and len(set(ids)) == len(rows)
-    assert merge_shards(shards[::-1]) == rows
-    assert shard(rows, 0, 1) == rows
+    gathered = rows[8:] + rows[4:8] + rows[:4]  # slices in the order the processes return them
+    assert merge_answers(gathered) == rows
 
 
 def test_merge_refuses_a_sample_answered_twice():
     with pytest.raises(ValueError, match="answered twice"):
-        merge_shards([[{"id": "a"}], [{"id": "a"}]])
+        merge_answers([{"id": "a"}, {"id": "a"}])
 
 
 def test_gold_answers_score_100_and_majority_baseline():
