@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 from phi3v.errors import UserError
 from phi3v.files import write_text_atomic
+from phi3v.training.run_config import BASE_RUN, Strategy
 from phi3v.reporting.recipe_tables import (
     ACCURACY_TABLES,
     CHECK_MARK,
@@ -32,7 +33,6 @@ from phi3v.reporting.recipe_tables import (
 NOT_IN_PRESET = "not in this preset"
 MISSING = "—"
 FLASH_ATTENTION = "flash_attention_2"
-BASE_RUN = "base"
 
 # Columns of the tables for datasets the recipe has no table for (UCF-101, custom datasets).
 EXTRA_COLUMNS = ("Training method", "data type", "LoRA rank", "LoRA alpha", "batch size",
@@ -197,7 +197,7 @@ def extend_header(header: str, separator: str, added: Sequence[str]) -> tuple[st
 
 def run_cells(columns: Sequence[str], run: dict) -> list[str]:
     """Cells in the recipe's setting columns describing `run` as configured (for runs the recipe lacks)."""
-    lora = run["strategy"] in ("lora", "qlora")
+    lora = Strategy(run["strategy"]).is_lora
     frozen_column = "Frozen vision model" in columns
     method = METHOD_OF_STRATEGY[run["strategy"]]
     if frozen_column and run["strategy"] == "frozen_vision":
