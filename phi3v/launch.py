@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from phi3v.errors import UserError
+from phi3v.errors import UserError, entry_point
 
 RENDEZVOUS_PORT = 29500
 # Machine-wide, so that jobs of different workflow runs on one machine see each other's claims.
@@ -180,6 +180,7 @@ def format_command(command: Sequence[str]) -> str:
     return shlex.join(command)
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m phi3v.launch [options] -- MODULE ARGS...`: claim GPUs, then run the module."""
     import argparse
@@ -196,16 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_args = args.module_args[1:] if args.module_args[:1] == ["--"] else args.module_args
     if not module_args:
         parser.error("give the module to run after --")
-    try:
-        command = launch_command(module_args, processes_per_node=args.processes_per_node, nodes=args.nodes)
-        with visible_gpus(args.gpus, total=args.gpus_on_machine, lock_dir=args.lock_dir) as env:
-            print(f"launch: {format_command(command)}", file=sys.stderr, flush=True)
-            if "CUDA_VISIBLE_DEVICES" in env and not under_slurm(env):
-                print(f"launch: GPUs {env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
-            return subprocess.run(command, env=env).returncode
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    command = launch_command(module_args, processes_per_node=args.processes_per_node, nodes=args.nodes)
+    with visible_gpus(args.gpus, total=args.gpus_on_machine, lock_dir=args.lock_dir) as env:
+        print(f"launch: {format_command(command)}", file=sys.stderr, flush=True)
+        if "CUDA_VISIBLE_DEVICES" in env and not under_slurm(env):
+            print(f"launch: GPUs {env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
+        return subprocess.run(command, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 IMAGE_TOKEN = "<|image|>"
 # Id of the image placeholder token in other ports when the tokenizer has no `<|image|>` entry.
 DEFAULT_IMAGE_TOKEN_ID = 32044
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label of positions the loss skips (transformers' convention)
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 PAD = "<|endoftext|>"

@@ -1,5 +1,4 @@
 # Config resolution and the small input functions every rules file uses.
-import json
 import os
 
 from snakemake.exceptions import WorkflowError
@@ -81,13 +80,13 @@ def model_to_evaluate(wildcards):
     return layout.model(wildcards.dataset, wildcards.run)
 
 def run_json(wildcards):
-    return json.dumps(settings.run_config(config, wildcards.dataset, wildcards.run), sort_keys=True)
+    return settings.run_config(config, wildcards.dataset, wildcards.run).to_json()
 
 def training_processes():
     """(nodes, processes per node, GPUs per node) of a training job."""
     hardware = config["hardware"]
     gpus = hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 0
-    return hardware["nodes"], settings.processes_per_node(config), gpus
+    return hardware["nodes"], resources.processes_per_node(config), gpus
 
 def speed_row_resources(row):
     """GPUs per node and nodes of a speed-table row (its `gpus` count all nodes)."""

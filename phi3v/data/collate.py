@@ -9,8 +9,7 @@ import torch
 from torch.utils.data import Sampler
 
 from phi3v.errors import UserError
-
-IGNORE_INDEX = -100
+from phi3v.processing_phi3v import IGNORE_INDEX
 
 
 def _images_of(examples: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

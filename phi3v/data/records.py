@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 from PIL import Image
 
 from phi3v.data.sources.common import write_jsonl
-from phi3v.errors import UserError
+from phi3v.errors import UserError, entry_point
 from phi3v.processing_phi3v import image_tag_numbers
 
 REQUIRED_SPLITS = ("train", "val")  # a custom dataset's; converted ones name their eval split
@@ -373,16 +373,13 @@ def validate_or_raise(folder: str | os.PathLike, name: str, eval_split: str = "v
     return counts
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check a dataset folder in the recipe's jsonl format.")
     parser.add_argument("folder", help="folder holding <name>_<split>.jsonl and images/")
     parser.add_argument("name", help="dataset name, the <name> in <name>_<split>.jsonl")
     args = parser.parse_args(argv)
-    try:
-        counts = validate_or_raise(args.folder, args.name)
-    except UserError as e:
-        print(e, file=sys.stderr)
-        return 2
+    counts = validate_or_raise(args.folder, args.name)
     print(", ".join(f"{split}: {n} records" for split, n in counts.items()))
     return 0
 

@@ -25,13 +25,13 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from phi3v.errors import UserError
+from phi3v.errors import UserError, entry_point
 from phi3v.evaluation.metrics import accuracy, anls
 from phi3v.files import write_json_atomic, write_text_atomic
 from phi3v.layout import PREDICTIONS, SCORES
+from phi3v.training.run_config import PRECISIONS, torch_dtype
 
 METRICS = ("anls", "accuracy")
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,14 +117,14 @@ def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tok
 
 def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Half-precision weights on GPU; on CPU fp32 weights under autocast (see `precision_context`)."""
-    return PRECISIONS[precision] if device.type == "cuda" else torch.float32
+    return torch_dtype(precision) if device.type == "cuda" else torch.float32
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """On CPU, compute in the run's precision with autocast (fp16 included) rather than in fp32."""
     if device.type == "cuda":
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cpu", dtype=PRECISIONS[precision])
+    return torch.autocast(device_type="cpu", dtype=torch_dtype(precision))
 
 
 def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device):
@@ -257,19 +257,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        scores = evaluate(
-            model_dir=args.model_dir, data_dir=args.data_dir, dataset_name=args.dataset,
-            split=args.split, metric=args.metric, out_dir=args.out_dir, run_name=args.run_name,
-            num_crops=args.num_crops, precision=args.precision, attention=args.attention,
-            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-            max_samples=args.max_samples,
-        )
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    scores = evaluate(
+        model_dir=args.model_dir, data_dir=args.data_dir, dataset_name=args.dataset,
+        split=args.split, metric=args.metric, out_dir=args.out_dir, run_name=args.run_name,
+        num_crops=args.num_crops, precision=args.precision, attention=args.attention,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        max_samples=args.max_samples,
+    )
     if PartialState().is_main_process:
         print(json.dumps(scores, indent=2, ensure_ascii=False))
     return 0

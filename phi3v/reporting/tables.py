@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 from phi3v.files import write_text_atomic
 from phi3v.layout import BASE_RUN, ReportInputs, read_metrics, read_provenance, read_scores, read_speed_row
+from phi3v.training.run_config import Strategy
 from phi3v.reporting.recipe_tables import (
     ACCURACY_TABLES,
     CHECK_MARK,
@@ -159,7 +160,7 @@ def extend_header(header: str, separator: str, added: Sequence[str]) -> tuple[st
 
 def run_cells(columns: Sequence[str], run: dict) -> list[str]:
     """Cells in the recipe's setting columns describing `run` as configured (for runs the recipe lacks)."""
-    lora = run["strategy"] in ("lora", "qlora")
+    lora = Strategy(run["strategy"]).is_lora
     frozen_column = "Frozen vision model" in columns
     method = METHOD_OF_STRATEGY[run["strategy"]]
     if frozen_column and run["strategy"] == "frozen_vision":

@@ -14,23 +14,21 @@ from pathlib import Path
 import torch
 
 from phi3v.data.records import read_records
-from phi3v.errors import UserError
+from phi3v.errors import UserError, entry_point
 from phi3v.files import write_json_atomic
+from .run_config import RunConfig, Strategy
 
 CORPUS_NAME = "pretrain"
 DEMO_MODEL_ID = "phi3v-demo-tiny"
 
 
-def pretrain_run(*, steps: int, seed: int) -> dict:
+def pretrain_run(*, steps: int, seed: int) -> RunConfig:
     """Full-parameter pre-training settings: large learning rate, short warm-up, small batches."""
-    return {
-        "dataset": CORPUS_NAME, "run": "pretrain-full-bf16-sdpa", "strategy": "full", "precision": "bf16",
-        "attention": "sdpa", "learning_rate": 3e-3, "epochs": 1, "batch_size": 8, "per_device_batch_size": 8,
-        "lora_rank": None, "lora_alpha": None, "lora_dropout": None, "weight_decay": 0.01,
-        "warmup_steps": max(1, steps // 10), "max_grad_norm": 1.0, "num_crops": 1,
-        "gradient_checkpointing": False, "packing": False, "checkpoint_every": 0, "max_steps": steps,
-        "max_train_samples": None, "seed": seed, "deepspeed": False,
-    }
+    return RunConfig(
+        dataset=CORPUS_NAME, run="pretrain-full-bf16-sdpa", strategy=Strategy.FULL, precision="bf16",
+        attention="sdpa", learning_rate=3e-3, epochs=1, num_crops=1, batch_size=8, per_device_batch_size=8,
+        warmup_steps=max(1, steps // 10), gradient_checkpointing=False, max_steps=steps, seed=seed,
+    )
 
 
 def corpus_texts(folders) -> list[str]:
@@ -91,9 +89,9 @@ def build_demo_base(corpus_dir, text_dirs, out_dir, *, steps: int, seed: int, vo
     return metrics
 
 
+@entry_point
 def main(argv=None) -> int:
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m phi3v.training.demo_model", description=__doc__.split("\n")[0])
     parser.add_argument("--corpus-dir", required=True)
@@ -103,12 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocab-size", type=int, default=1024)
     args = parser.parse_args(argv)
-    try:
-        metrics = build_demo_base(args.corpus_dir, args.text_dir, args.out_dir, steps=args.steps, seed=args.seed,
-                                  vocab_size=args.vocab_size)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    metrics = build_demo_base(args.corpus_dir, args.text_dir, args.out_dir, steps=args.steps, seed=args.seed,
+                              vocab_size=args.vocab_size)
     print(json.dumps({k: metrics[k] for k in ("final_loss", "steps", "wall_s")}))
     return 0
 

@@ -7,17 +7,17 @@ Convention (stated once, used everywhere):
 - Attention scores/values add 4*T^2*d forward per layer; the language model's is causal, so half of
   it is counted (what fused kernels compute); CLIP's attention is bidirectional and counted in full.
 - Embedding look-ups, norms, activations, softmax and LoRA's low-rank matmuls are not counted.
-- Per strategy: `full` 3x forward everywhere; `frozen_vision` forward-only for CLIP and the projector,
-  3x for the LM; `lora`/`qlora` 2x forward everywhere (activation gradients flow through every layer
-  that holds adapters; the frozen weights get no weight gradient; CLIP 1x when the vision model is
-  frozen, which LoRA does not do by default). QLoRA's de-quantisation is not counted.
+- Per strategy: full-parameter 3x forward where weights train, forward-only where vision is frozen
+  (`frozen_vision`: CLIP and the projector 1x, the LM 3x); LoRA/QLoRA 2x forward everywhere
+  (activation gradients flow through every layer that holds adapters; the frozen weights get no
+  weight gradient). QLoRA's de-quantisation is not counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phi3v.errors import UserError
+from .run_config import Strategy
 
 # Dense peak FLOP/s per GPU for the precisions training uses (vendor data sheets, no sparsity).
 PEAK_FLOPS = {
@@ -26,8 +26,6 @@ PEAK_FLOPS = {
     "A100": {"bf16": 312e12, "fp16": 312e12},
     "V100": {"fp16": 125e12},
 }
-
-STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
 
 
 @dataclass(frozen=True)
@@ -46,13 +44,6 @@ class ModelShape:
     clip_tokens_per_crop: int  # patches + CLS
     projector_in: int  # 4 * clip_hidden after the 2x2 merge
     image_tokens_per_crop: int  # merged tokens a crop contributes (144 at 336 px)
-
-    @classmethod
-    def phi35_vision(cls) -> "ModelShape":
-        """microsoft/Phi-3.5-vision-instruct (REFERENCE §3)."""
-        return cls(lm_layers=32, lm_hidden=3072, lm_intermediate=8192, lm_heads=32, lm_kv_heads=32,
-                   vocab_size=32064, clip_layers_used=23, clip_hidden=1024, clip_intermediate=4096,
-                   clip_tokens_per_crop=24 * 24 + 1, projector_in=4096, image_tokens_per_crop=144)
 
     @classmethod
     def from_config(cls, config) -> "ModelShape":
@@ -85,15 +76,10 @@ class ModelShape:
         return self.projector_in * self.lm_hidden + self.lm_hidden * self.lm_hidden
 
 
-def _multipliers(strategy: str, freeze_vision: bool | None = None) -> tuple[int, int]:
+def _multipliers(strategy: Strategy) -> tuple[int, int]:
     """(LM multiplier, vision multiplier) of the forward cost under the convention above."""
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if strategy == "full":
-        return 3, 3
-    if strategy == "frozen_vision":
-        return 3, 1
-    return 2, (1 if freeze_vision else 2)
+    trained = 2 if strategy.is_lora else 3  # forward + activation grads (+ weight grads unless LoRA)
+    return trained, (trained if strategy.trains_vision else 1)
 
 
 def forward_flops(shape: ModelShape, *, seq_len: int, num_crops: int) -> tuple[float, float]:
@@ -110,11 +96,10 @@ def forward_flops(shape: ModelShape, *, seq_len: int, num_crops: int) -> tuple[f
     return float(lm), float(vision)
 
 
-def training_flops_per_sample(shape: ModelShape, *, seq_len: int, num_crops: int,
-                              strategy: str, freeze_vision: bool | None = None) -> float:
+def training_flops_per_sample(shape: ModelShape, *, seq_len: int, num_crops: int, strategy: Strategy) -> float:
     """FLOPs one training sample costs (forward + backward) under the module's convention."""
     lm, vision = forward_flops(shape, seq_len=seq_len, num_crops=num_crops)
-    lm_mult, vision_mult = _multipliers(strategy, freeze_vision)
+    lm_mult, vision_mult = _multipliers(Strategy(strategy))
     return lm_mult * lm + vision_mult * vision
 
 

@@ -17,25 +17,23 @@ import torch
 
 from phi3v.errors import UserError
 from phi3v.files import write_json_atomic
+from .run_config import RunConfig, Strategy
 
 WEIGHTS = ("random", "pretrained")
 
 
 def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
-              per_device_batch_size: int = 1, lora_rank: int = 64) -> dict:
+              lora_rank: int = 64) -> RunConfig:
     """The run config a speed row trains with: recipe settings, effective batch of the row."""
-    return {
-        "dataset": dataset_name, "run": f"speed-{row['row']}", "strategy": row["strategy"],
-        "precision": row["precision"], "attention": row["attention"], "learning_rate": 1e-5, "epochs": 1,
-        "batch_size": row["effective_batch"], "per_device_batch_size": per_device_batch_size,
-        "lora_rank": lora_rank, "lora_alpha": 2 * lora_rank, "lora_dropout": 0.0, "weight_decay": 0.01,
-        "warmup_steps": 0, "max_grad_norm": 1.0, "num_crops": num_crops,
-        "gradient_checkpointing": row.get("gradient_checkpointing", True), "packing": False,
-        "checkpoint_every": 0, "max_steps": warmup + steps, "max_train_samples": None, "seed": 0,
+    strategy = Strategy(row["strategy"])
+    rank = dict(lora_rank=lora_rank, lora_alpha=2 * lora_rank) if strategy.needs_rank else {}
+    return RunConfig(
+        dataset=dataset_name, run=f"speed-{row['row']}", strategy=strategy, precision=row["precision"],
+        attention=row["attention"], learning_rate=1e-5, epochs=1, num_crops=num_crops,
+        batch_size=row["effective_batch"], warmup_steps=0, max_steps=warmup + steps, **rank,
         # ZeRO-2 as the recipe's full fine-tuning, where torchrun launched GPU processes
-        "deepspeed": (row["strategy"] in ("full", "frozen_vision") and torch.cuda.is_available()
-                      and "WORLD_SIZE" in os.environ),
-    }
+        deepspeed=strategy.uses_deepspeed and torch.cuda.is_available() and "WORLD_SIZE" in os.environ,
+    )
 
 
 def write_random_weights(base_model: Path, folder: Path) -> Path:
@@ -89,8 +87,8 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
     accelerator = result.accelerator
     timed = result.log[warmup:]
     step_s = statistics.median(entry["step_s"] for entry in timed)
-    samples_per_s = run["batch_size"] / step_s
-    images_per_sample = result.timed.images / max(1, result.timed.steps * run["batch_size"])
+    samples_per_s = run.batch_size / step_s
+    images_per_sample = result.timed.images / max(1, result.timed.steps * run.batch_size)
     device = (torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda"
               else f"cpu ({torch.get_num_threads()} threads)")
     speed = {
@@ -98,7 +96,7 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
         # What was measured, not what the row asks for: on a CPU, one process and no GPU.
         "attention": row["attention"], "nodes": nodes_used(),
         "gpus": accelerator.num_processes if accelerator.device.type == "cuda" else 0,
-        "effective_batch": run["batch_size"],
+        "effective_batch": run.batch_size,
         "img_per_s": samples_per_s * images_per_sample,
         "tokens_per_s": statistics.median(entry["tokens"] / entry["step_s"] for entry in timed),
         "peak_mem_gib": result.metrics["peak_mem_gib"],

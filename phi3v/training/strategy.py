@@ -1,6 +1,7 @@
 """What a run trains and how: start-up checks, model loading, freezing, LoRA/QLoRA, DeepSpeed config.
 
-Anything the machine cannot do is refused here, at start, with the reason; nothing is replaced.
+The recipe's rules live in `run_config` (`Strategy`, `RunConfig`); what this machine cannot do is
+refused here, at start, with the reason; nothing is replaced.
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ import importlib.util
 import torch
 
 from ..errors import UserError
-
-STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
-PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = tuple(PRECISION_DTYPES)
-ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
+from .run_config import RunConfig, Strategy
 
 VISION_PREFIX = "model.vision_embed_tokens."
 LM_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"]
@@ -22,25 +19,16 @@ VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
                        "img_projection.0", "img_projection.2"]
 
 
-def precision_dtype(precision: str) -> torch.dtype:
-    return PRECISION_DTYPES[precision]
-
-
-def weights_dtype(run: dict) -> torch.dtype:
+def weights_dtype(run: RunConfig) -> torch.dtype:
     """dtype the model is loaded in.
 
     bf16 LoRA/QLoRA load the frozen base in bf16 (peft keeps adapters in fp32); bf16 under DeepSpeed
     loads bf16 and the engine keeps fp32 master weights. Every other run keeps fp32 weights and
     computes under autocast (bf16, or fp16 with a grad scaler), the same arithmetic without DeepSpeed.
     """
-    if run["precision"] == "bf16" and (run["strategy"] in ("lora", "qlora") or run.get("deepspeed")):
+    if run.precision == "bf16" and (run.strategy.is_lora or run.deepspeed):
         return torch.bfloat16
     return torch.float32
-
-
-def _choice(run: dict, key: str, choices) -> None:
-    if run.get(key) not in choices:
-        raise UserError(f"run {run.get('run')!r}: {key}={run.get(key)!r} — choose one of {', '.join(choices)}")
 
 
 def _fp16_autocast_works(device: torch.device) -> bool:
@@ -69,16 +57,10 @@ def _nf4_works(device: torch.device) -> str | None:
     return None
 
 
-def check_run(run: dict, device: torch.device) -> None:
-    """Refuse at start what this machine or this combination cannot do (UserError naming why)."""
-    name = run.get("run")
-    _choice(run, "strategy", STRATEGIES)
-    _choice(run, "precision", PRECISIONS)
-    _choice(run, "attention", ATTENTIONS)
-    if run["attention"] == "flash_attention_2":
-        if run["precision"] == "fp16":
-            raise UserError(f"run {name!r}: flash_attention_2 does not support fp16 — use precision "
-                            "bf16, or attention sdpa/eager for fp16")
+def check_run(run: RunConfig, device: torch.device) -> None:
+    """Refuse at start what this machine cannot do for the run (UserError naming why)."""
+    name = run.run
+    if run.attention == "flash_attention_2":
         from transformers.utils import is_flash_attn_2_available
 
         if importlib.util.find_spec("flash_attn") is None:
@@ -87,41 +69,36 @@ def check_run(run: dict, device: torch.device) -> None:
         if device.type != "cuda" or not is_flash_attn_2_available():
             raise UserError(f"run {name!r}: flash_attention_2 needs a CUDA GPU that flash-attn supports "
                             f"(this is {device.type}) — use attention sdpa or eager")
-    if run["precision"] == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if run.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"run {name!r}: this GPU has no bf16 — use precision fp16 (attention sdpa or eager)")
-    if run["precision"] == "fp16" and not run.get("deepspeed") and not _fp16_autocast_works(device):
+    if run.precision == "fp16" and not run.deepspeed and not _fp16_autocast_works(device):
         raise UserError(f"run {name!r}: fp16 mixed precision is not available on {device.type} with "
                         f"torch {torch.__version__} — use precision bf16")
-    if run["strategy"] == "qlora":
+    if run.strategy is Strategy.QLORA:
         reason = _nf4_works(device)
         if reason:
             raise UserError(f"run {name!r}: qlora needs 4-bit NF4 weights but {reason} — use strategy lora")
-        if run.get("deepspeed"):
-            raise UserError(f"run {name!r}: qlora runs under plain DDP — set deepspeed: false")
-    if run["strategy"] in ("lora", "qlora") and not run.get("lora_rank"):
-        raise UserError(f"run {name!r}: strategy {run['strategy']} needs lora_rank (and lora_alpha) — "
-                        "set them in the run")
-    if run.get("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+    if run.deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise UserError(f"run {name!r}: deepspeed: true but DeepSpeed is not installed "
                         "(pip install 'phi3v[deepspeed]') — or set deepspeed: false")
 
 
-def lora_targets(freeze_vision: bool = False) -> list[str]:
-    """The recipe's LoRA targets: the LM always, CLIP and the projector unless vision is frozen."""
-    return LM_LORA_TARGETS + ([] if freeze_vision else VISION_LORA_TARGETS)
+def lora_targets(strategy: Strategy) -> list[str]:
+    """The recipe's LoRA targets: the LM always, CLIP and the projector where the strategy trains vision."""
+    return LM_LORA_TARGETS + (VISION_LORA_TARGETS if strategy.trains_vision else [])
 
 
-def load_model(run: dict, base_model: str):
+def load_model(run: RunConfig, base_model: str):
     """Load the base model the way the strategy needs it (dtype, attention, NF4 for QLoRA)."""
     from ..modeling_phi3v import Phi3VForCausalLM
 
-    kwargs = {"dtype": weights_dtype(run), "attn_implementation": run["attention"]}
-    if run["strategy"] == "qlora":
+    kwargs = {"dtype": weights_dtype(run), "attn_implementation": run.attention}
+    if run.strategy is Strategy.QLORA:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=precision_dtype(run["precision"]))
+            bnb_4bit_compute_dtype=run.dtype)
     return Phi3VForCausalLM.from_pretrained(base_model, **kwargs)
 
 
@@ -132,34 +109,40 @@ def freeze_vision(model) -> None:
             param.requires_grad_(False)
 
 
-def apply_lora(model, run: dict, *, freeze_vision_model: bool = False):
+def apply_lora(model, run: RunConfig):
     """Wrap in peft LoRA with the run's rank/alpha/dropout, Gaussian init, the recipe's targets."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if run["strategy"] == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(run.get("gradient_checkpointing")),
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = LoraConfig(r=run["lora_rank"], lora_alpha=run.get("lora_alpha") or 2 * run["lora_rank"],
-                        lora_dropout=run.get("lora_dropout") or 0.0,
-                        target_modules=lora_targets(freeze_vision_model), init_lora_weights="gaussian",
+    if run.strategy is Strategy.QLORA:
+        # checkpointing is enabled once, by build_model (peft would call the deprecated name)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
+                        target_modules=lora_targets(run.strategy), init_lora_weights="gaussian",
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
-def build_model(run: dict, base_model: str):
+def build_model(run: RunConfig, base_model: str):
     """The model ready to train: loaded, frozen or wrapped per strategy, checkpointing as asked."""
     model = load_model(run, base_model)
     # CLIP layers after the feature layer never reach the loss; the model keeps them for saving
     model.drop_unused_vision_layers()
-    if run["strategy"] in ("lora", "qlora"):
+    if run.strategy.is_lora:
         model = apply_lora(model, run)
-    elif run["strategy"] == "frozen_vision":
+    elif not run.strategy.trains_vision:
         freeze_vision(model)
-    if run.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if run.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     model.config.use_cache = False
     return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward (non-reentrant); transformers renamed this from gradient_checkpointing_*."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -174,16 +157,16 @@ def parameter_counts(model) -> tuple[int, int]:
     return trainable, total
 
 
-def deepspeed_config(run: dict, accumulation_steps: int) -> dict:
+def deepspeed_config(run: RunConfig, accumulation_steps: int) -> dict:
     """The recipe's ZeRO-2 settings with every `auto` field filled from the run."""
     bucket = int(5e8)
     return {
-        "train_batch_size": run["batch_size"],
-        "train_micro_batch_size_per_gpu": run["per_device_batch_size"],
+        "train_batch_size": run.batch_size,
+        "train_micro_batch_size_per_gpu": run.per_device_batch_size,
         "gradient_accumulation_steps": accumulation_steps,
-        "gradient_clipping": run["max_grad_norm"],
-        "bf16": {"enabled": run["precision"] == "bf16"},
-        "fp16": {"enabled": run["precision"] == "fp16", "loss_scale": 0, "initial_scale_power": 16,
+        "gradient_clipping": run.max_grad_norm,
+        "bf16": {"enabled": run.precision == "bf16"},
+        "fp16": {"enabled": run.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "zero_optimization": {"stage": 2, "allgather_partitions": True, "allgather_bucket_size": bucket,
                               "overlap_comm": True, "reduce_scatter": True, "reduce_bucket_size": bucket,

@@ -29,37 +29,27 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from phi3v.data.collate import IGNORE_INDEX, collate_packed, collate_padded, effective_batch_plan
+from phi3v.data.collate import collate_packed, collate_padded, effective_batch_plan
 from phi3v.data.dataset import ConversationDataset
-from phi3v.errors import UserError
+from phi3v.errors import UserError, entry_point
 from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
+from phi3v.processing_phi3v import IGNORE_INDEX
 from .checkpoint import (keep_only_trainable_tensors, latest_checkpoint, load_checkpoint,
                                   save_checkpoint)
-from .strategy import build_model, check_run, deepspeed_config, parameter_counts, precision_dtype
-
-RUN_FIELDS = ("dataset", "run", "strategy", "precision", "attention", "learning_rate", "epochs",
-              "batch_size", "per_device_batch_size", "lora_rank", "lora_alpha", "lora_dropout",
-              "weight_decay", "warmup_steps", "max_grad_norm", "num_crops", "gradient_checkpointing",
-              "packing", "checkpoint_every", "max_steps", "max_train_samples", "seed", "deepspeed")
+from .run_config import RunConfig
+from .strategy import build_model, check_run, deepspeed_config, parameter_counts
 
 
 # ---- set-up ------------------------------------------------------------------------------------
 
-def check_fields(run: dict) -> None:
-    missing = [key for key in RUN_FIELDS if key not in run]
-    if missing:
-        raise UserError(f"run config {run.get('run')!r} lacks {', '.join(missing)} — resolve it with "
-                        "phi3v.workflow.config.resolve_config")
-
-
-def make_accelerator(run: dict, accumulation: int):
+def make_accelerator(run: RunConfig, accumulation: int):
     """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise."""
     from accelerate import Accelerator, DeepSpeedPlugin
     from accelerate.utils import DistributedDataParallelKwargs
 
     on_cpu = not torch.cuda.is_available()  # without it, torchrun on CPUs would run N lone copies
 
-    if run["deepspeed"]:
+    if run.deepspeed:
         if on_cpu:  # Accelerate finds no backend for DeepSpeed without GPUs: name gloo
             import deepspeed
             from accelerate import PartialState
@@ -67,7 +57,7 @@ def make_accelerator(run: dict, accumulation: int):
             deepspeed.init_distributed(dist_backend="gloo")
             PartialState(backend="gloo")
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(run, accumulation))
-        return Accelerator(deepspeed_plugin=plugin, mixed_precision=run["precision"],
+        return Accelerator(deepspeed_plugin=plugin, mixed_precision=run.precision,
                            gradient_accumulation_steps=accumulation, step_scheduler_with_optimizer=False)
     # Precision is ours (autocast + GradScaler): Accelerate would run fp16 on a CPU as plain fp32.
     # A micro-batch without images leaves the vision tower without gradients: DDP must allow that.
@@ -76,42 +66,42 @@ def make_accelerator(run: dict, accumulation: int):
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
-def make_optimizer(model, run: dict) -> torch.optim.Optimizer:
+def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
     """The recipe's AdamW; no weight decay on biases and norms (1-D tensors), as transformers does."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": run["weight_decay"]},
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": run.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=run["learning_rate"], betas=(0.9, 0.95), eps=1e-7)
+    return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7)
 
 
-def step_plan(num_samples: int, run: dict) -> tuple[int, int]:
+def step_plan(num_samples: int, run: RunConfig) -> tuple[int, int]:
     """(optimiser steps per epoch, total optimiser steps); an incomplete last batch is dropped."""
-    steps_per_epoch = num_samples // run["batch_size"]
+    steps_per_epoch = num_samples // run.batch_size
     if steps_per_epoch == 0:
-        raise UserError(f"run {run['run']!r}: the training split has {num_samples} samples, fewer than "
-                        f"batch_size={run['batch_size']} — lower batch_size or raise max_train_samples")
-    total = run["max_steps"] if run["max_steps"] is not None else run["epochs"] * steps_per_epoch
+        raise UserError(f"run {run.run!r}: the training split has {num_samples} samples, fewer than "
+                        f"batch_size={run.batch_size} — lower batch_size or raise max_train_samples")
+    total = run.max_steps if run.max_steps is not None else run.epochs * steps_per_epoch
     return steps_per_epoch, total
 
 
-def micro_batches(step: int, *, num_samples: int, run: dict, accumulation: int, rank: int,
+def micro_batches(step: int, *, num_samples: int, run: RunConfig, accumulation: int, rank: int,
                   world_size: int) -> list[list[int]]:
     """Sample indices of this process's micro-batches for optimiser step `step`."""
-    batch, per_device = run["batch_size"], run["per_device_batch_size"]
+    batch, per_device = run.batch_size, run.per_device_batch_size
     epoch, index = divmod(step, num_samples // batch)
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(run["seed"] + epoch))
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(run.seed + epoch))
     window = order[index * batch:(index + 1) * batch].tolist()
     share = window[rank * per_device * accumulation:(rank + 1) * per_device * accumulation]
     return [share[i * per_device:(i + 1) * per_device] for i in range(accumulation)]
 
 
-def make_loader(dataset, run: dict, *, start: int, total: int, accumulation: int, rank: int,
+def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation: int, rank: int,
                 world_size: int, pad_token_id: int) -> DataLoader:
     """Micro-batches of steps start..total-1 for this process, decoded ahead by worker processes."""
     batches = [b for step in range(start, total)
                for b in micro_batches(step, num_samples=len(dataset), run=run, accumulation=accumulation,
                                       rank=rank, world_size=world_size)]
-    collate = collate_packed if run["packing"] else functools.partial(collate_padded, pad_token_id=pad_token_id)
+    collate = collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
     workers = min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
                       pin_memory=torch.cuda.is_available())
@@ -130,7 +120,7 @@ def peak_memory_gib(device: torch.device) -> float:
 
 # ---- the loop ----------------------------------------------------------------------------------
 
-def train(run: dict, *, base_model, data_dir, dataset_name: str, out_dir, checkpoint_dir) -> dict:
+def train(run: RunConfig, *, base_model, data_dir, dataset_name: str, out_dir, checkpoint_dir) -> dict:
     """Train one run; resume from the newest checkpoint if any; write model/adapter, logs, metrics."""
     result = fit(run, base_model=base_model, data_dir=data_dir, dataset_name=dataset_name,
                  checkpoint_dir=checkpoint_dir)
@@ -152,32 +142,31 @@ class FitResult:
     timed: "Throughput"
 
 
-def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -> FitResult:
+def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -> FitResult:
     """The training loop: set up, resume, train `total_steps` optimiser steps, measure."""
     from accelerate.utils import DistributedType, set_seed
 
     from phi3v.processing_phi3v import Phi3VProcessor
 
-    check_fields(run)
     data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_run(run, device)
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
-    accumulation = effective_batch_plan(run["batch_size"], run["per_device_batch_size"], world_size)
+    accumulation = effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)
     accelerator = make_accelerator(run, accumulation)
     uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if uses_deepspeed != bool(run["deepspeed"]) or accelerator.num_processes != world_size:
-        raise UserError(f"run {run['run']!r}: asked for deepspeed={run['deepspeed']} on {world_size} "
+    if uses_deepspeed != run.deepspeed or accelerator.num_processes != world_size:
+        raise UserError(f"run {run.run!r}: asked for deepspeed={run.deepspeed} on {world_size} "
                         f"process(es) but Accelerate set up {accelerator.distributed_type} on "
                         f"{accelerator.num_processes} — launch with torchrun, or set deepspeed: false")
-    set_seed(run["seed"])  # same LoRA init and data order on every process
+    set_seed(run.seed)  # same LoRA init and data order on every process
 
     processor = Phi3VProcessor.from_pretrained(base_model)
     train_jsonl = data_dir / f"{dataset_name}_train.jsonl"
     if not train_jsonl.is_file():
         raise UserError(f"{train_jsonl} does not exist — build the dataset {dataset_name!r} first")
-    dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run["num_crops"],
-                                  run["max_train_samples"])
+    dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run.num_crops,
+                                  run.max_train_samples)
     steps_per_epoch, total_steps = step_plan(len(dataset), run)
 
     model = build_model(run, str(base_model))
@@ -185,10 +174,10 @@ def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -
     optimizer = make_optimizer(model, run)
     from transformers import get_linear_schedule_with_warmup
 
-    scheduler = get_linear_schedule_with_warmup(optimizer, run["warmup_steps"], total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, run.warmup_steps, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # fp16 without DeepSpeed: fp32 weights, fp16 autocast, loss scaling; bf16 needs no scaler
-    autocast_dtype = None if uses_deepspeed else precision_dtype(run["precision"])
+    autocast_dtype = None if uses_deepspeed else run.dtype
     scaler = (torch.amp.GradScaler(accelerator.device.type)
               if autocast_dtype == torch.float16 else None)
     if scaler is not None:
@@ -213,7 +202,7 @@ def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -
     wall_start = time.perf_counter()
     timed = Throughput()
     progress = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_main_process,
-                    desc=run["run"])
+                    desc=run.run)
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(accumulation)]  # kept on the host until their turn
@@ -233,7 +222,7 @@ def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -
                 step_loss += loss.detach()
         if scaler:
             scaler.unscale_(optimizer)
-        accelerator.clip_grad_norm_(model.parameters(), run["max_grad_norm"])
+        accelerator.clip_grad_norm_(model.parameters(), run.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         if scaler:
             scaler.step(optimizer)
@@ -253,7 +242,7 @@ def fit(run: dict, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -
                     "lr": lr, "tokens": int(tokens), "img_per_s": images / seconds, "step_s": seconds})
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}")
-        if run["checkpoint_every"] and (step + 1) % run["checkpoint_every"] == 0 and step + 1 < total_steps:
+        if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < total_steps:
             save_checkpoint(accelerator, checkpoint_dir, step + 1, {"step": step + 1, "log": log})
     progress.close()
 
@@ -322,7 +311,7 @@ class Throughput:
         return amount / self.seconds if self.seconds else None
 
 
-def mfu_entry(run: dict, model_config, device: torch.device, timed: Throughput, num_devices: int,
+def mfu_entry(run: RunConfig, model_config, device: torch.device, timed: Throughput, num_devices: int,
               samples_per_s: float | None = None) -> dict:
     """MFU from the measured throughput, or null with the reason when it cannot be known."""
     from . import flops
@@ -330,14 +319,14 @@ def mfu_entry(run: dict, model_config, device: torch.device, timed: Throughput, 
     if device.type != "cuda":
         return {"mfu": None, "mfu_reason": f"no peak FLOP/s known for a {device.type} device"}
     name = torch.cuda.get_device_name(device)
-    peak = flops.peak_flops(name, run["precision"])
+    peak = flops.peak_flops(name, run.precision)
     if peak is None or not timed.seconds:
-        return {"mfu": None, "mfu_reason": f"no peak FLOP/s known for {name} in {run['precision']}"}
-    samples = timed.steps * run["batch_size"]
+        return {"mfu": None, "mfu_reason": f"no peak FLOP/s known for {name} in {run.precision}"}
+    samples = timed.steps * run.batch_size
     samples_per_s = samples_per_s if samples_per_s is not None else timed.per_second(samples)
     per_sample = flops.training_flops_per_sample(
         flops.ModelShape.from_config(model_config), seq_len=timed.tokens / samples,
-        num_crops=timed.crops / samples, strategy=run["strategy"])
+        num_crops=timed.crops / samples, strategy=run.strategy)
     return {"mfu": flops.mfu(per_sample, samples_per_s, num_devices=num_devices,
                              peak_flops_per_device=peak), "mfu_reason": None}
 
@@ -370,12 +359,12 @@ def export_merged_lora(peft_model, base_model: Path, adapter_dir: Path, folder: 
     merged.save_pretrained(folder)
 
 
-def write_outputs(model, run: dict, *, base_model: Path, data_dir: Path, out_dir: Path,
+def write_outputs(model, run: RunConfig, *, base_model: Path, data_dir: Path, out_dir: Path,
                   log: list, metrics: dict) -> None:
     from phi3v import provenance
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if run["strategy"] in ("lora", "qlora"):
+    if run.strategy.is_lora:
         with atomic_output_dir(out_dir / "adapter") as adapter_dir:
             model.save_pretrained(adapter_dir, save_embedding_layers=False)  # only LoRA weights train
         with atomic_output_dir(out_dir / "model") as model_dir:
@@ -387,7 +376,7 @@ def write_outputs(model, run: dict, *, base_model: Path, data_dir: Path, out_dir
             copy_processor_files(base_model, model_dir)
     write_text_atomic(out_dir / "train_log.jsonl", "".join(json.dumps(entry) + "\n" for entry in log))
     write_json_atomic(out_dir / "provenance.json", provenance.collect(
-        run, model_dir=base_model, data_dir=data_dir,
+        run.to_dict(), model_dir=base_model, data_dir=data_dir,
         extra={"precision": {k: metrics[k] for k in ("weights_dtype", "frozen_weights_dtype",
                                                      "autocast_dtype", "deepspeed")}}))
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -406,24 +395,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_run_json(text: str) -> dict:
+def read_run_json(text: str) -> RunConfig:
+    """`--run-json`: the run config as JSON text, or the path of a .json file holding it."""
     source = Path(text) if not text.lstrip().startswith("{") else None
     try:
-        return json.loads(source.read_text() if source else text)
+        data = json.loads(source.read_text() if source else text)
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"--run-json: cannot read a run config from {text[:80]!r} ({exc}) — give JSON "
                         "text or a path to a .json file") from exc
+    return RunConfig.from_dict(data)
 
 
+@entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        train(read_run_json(args.run_json), base_model=args.base_model, data_dir=args.data_dir,
-              dataset_name=args.dataset, out_dir=args.out_dir, checkpoint_dir=args.checkpoint_dir)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    train(read_run_json(args.run_json), base_model=args.base_model, data_dir=args.data_dir,
+          dataset_name=args.dataset, out_dir=args.out_dir, checkpoint_dir=args.checkpoint_dir)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,15 @@
-"""Presets, config resolution and the run matrix of the workflow.
+"""Config resolution, and the questions the rules ask of the resolved config.
 
 `resolve_config` turns what Snakemake read (config.yaml plus `--config` overrides) into the one
 resolved configuration every rule reads: the named preset deep-merged with the overrides, checked
-against `schemas/config.schema.yaml` (defaults filled in, unknown keys refused), the runs expanded
-into flat run configs, and the flag combinations checked. The helpers below it answer the questions
-the rules ask (which runs, which evaluations, which speed rows, what to pass to each job).
+against `schemas/config.schema.yaml` (defaults filled in, unknown keys refused), then the run matrix
+expanded and checked (`phi3v.workflow.matrix`). The helpers below it answer the questions the rules
+ask (which runs, which evaluations, which speed rows, what to pass to each job).
 """
 
 from __future__ import annotations
 
 import copy
-import fnmatch
 import os
 import re
 from pathlib import Path
@@ -20,44 +19,15 @@ import jsonschema
 import yaml
 
 from phi3v.errors import UserError
+from phi3v.layout import BASE_RUN
+from phi3v.training.run_config import RunConfig
+from phi3v.workflow import matrix
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
 TASKS = ("docvqa", "docvqa_full", "hateful_memes", "nlvr2", "ucf101")  # docvqa_full: the recipe's --full_train
-FULL_PARAMETER_STRATEGIES = ("full", "frozen_vision")
-LORA_STRATEGIES = ("lora", "qlora")
-LORA_FIELDS = ("lora_rank", "lora_alpha")
-BASE_RUN = "base"  # evaluation name of the model before fine-tuning
-
-# The recipe's training settings (AdamW, linear schedule); a preset's `train` section and each
-# run override them.
-RECIPE_TRAINING = {
-    "batch_size": 64,
-    "per_device_batch_size": 1,
-    "lora_rank": None,
-    "lora_alpha": None,
-    "lora_dropout": 0.0,
-    "weight_decay": 0.01,
-    "warmup_steps": 50,
-    "max_grad_norm": 1.0,
-    "gradient_checkpointing": True,
-    "packing": False,
-    "checkpoint_every": None,
-    "max_steps": None,
-    "max_train_samples": None,
-    "seed": 0,
-    "deepspeed": False,
-}
-
-# Field order of a run config, as phi3v.training.train receives it.
-RUN_CONFIG_FIELDS = (
-    "dataset", "run", "strategy", "precision", "attention", "learning_rate", "epochs",
-    "batch_size", "per_device_batch_size", "lora_rank", "lora_alpha", "lora_dropout",
-    "weight_decay", "warmup_steps", "max_grad_norm", "num_crops", "gradient_checkpointing",
-    "packing", "checkpoint_every", "max_steps", "max_train_samples", "seed", "deepspeed",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +80,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Schema: string coercion, defaults, readable errors
+# Schema: string coercion, readable errors, defaults
 
 
 def _resolve_ref(schema: dict, root: dict) -> dict:
@@ -174,23 +144,6 @@ def coerce_strings(value: Any, schema: dict, root: dict) -> Any:
     return value
 
 
-def _filling_defaults(validator_class):
-    """A validator class that also writes each missing property's `default` into the instance."""
-    check_properties = validator_class.VALIDATORS["properties"]
-
-    def properties_with_defaults(validator, properties, instance, schema):
-        if validator.is_type(instance, "object"):
-            for name, subschema in properties.items():
-                if "default" in subschema and name not in instance:
-                    instance[name] = copy.deepcopy(subschema["default"])
-        yield from check_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": properties_with_defaults})
-
-
-DefaultFillingValidator = _filling_defaults(jsonschema.Draft202012Validator)
-
-
 def key_path(path: Iterable) -> str:
     """`["runs", 3, "precision"]` -> `runs[3].precision`."""
     text = ""
@@ -223,126 +176,21 @@ def describe_error(error: jsonschema.ValidationError, root: dict) -> str:
     return f"{where}: {error.message}"
 
 
-def validate_with_schema(config: dict, schema: dict) -> None:
-    """Validate in place (filling defaults); raise one UserError that lists every problem."""
-    validator = DefaultFillingValidator(schema)
+def check_with_schema(config: dict, schema: dict) -> None:
+    """Raise one UserError that lists every problem, a line each, naming its key."""
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         lines = [describe_error(error, schema) for error in errors]
         raise UserError("invalid configuration:\n  " + "\n  ".join(lines))
 
 
-# ---------------------------------------------------------------------------------------------
-# Run matrix
+def fill_defaults(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dict:
+    """A copy of a valid config with the schema's defaults filled in, the way Snakemake fills them."""
+    from snakemake.utils import validate
 
-
-def run_id(run: dict) -> str:
-    return f"{run['strategy']}-{run['precision']}-{run['attention']}"
-
-
-def speed_row_id(row: dict) -> str:
-    return f"{row['strategy']}-{row['attention']}-{row['precision']}-{row['nodes']}x{row['gpus']}"
-
-
-def processes_per_node(config: dict) -> int:
-    """Training processes on each node: one per GPU; one on a CPU."""
-    hardware = config["hardware"]
-    return hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 1
-
-
-def _hardware_gaps(config: dict, attention: str, strategy: str, nodes: int = 1, gpus: int = 1) -> list[str]:
-    """What this hardware lacks for a job, e.g. `["needs GPU"]`; empty when it can run."""
-    hardware = config["hardware"]
-    gaps = []
-    # QLoRA is not listed: bitsandbytes quantises to NF4 on CPUs too, and the trainer checks at
-    # start that it really can on this machine (refusing with the reason if not).
-    if hardware["accelerator"] == "cpu" and attention == "flash_attention_2":
-        gaps.append("needs GPU")
-    if nodes > hardware["nodes"]:
-        gaps.append(f"needs {nodes} nodes")
-    elif hardware["accelerator"] == "cuda" and gpus > hardware["gpus_per_node"] * hardware["nodes"]:
-        gaps.append(f"needs {gpus} GPUs")
-    return gaps
-
-
-def _skip_or_raise(config: dict, gaps: list[str], what: str, fix: str) -> str | None:
-    if not gaps:
-        return None
-    if config["on_unsupported"] == "skip":
-        return "; ".join(gaps)
-    raise UserError(
-        f"{what}: {', '.join(gaps)} but hardware is {config['hardware']}; {fix}, "
-        "or set `on_unsupported: skip` to list it as not run"
-    )
-
-
-def _check_precision_attention(precision: str, attention: str, where: str) -> None:
-    if precision == "fp16" and attention == "flash_attention_2":
-        raise UserError(
-            f"{where}: flash_attention_2 does not support fp16; use precision bf16, or attention "
-            "eager or sdpa for fp16 (the recipe uses eager)"
-        )
-
-
-def expand_run(config: dict, index: int, row: dict) -> dict:
-    """A run row of the preset -> the flat run config (defaults, run id, derived fields, skip_reason)."""
-    where = f"config key `runs[{index}]`"
-    dataset = row["dataset"]
-    if dataset not in config["datasets"]:
-        raise UserError(
-            f"config key `runs[{index}].dataset`: unknown dataset {dataset!r}; allowed values: "
-            f"{', '.join(config['datasets'])} (the keys of `datasets`)"
-        )
-    strategy = row["strategy"]
-    if strategy in FULL_PARAMETER_STRATEGIES:
-        given = [field for field in LORA_FIELDS if row.get(field) is not None]
-        if given:
-            raise UserError(
-                f"{where} ({dataset}, {strategy}): {', '.join(given)} only apply to LoRA runs; "
-                "remove them or use strategy lora or qlora"
-            )
-    run = {**RECIPE_TRAINING, "num_crops": config["datasets"][dataset]["num_crops"]}
-    run.update(config["train"])
-    run.update(row)
-    run.update(config["run_overrides"])
-    run["run"] = run_id(run)
-    where = f"{where} ({dataset}/{run['run']})"
-    if strategy in FULL_PARAMETER_STRATEGIES:
-        run.update(lora_rank=None, lora_alpha=None)
-    else:
-        missing = [field for field in LORA_FIELDS if run.get(field) is None]
-        if missing:
-            raise UserError(f"{where}: strategy {strategy} needs {', '.join(missing)}; set them on the run")
-    # The recipe trains full-parameter runs under DeepSpeed ZeRO-2 and LoRA runs under plain DDP.
-    run["deepspeed"] = bool(run["deepspeed"]) and strategy in FULL_PARAMETER_STRATEGIES
-    _check_precision_attention(run["precision"], run["attention"], where)
-    processes = processes_per_node(config) * config["hardware"]["nodes"]
-    if run["batch_size"] % (run["per_device_batch_size"] * processes):
-        raise UserError(
-            f"{where}: batch_size {run['batch_size']} is not divisible by per_device_batch_size "
-            f"{run['per_device_batch_size']} x {processes} processes; change batch_size or per_device_batch_size"
-        )
-    gaps = _hardware_gaps(config, run["attention"], strategy, config["hardware"]["nodes"])
-    fix = "use attention sdpa or eager" if run["attention"] == "flash_attention_2" else "use strategy lora"
-    run["skip_reason"] = _skip_or_raise(config, gaps, where, fix)
-    return {field: run[field] for field in (*RUN_CONFIG_FIELDS, "skip_reason")}
-
-
-def expand_speed_row(config: dict, index: int, row: dict) -> dict:
-    row = {**row, "row": speed_row_id(row)}
-    where = f"config key `speed.rows[{index}]` ({row['row']})"
-    _check_precision_attention(row["precision"], row["attention"], where)
-    gaps = _hardware_gaps(config, row["attention"], row["strategy"], row["nodes"], row["gpus"])
-    row["skip_reason"] = _skip_or_raise(config, gaps, where, "remove the row or change its attention/strategy")
-    return row
-
-
-def _check_unique(ids: list[str], what: str) -> None:
-    seen = set()
-    for name in ids:
-        if name in seen:
-            raise UserError(f"config key `{what}`: {name!r} appears twice; each row must differ in strategy/precision/attention")
-        seen.add(name)
+    validate(config, str(Path(repo_root).resolve() / SCHEMA_PATH), set_default=True)
+    return copy.deepcopy(config)  # Snakemake inserts the schema's own default objects: unshare them
 
 
 def _check_datasets(config: dict) -> None:
@@ -357,49 +205,23 @@ def _check_datasets(config: dict) -> None:
             raise UserError(f"{where}: set `task` (which converter reads it); allowed values: {', '.join(TASKS)}")
 
 
-def _select(config: dict, patterns: list[str] | None) -> None:
-    """Keep only the runs (`<dataset>/<run>`) and speed rows (`speed/<row>`) the patterns match."""
-    if patterns is None:
-        return
-    def wanted(name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-    runs = [run for run in config["runs"] if wanted(f"{run['dataset']}/{run['run']}")]
-    rows = [row for row in config["speed"]["rows"] if wanted(f"speed/{row['row']}")]
-    if not runs and not rows:
-        examples = [f"{r['dataset']}/{r['run']}" for r in config["runs"][:2]] + ["speed/*"]
-        raise UserError(
-            f"config key `runs_filter`: {patterns} matches no run and no speed row; patterns look "
-            f"like {', '.join(examples)}"
-        )
-    config["runs"], config["speed"]["rows"] = runs, rows
-
-
 def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dict:
     """Snakemake's config (config.yaml + --config) -> the resolved, validated configuration."""
     schema = load_schema(repo_root)
     preset = config.get("preset", "demo")
     if not isinstance(preset, str):
         raise UserError(f"config key `preset`: {preset!r} should be the name of a preset")
-    merged = deep_merge(load_preset(preset, repo_root), config)
-    merged = coerce_strings(merged, schema, schema)
-    validate_with_schema(merged, schema)
+    merged = coerce_strings(deep_merge(load_preset(preset, repo_root), config), schema, schema)
+    check_with_schema(merged, schema)
+    merged = fill_defaults(merged, repo_root)
     _check_datasets(merged)
-    merged["runs"] = [expand_run(merged, i, row) for i, row in enumerate(merged["runs"])]
-    merged["speed"]["rows"] = [expand_speed_row(merged, i, row) for i, row in enumerate(merged["speed"]["rows"])]
-    for dataset in merged["datasets"]:
-        _check_unique([r["run"] for r in merged["runs"] if r["dataset"] == dataset], f"runs ({dataset})")
-    _check_unique([row["row"] for row in merged["speed"]["rows"]], "speed.rows")
-    evaluation = merged["evaluation"]
-    _check_precision_attention(evaluation["base_precision"], evaluation["base_attention"], "config key `evaluation`")
-    if _hardware_gaps(merged, evaluation["base_attention"], "full"):
-        raise UserError("config key `evaluation.base_attention`: flash_attention_2 needs a GPU; use sdpa or eager")
-    _select(merged, merged["runs_filter"])
+    matrix.expand(merged)
     if active_speed_rows(merged) and merged["speed"]["dataset"] not in merged["datasets"]:
         raise UserError(
             f"config key `speed.dataset`: unknown dataset {merged['speed']['dataset']!r}; allowed "
             f"values: {', '.join(merged['datasets'])}"
         )
-    validate_with_schema(merged, schema)  # the expanded result must still fit the schema
+    check_with_schema(merged, schema)  # the expanded result must still fit the schema
     return merged
 
 
@@ -416,11 +238,11 @@ def runs_for(config: dict, dataset: str) -> list[str]:
     return [run["run"] for run in active_runs(config) if run["dataset"] == dataset]
 
 
-def run_config(config: dict, dataset: str, run: str) -> dict:
-    """The flat run config `phi3v.training.train.train` receives."""
+def run_config(config: dict, dataset: str, run: str) -> RunConfig:
+    """The RunConfig of a run of the matrix, as `phi3v.training.train.train` receives it."""
     for entry in config["runs"]:
         if entry["dataset"] == dataset and entry["run"] == run:
-            return {field: entry[field] for field in RUN_CONFIG_FIELDS}
+            return RunConfig.from_dict({key: value for key, value in entry.items() if key != "skip_reason"})
     raise UserError(f"no run {dataset}/{run} in this configuration; runs: {[r['run'] for r in config['runs']]}")
 
 
@@ -470,7 +292,7 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
         precision, attention, num_crops = evaluation["base_precision"], evaluation["base_attention"], data["num_crops"]
     else:
         trained = run_config(config, dataset, run)
-        precision, attention, num_crops = trained["precision"], trained["attention"], trained["num_crops"]
+        precision, attention, num_crops = trained.precision, trained.attention, trained.num_crops
     return {
         "split": data["eval_split"],
         "metric": data["metric"],

@@ -10,6 +10,11 @@ SLURM_PROFILE = "profiles/slurm/config.yaml"
 LAUNCHED_KINDS = ("train",)
 
 
+def processes_per_node(config: dict) -> int:
+    """Training processes on each node: one per GPU; one on a CPU."""
+    hardware = config["hardware"]
+    return hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 1
+
 
 def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 0, nodes: int = 1) -> dict:
     """Snakemake resources of one kind of job (`data`, `model`, `train`, `evaluate`, `benchmark`,

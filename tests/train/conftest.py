@@ -9,21 +9,23 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from phi3v.training.run_config import RunConfig
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 DATASET = "tiny"
 
 
-def base_run(**overrides) -> dict:
+def base_run(**overrides) -> RunConfig:
     """A resolved run config at toy size (every field train() needs)."""
     run = {"dataset": DATASET, "run": "full-bf16-sdpa", "strategy": "full", "precision": "bf16",
            "attention": "sdpa", "learning_rate": 3e-3, "epochs": 1, "batch_size": 4,
-           "per_device_batch_size": 2, "lora_rank": None, "lora_alpha": None, "lora_dropout": None,
+           "per_device_batch_size": 2, "lora_rank": None, "lora_alpha": None, "lora_dropout": 0.0,
            "weight_decay": 0.01, "warmup_steps": 2, "max_grad_norm": 1.0, "num_crops": 1,
            "gradient_checkpointing": False, "packing": False, "checkpoint_every": 0, "max_steps": 12,
            "max_train_samples": None, "seed": 0, "deepspeed": False}
     run.update(overrides)
     run["run"] = f"{run['strategy']}-{run['precision']}-{run['attention']}"
-    return run
+    return RunConfig.from_dict(run)
 
 
 def write_colour_dataset(folder: Path, n: int = 16, seed: int = 0) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ def torchrun(run, base, data, out, ckpt, nproc=2, timeout=480):
     torchrun_bin = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [torchrun_bin, "--standalone", f"--nproc_per_node={nproc}", "-m", "phi3v.training.train",
-               "--run-json", json.dumps(run), "--base-model", str(base), "--data-dir", str(data),
+               "--run-json", run.to_json(), "--base-model", str(base), "--data-dir", str(data),
                "--dataset", DATASET, "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -52,7 +53,7 @@ def test_two_gloo_processes_match_one(tiny_base, tiny_data, tmp_path):
 def test_deepspeed_zero2_on_two_cpu_processes(tiny_base, tiny_data, tmp_path):
     pytest.importorskip("deepspeed")
     run = base_run(batch_size=4, per_device_batch_size=1, max_steps=4, deepspeed=True)
-    train({**run, "deepspeed": False}, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET,
+    train(dataclasses.replace(run, deepspeed=False), base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET,
                   out_dir=tmp_path / "plain", checkpoint_dir=tmp_path / "ckpt-plain")
     zero2 = torchrun(run, tiny_base, tiny_data, tmp_path / "zero2", tmp_path / "ckpt-zero2")
     assert zero2["deepspeed"] is True and zero2["weights_dtype"] == "bfloat16"

@@ -3,36 +3,48 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from phi3v import provenance
+from phi3v.configuration_phi3v import Phi3VConfig
 from phi3v.training import flops
 from phi3v.errors import UserError
 from phi3v.files import write_json_atomic
 
+RELEASE_CONFIG = Path(__file__).parents[1] / "fixtures" / "phi35v_config.json"  # the hub's config.json
 
-def test_lm_and_clip_matmul_sizes_match_the_release():
-    shape = flops.ModelShape.phi35_vision()
+
+@pytest.fixture(scope="module")
+def release_shape(tmp_path_factory) -> flops.ModelShape:
+    folder = tmp_path_factory.mktemp("release")
+    (folder / "config.json").write_text(RELEASE_CONFIG.read_text())
+    return flops.ModelShape.from_config(Phi3VConfig.from_pretrained(folder))
+
+
+def test_lm_and_clip_matmul_sizes_match_the_release(release_shape):
+    shape = release_shape
+    assert (shape.clip_layers_used, shape.clip_tokens_per_crop, shape.image_tokens_per_crop) == (23, 577, 144)
     lm_norms = 32 * 2 * 3072 + 3072
     assert shape.lm_matmul_params() == 3_821_079_552 - 32064 * 3072 - lm_norms
     assert shape.projector_params() == 22_026_240 - 2 * 3072  # minus the biases
 
 
-def test_full_finetuning_at_the_speed_shape_is_8e13_per_sample():
+def test_full_finetuning_at_the_speed_shape_is_8e13_per_sample(release_shape):
     # REFERENCE §4: ≈ 8.0e13 at 2560 tokens with CLIP on 17 crops
-    per_sample = flops.training_flops_per_sample(flops.ModelShape.phi35_vision(), seq_len=2560, num_crops=17,
-                                                 strategy="full")
+    per_sample = flops.training_flops_per_sample(release_shape, seq_len=2560, num_crops=17, strategy="full")
     assert per_sample == pytest.approx(8.0e13, rel=0.02)
 
 
-def test_strategies_count_only_what_they_compute():
-    shape, kw = flops.ModelShape.phi35_vision(), {"seq_len": 2560, "num_crops": 17}
+def test_strategies_count_only_what_they_compute(release_shape):
+    shape, kw = release_shape, {"seq_len": 2560, "num_crops": 17}
     lm, vision = flops.forward_flops(shape, **kw)
+    assert flops.training_flops_per_sample(shape, strategy="full", **kw) == 3 * lm + 3 * vision
     assert flops.training_flops_per_sample(shape, strategy="frozen_vision", **kw) == 3 * lm + vision
     assert flops.training_flops_per_sample(shape, strategy="lora", **kw) == 2 * lm + 2 * vision
-    assert flops.training_flops_per_sample(shape, strategy="qlora", freeze_vision=True, **kw) == 2 * lm + vision
+    assert flops.training_flops_per_sample(shape, strategy="qlora", **kw) == 2 * lm + 2 * vision
     with pytest.raises(UserError, match="unknown strategy"):
         flops.training_flops_per_sample(shape, strategy="prefix", **kw)
 

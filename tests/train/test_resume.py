@@ -22,7 +22,7 @@ KILL_TIMEOUT_S = 120
 
 
 def cli(run, base, data, out, ckpt) -> list[str]:
-    return [sys.executable, "-m", "phi3v.training.train", "--run-json", json.dumps(run), "--base-model", str(base),
+    return [sys.executable, "-m", "phi3v.training.train", "--run-json", run.to_json(), "--base-model", str(base),
             "--data-dir", str(data), "--dataset", DATASET, "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
 
 

@@ -71,4 +71,4 @@ def test_strategy_trains_what_it_should(strategy, precision, tiny_base, tiny_dat
         assert metrics["trainable_params"] == metrics["total_params"]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["final_loss"] == log[-1]["loss"]
     provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
-    assert provenance["run"] == run and provenance["precision"]["autocast_dtype"] == metrics["autocast_dtype"]
+    assert provenance["run"] == run.to_dict() and provenance["precision"]["autocast_dtype"] == metrics["autocast_dtype"]

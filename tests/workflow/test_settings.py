@@ -4,6 +4,7 @@ import pytest
 
 from phi3v.workflow import config as settings
 from phi3v.errors import UserError
+from phi3v.training.run_config import RunConfig
 
 
 def resolve(**overrides):
@@ -29,8 +30,8 @@ def test_defaults_are_filled_and_run_ids_follow_the_convention():
     assert config["resources"]["train"]["threads"] == 1
     assert config["model"]["id"] == "microsoft/Phi-3.5-vision-instruct"
     run = settings.run_config(config, "docvqa", "lora-fp16-eager")
-    assert list(run) == list(settings.RUN_CONFIG_FIELDS)
-    assert (run["lora_rank"], run["lora_alpha"], run["num_crops"], run["deepspeed"]) == (16, 32, 2, False)
+    assert isinstance(run, RunConfig) and run.run == "lora-fp16-eager"
+    assert (run.lora_rank, run.lora_alpha, run.num_crops, run.deepspeed) == (16, 32, 2, False)
 
 
 def test_demo_runs_every_accuracy_row_and_skips_gpu_speed_rows_with_reasons():
@@ -57,6 +58,9 @@ def test_demo_runs_every_accuracy_row_and_skips_gpu_speed_rows_with_reasons():
         ({"on_unsupported": "error", "runs_filter": ["docvqa/*"]}, "needs GPU"),
         ({"runs": [{"dataset": "docvqa", "strategy": "full", "precision": "bf16", "attention": "sdpa",
                     "learning_rate": 1, "epochs": 1, "lora_rank": 8}]}, "lora_rank only apply to LoRA runs"),
+        ({"runs": [{"dataset": "docvqa", "strategy": "lora", "precision": "bf16", "attention": "sdpa", "learning_rate": 1,
+                    "epochs": 1, "lora_rank": 8, "lora_alpha": 16, "deepspeed": True}]},
+         "config key `runs[0]` (docvqa): run 'lora-bf16-sdpa': deepspeed: true only applies to full-parameter runs"),
         ({"train": {"batch_size": 6}}, "batch_size 6 is not divisible by per_device_batch_size 4 x 1 processes"),
         ({"runs_filter": ["nothing/*"]}, "config key `runs_filter`: ['nothing/*'] matches no run"),
     ],
@@ -65,6 +69,14 @@ def test_bad_configs_name_the_key(overrides, message):
     with pytest.raises(UserError) as error:
         resolve(**overrides)
     assert message in str(error.value)
+
+
+def test_section_wide_deepspeed_and_lora_settings_apply_where_the_strategy_uses_them():
+    config = resolve(train={"deepspeed": True, "lora_dropout": 0.1}, run_overrides={"lora_rank": 4})
+    for run in config["runs"]:
+        lora = run["strategy"] in ("lora", "qlora")
+        assert run["deepspeed"] is not lora
+        assert run["lora_rank"] == (4 if lora else None) and run["lora_dropout"] == 0.1
 
 
 def test_unsupported_runs_skip_only_when_the_preset_says_so():

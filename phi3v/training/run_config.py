@@ -1,0 +1,165 @@
+"""One training run as a typed value: `RunConfig`, and the recipe's rules in `Strategy`.
+
+The workflow resolves each run once into a `RunConfig`; training, the speed rows and the demo's
+pre-training take it as it is. Each rule of the recipe is written here once: what a strategy trains,
+what needs a LoRA rank, when DeepSpeed applies, which precision/attention pairs work. What depends on
+the machine (CUDA, bitsandbytes, flash-attn, bf16 support) is checked at run start instead
+(`phi3v.training.strategy.check_run`). No torch at import: Snakemake reads this while planning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass
+
+from phi3v.errors import UserError
+from phi3v.layout import BASE_RUN  # no training run may take the name of the model before fine-tuning
+
+PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype name
+PRECISIONS = tuple(PRECISION_DTYPES)
+ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
+
+
+class Strategy(str, enum.Enum):
+    """What a run trains. A `str`, so it compares equal to (and serialises as) its name."""
+
+    FULL = "full"
+    FROZEN_VISION = "frozen_vision"
+    LORA = "lora"
+    QLORA = "qlora"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def _missing_(cls, value):
+        raise UserError(f"unknown strategy {value!r}; choose one of {', '.join(s.value for s in cls)}")
+
+    @property
+    def is_lora(self) -> bool:
+        """Trains peft LoRA adapters over a frozen base (QLoRA: the base in 4-bit NF4)."""
+        return self in (Strategy.LORA, Strategy.QLORA)
+
+    @property
+    def trains_vision(self) -> bool:
+        """Updates CLIP and the projector: directly, or (LoRA) through adapters on them."""
+        return self is not Strategy.FROZEN_VISION
+
+    @property
+    def needs_rank(self) -> bool:
+        """Needs `lora_rank` and `lora_alpha`; every other strategy must leave them unset."""
+        return self.is_lora
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        """The recipe trains full-parameter runs under DeepSpeed ZeRO-2 and LoRA runs under plain DDP."""
+        return not self.is_lora
+
+
+STRATEGIES = tuple(strategy.value for strategy in Strategy)
+LORA_FIELDS = ("lora_rank", "lora_alpha")
+
+
+def torch_dtype(precision: str):
+    """The torch dtype a precision name computes in (the one precision -> dtype table)."""
+    import torch
+
+    return getattr(torch, PRECISION_DTYPES[precision])
+
+
+def run_id(strategy: str, precision: str, attention: str) -> str:
+    """A table row's run name, `<strategy>-<precision>-<attention>`."""
+    return f"{strategy}-{precision}-{attention}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting one training run needs; defaults are the recipe's (AdamW, linear schedule)."""
+
+    dataset: str
+    run: str
+    strategy: Strategy
+    precision: str
+    attention: str
+    learning_rate: float
+    epochs: float
+    num_crops: int
+    batch_size: int = 64  # effective: over processes and accumulation
+    per_device_batch_size: int = 1
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = True
+    packing: bool = False
+    checkpoint_every: int | None = None
+    max_steps: int | None = None
+    max_train_samples: int | None = None
+    seed: int = 0
+    deepspeed: bool = False
+
+    def __post_init__(self) -> None:
+        for key, choices in (("strategy", STRATEGIES), ("precision", PRECISIONS), ("attention", ATTENTIONS)):
+            if getattr(self, key) not in choices:
+                self._refuse(f"{key}={getattr(self, key)!r} — choose one of {', '.join(choices)}")
+        object.__setattr__(self, "strategy", Strategy(self.strategy))
+        if self.run == BASE_RUN:
+            self._refuse(f"the name {BASE_RUN!r} is the model before fine-tuning — name the run otherwise")
+        check_precision_attention(self.precision, self.attention, f"run {self.run!r}")
+        if self.strategy.needs_rank:
+            missing = [key for key in LORA_FIELDS if getattr(self, key) is None]
+            if missing:
+                self._refuse(f"strategy {self.strategy} needs {', '.join(missing)} — set them on the run")
+        else:
+            given = [key for key in LORA_FIELDS if getattr(self, key) is not None]
+            if given:
+                self._refuse(f"{', '.join(given)} only apply to LoRA runs; remove them or use strategy lora or qlora")
+        if self.deepspeed and not self.strategy.uses_deepspeed:
+            self._refuse(f"deepspeed: true only applies to full-parameter runs ({self.strategy} runs under "
+                         "plain DDP, as in the recipe) — set deepspeed: false")
+
+    def _refuse(self, message: str):
+        raise UserError(f"run {self.run!r}: {message}")
+
+    @property
+    def dtype(self):
+        """The torch dtype this run computes in."""
+        return torch_dtype(self.precision)
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        """A resolved run config (every field, nothing else), e.g. read back from `to_dict`'s JSON."""
+        if not isinstance(data, dict):
+            raise UserError(f"a run config is a mapping of its fields, not {type(data).__name__}")
+        name = data.get("run")
+        missing = [key for key in cls.fields() if key not in data]
+        if missing:
+            raise UserError(f"run config {name!r} lacks {', '.join(missing)} — resolve it with "
+                            "phi3v.workflow.config.resolve_config")
+        unknown = sorted(set(data) - set(cls.fields()))
+        if unknown:
+            raise UserError(f"run config {name!r}: unknown key(s) {', '.join(unknown)}; "
+                            f"allowed keys: {', '.join(cls.fields())}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        """Plain data in field order (the strategy as its name): JSON, Snakemake params, provenance."""
+        return {**dataclasses.asdict(self), "strategy": self.strategy.value}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def check_precision_attention(precision: str, attention: str, where: str) -> None:
+    """flash-attn kernels compute in bf16 only; the recipe runs its fp16 rows with eager attention."""
+    if precision == "fp16" and attention == "flash_attention_2":
+        raise UserError(f"{where}: flash_attention_2 does not support fp16; use precision bf16, or "
+                        "attention eager or sdpa for fp16 (the recipe uses eager)")

@@ -1,0 +1,128 @@
+"""The run matrix: a preset's run rows and speed rows, expanded, checked against the hardware, selected.
+
+A run row becomes one `RunConfig` (the recipe's defaults, then the preset's `train` section, the
+row, `run_overrides`); the config keeps it as plain data (`RunConfig.to_dict()` plus `skip_reason`),
+because Snakemake's config must stay plain. A row the hardware cannot run gets a `skip_reason`, or
+an error when the preset says `on_unsupported: error`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from phi3v.errors import UserError
+from phi3v.training.run_config import LORA_FIELDS, RunConfig, Strategy, check_precision_attention, run_id
+from phi3v.workflow.resources import processes_per_node
+
+
+def speed_row_id(row: dict) -> str:
+    return f"{row['strategy']}-{row['attention']}-{row['precision']}-{row['nodes']}x{row['gpus']}"
+
+
+def hardware_gaps(config: dict, attention: str, nodes: int = 1, gpus: int = 1) -> list[str]:
+    """What this hardware lacks for a job, e.g. `["needs GPU"]`; empty when it can run."""
+    hardware = config["hardware"]
+    gaps = []
+    # QLoRA is not listed: bitsandbytes quantises to NF4 on CPUs too, and the trainer checks at
+    # start that it really can on this machine (refusing with the reason if not).
+    if hardware["accelerator"] == "cpu" and attention == "flash_attention_2":
+        gaps.append("needs GPU")
+    if nodes > hardware["nodes"]:
+        gaps.append(f"needs {nodes} nodes")
+    elif hardware["accelerator"] == "cuda" and gpus > hardware["gpus_per_node"] * hardware["nodes"]:
+        gaps.append(f"needs {gpus} GPUs")
+    return gaps
+
+
+def _skip_or_raise(config: dict, gaps: list[str], what: str, fix: str) -> str | None:
+    if not gaps:
+        return None
+    if config["on_unsupported"] == "skip":
+        return "; ".join(gaps)
+    raise UserError(
+        f"{what}: {', '.join(gaps)} but hardware is {config['hardware']}; {fix}, "
+        "or set `on_unsupported: skip` to list it as not run"
+    )
+
+
+def _applicable(fields: dict, strategy: Strategy) -> dict:
+    """Section-wide settings (`train`, `run_overrides`) minus those the strategy does not use."""
+    unused = (() if strategy.needs_rank else LORA_FIELDS) + (() if strategy.uses_deepspeed else ("deepspeed",))
+    return {key: value for key, value in fields.items() if key not in unused}
+
+
+def expand_run(config: dict, index: int, row: dict) -> dict:
+    """A run row of the preset -> its RunConfig as plain data, with `skip_reason`."""
+    dataset = row["dataset"]
+    if dataset not in config["datasets"]:
+        raise UserError(
+            f"config key `runs[{index}].dataset`: unknown dataset {dataset!r}; allowed values: "
+            f"{', '.join(config['datasets'])} (the keys of `datasets`)"
+        )
+    strategy = Strategy(row["strategy"])
+    fields = {"num_crops": config["datasets"][dataset]["num_crops"], **_applicable(config["train"], strategy),
+              **row, **_applicable(config["run_overrides"], strategy)}
+    fields.pop("skip_reason", None)  # present when an already expanded config is resolved again
+    fields["run"] = run_id(fields["strategy"], fields["precision"], fields["attention"])
+    try:
+        run = RunConfig(**fields)
+    except UserError as error:
+        raise UserError(f"config key `runs[{index}]` ({dataset}): {error}") from None
+    where = f"config key `runs[{index}]` ({dataset}/{run.run})"
+    processes = processes_per_node(config) * config["hardware"]["nodes"]
+    if run.batch_size % (run.per_device_batch_size * processes):
+        raise UserError(
+            f"{where}: batch_size {run.batch_size} is not divisible by per_device_batch_size "
+            f"{run.per_device_batch_size} x {processes} processes; change batch_size or per_device_batch_size"
+        )
+    gaps = hardware_gaps(config, run.attention, config["hardware"]["nodes"])
+    fix = "use attention sdpa or eager" if run.attention == "flash_attention_2" else "use strategy lora"
+    return {**run.to_dict(), "skip_reason": _skip_or_raise(config, gaps, where, fix)}
+
+
+def expand_speed_row(config: dict, index: int, row: dict) -> dict:
+    row = {**row, "row": speed_row_id(row)}
+    where = f"config key `speed.rows[{index}]` ({row['row']})"
+    check_precision_attention(row["precision"], row["attention"], where)
+    gaps = hardware_gaps(config, row["attention"], row["nodes"], row["gpus"])
+    row["skip_reason"] = _skip_or_raise(config, gaps, where, "remove the row or change its attention/strategy")
+    return row
+
+
+def _check_unique(ids: list[str], what: str) -> None:
+    seen = set()
+    for name in ids:
+        if name in seen:
+            raise UserError(f"config key `{what}`: {name!r} appears twice; each row must differ in strategy/precision/attention")
+        seen.add(name)
+
+
+def _select(config: dict, patterns: list[str] | None) -> None:
+    """Keep only the runs (`<dataset>/<run>`) and speed rows (`speed/<row>`) the patterns match."""
+    if patterns is None:
+        return
+    def wanted(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    runs = [run for run in config["runs"] if wanted(f"{run['dataset']}/{run['run']}")]
+    rows = [row for row in config["speed"]["rows"] if wanted(f"speed/{row['row']}")]
+    if not runs and not rows:
+        examples = [f"{r['dataset']}/{r['run']}" for r in config["runs"][:2]] + ["speed/*"]
+        raise UserError(
+            f"config key `runs_filter`: {patterns} matches no run and no speed row; patterns look "
+            f"like {', '.join(examples)}"
+        )
+    config["runs"], config["speed"]["rows"] = runs, rows
+
+
+def expand(config: dict) -> None:
+    """Expand, check and select the runs and speed rows of a schema-valid config, in place."""
+    config["runs"] = [expand_run(config, i, row) for i, row in enumerate(config["runs"])]
+    config["speed"]["rows"] = [expand_speed_row(config, i, row) for i, row in enumerate(config["speed"]["rows"])]
+    for dataset in config["datasets"]:
+        _check_unique([r["run"] for r in config["runs"] if r["dataset"] == dataset], f"runs ({dataset})")
+    _check_unique([row["row"] for row in config["speed"]["rows"]], "speed.rows")
+    evaluation = config["evaluation"]
+    check_precision_attention(evaluation["base_precision"], evaluation["base_attention"], "config key `evaluation`")
+    if hardware_gaps(config, evaluation["base_attention"]):
+        raise UserError("config key `evaluation.base_attention`: flash_attention_2 needs a GPU; use sdpa or eager")
+    _select(config, config["runs_filter"])

@@ -1,0 +1,70 @@
+"""RunConfig round-trips through JSON and refuses what the recipe does not allow, naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from phi3v.errors import UserError
+from phi3v.training.run_config import RunConfig, Strategy, torch_dtype
+
+from .conftest import base_run
+
+
+def test_json_round_trip_keeps_every_field():
+    run = base_run(strategy="qlora", lora_rank=8, lora_alpha=16, max_steps=None, checkpoint_every=3)
+    data = json.loads(run.to_json())
+    assert data["strategy"] == "qlora" and list(run.to_dict()) == list(RunConfig.fields())
+    assert RunConfig.from_dict(data) == run
+    assert RunConfig.from_dict(data).strategy is Strategy.QLORA
+
+
+def test_from_dict_names_missing_and_unknown_keys():
+    data = base_run().to_dict()
+    del data["seed"], data["packing"]
+    with pytest.raises(UserError, match="lacks packing, seed"):
+        RunConfig.from_dict(data)
+    with pytest.raises(UserError, match="unknown key\\(s\\) colour; allowed keys: dataset, run, strategy"):
+        RunConfig.from_dict({**base_run().to_dict(), "colour": "red"})
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"strategy": "lora"}, "strategy lora needs lora_rank, lora_alpha"),
+        ({"strategy": "qlora", "lora_rank": 8}, "strategy qlora needs lora_alpha"),
+        ({"strategy": "full", "lora_rank": 8}, "lora_rank only apply to LoRA runs"),
+        ({"strategy": "lora", "lora_rank": 8, "lora_alpha": 16, "deepspeed": True},
+         "deepspeed: true only applies to full-parameter runs \\(lora runs under plain DDP"),
+        ({"precision": "fp16", "attention": "flash_attention_2"}, "flash_attention_2 does not support fp16"),
+        ({"strategy": "prefix"}, "strategy='prefix' — choose one of full, frozen_vision, lora, qlora"),
+        ({"run": "base"}, "'base' is the model before fine-tuning"),
+    ],
+)
+def test_recipe_rules_refuse_with_the_key_named(fields, message):
+    data = {**base_run().to_dict(), **fields}
+    with pytest.raises(UserError, match=message):
+        RunConfig.from_dict(data)
+
+
+def test_run_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base_run().seed = 1
+
+
+def test_strategy_rules():
+    assert [s.value for s in Strategy if s.is_lora] == ["lora", "qlora"]
+    assert [s.value for s in Strategy if s.uses_deepspeed] == ["full", "frozen_vision"]
+    assert [s.value for s in Strategy if not s.trains_vision] == ["frozen_vision"]
+    assert all(s.needs_rank == s.is_lora for s in Strategy)
+    assert Strategy("full") == "full" and str(Strategy.QLORA) == "qlora"
+    with pytest.raises(UserError, match="unknown strategy 'dpo'"):
+        Strategy("dpo")
+
+
+def test_precision_dtypes():
+    assert torch_dtype("bf16") is torch.bfloat16 and torch_dtype("fp16") is torch.float16
+    assert base_run(precision="fp16", attention="eager").dtype is torch.float16
