@@ -386,7 +386,11 @@ class Phi3VProcessor(ProcessorMixin):
                  chat_template: str | None = None):
         if tokenizer.pad_token_id is None:
             raise UserError(f"the tokenizer has no pad token: set pad_token to {PAD} in tokenizer_config.json.")
-        super().__init__(image_processor, tokenizer, chat_template=chat_template or PROCESSOR_CHAT_TEMPLATE)
+        # The release's text-only template (saved as chat_template.jinja by the tokenizer) renders string content
+        # exactly as PROCESSOR_CHAT_TEMPLATE does, which also takes transformers' multimodal content.
+        if chat_template in (None, CHAT_TEMPLATE):
+            chat_template = PROCESSOR_CHAT_TEMPLATE
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
         if image_token_id is None:
             image_token_id = tokenizer.get_vocab().get(IMAGE_TOKEN, DEFAULT_IMAGE_TOKEN_ID)
         self.image_token_id = image_token_id
@@ -415,8 +419,9 @@ class Phi3VProcessor(ProcessorMixin):
             raise UserError(f"cannot load the processor from {source} ({error}): a model folder needs "
                             f"{IMAGE_PROCESSOR_FILE} and the tokenizer files.") from error
         if settings:
+            saved = {k: v for k, v in processor.image_processor.to_dict().items() if k != "num_img_tokens"}  # derived
             try:
-                processor.image_processor = Phi3VImageProcessor(**{**processor.image_processor.to_dict(), **settings})
+                processor.image_processor = Phi3VImageProcessor(**{**saved, **settings})
             except UserError as error:
                 raise UserError(f"Phi3VProcessor.from_pretrained({source!r}): {error}") from None
         if image_token_id is not None:
