@@ -1,3 +1,31 @@
-"""Fine-tune, evaluate and benchmark Phi-3.5-vision: a native model plus a reproducible workflow."""
+"""Fine-tune, evaluate and benchmark Phi-3.5-vision: a native model plus a reproducible workflow.
+
+Importing the package registers model type `phi3_v` with transformers' Auto classes, so `AutoConfig`,
+`AutoModelForCausalLM`, `AutoModelForImageTextToText`, `AutoProcessor` and `AutoImageProcessor` load a folder
+(or hub id) in the release's layout with the code here, never with the release's remote code.
+"""
 
 __version__ = "0.1.0"
+
+
+def _register_with_auto_classes() -> None:
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
+
+    from .configuration_phi3v import Phi3VConfig
+    from .modeling_phi3v import Phi3VForCausalLM
+    from .processing_phi3v import Phi3VImageProcessor, Phi3VProcessor
+
+    AutoConfig.register(Phi3VConfig.model_type, Phi3VConfig, exist_ok=True)
+    AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
+    AutoModelForImageTextToText.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)
+    AutoImageProcessor.register(Phi3VConfig, image_processor_classes={"pil": Phi3VImageProcessor}, exist_ok=True)
+    AutoProcessor.register(Phi3VConfig, Phi3VProcessor, exist_ok=True)
+
+
+_register_with_auto_classes()

@@ -239,6 +239,14 @@ class Phi3VConfig(Phi3Config):
         check_is_phi3_vision(config_dict, source)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "Phi3VConfig":
+        """Fields given as keywords (`from_pretrained(folder, image_token_id=...)`) replace the file's before the
+        config is checked, so an override can fix what the file alone would fail on."""
+        overrides = {key: kwargs.pop(key) for key in list(kwargs)
+                     if key in cls.__dataclass_fields__ and key not in cls.sub_configs_defaults}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
+
     def to_dict(self) -> dict:
         """The release's layout: `rope_scaling` {type su, factors} + `rope_theta`, `torch_dtype`, no generic keys."""
         output = super().to_dict()

@@ -7,22 +7,25 @@ as many image tokens as the model will produce features for that image.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, BatchFeature, LlamaTokenizer
+from transformers import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
 from transformers.image_transforms import convert_to_rgb
+from transformers.processing_utils import ImagesKwargs, ProcessorMixin
+from transformers.utils import IMAGE_PROCESSOR_NAME
 
 from phi3v.configuration_phi3v import image_token_count
 from phi3v.errors import UserError
@@ -34,9 +37,10 @@ MAX_NUM_CROPS = 16
 PATCH_SIZE = 14
 PATCH_MERGE = 2
 
-IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+IMAGE_PROCESSOR_FILE = IMAGE_PROCESSOR_NAME  # preprocessor_config.json, as in the release
 # Keys of the official preprocessor_config.json that describe the file rather than the transform.
 METADATA_KEYS = {"auto_map", "image_processor_type", "processor_class"}
+IMAGE_PROCESSOR_SETTINGS = ("num_crops", "num_img_tokens", "image_mean", "image_std", "do_convert_rgb", "crop_size")
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 IMAGE_TOKEN = "<|image|>"
@@ -51,6 +55,24 @@ CHAT_SPECIAL_TOKENS = ["<|assistant|>", "<|system|>", END, "<|user|>", IMAGE_TOK
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}"
+    "{{- '<|assistant|>\n' -}}"
+    "{% endif %}"
+)
+# The processor's template: the release's format for string content; for transformers' multimodal content
+# ([{"type": "image"}, {"type": "text", "text": ...}]) each image becomes `<|image_k|>\n`, numbered over the chat.
+PROCESSOR_CHAT_TEMPLATE = (
+    "{% set image = namespace(count=0) %}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{% set image.count = image.count + 1 %}"
+    "{{ '<|image_' + image.count|string + '|>\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}"
     "{{- '<|assistant|>\n' -}}"
@@ -152,8 +174,38 @@ def hd_geometry(height: int, width: int, num_crops: int, crop_size: int) -> HDGe
     return HDGeometry(transposed, resized_height, resized_width, padded_height, top)
 
 
-class Phi3VImageProcessor:
-    """The HD transform of Phi-3.5-vision, with `preprocessor_config.json` load/save."""
+def is_hub_id(name: str) -> bool:
+    """A hub repository id ("org/name") rather than a local path."""
+    if os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_source(source) -> str:
+    """A local model folder or hub id, as a string; a local path that does not exist is refused here."""
+    source = str(source)
+    if not os.path.isdir(source) and not is_hub_id(source):
+        raise UserError(f"model folder {source} does not exist: build or download the model first (or give a hub id).")
+    return source
+
+
+class Phi3VImageProcessorKwargs(ImagesKwargs, total=False):
+    """The settings of preprocessor_config.json beyond transformers' common image kwargs."""
+
+    num_crops: int
+    num_img_tokens: int
+    crop_size: int
+
+
+class Phi3VImageProcessor(BaseImageProcessor):
+    """The HD transform of Phi-3.5-vision; `preprocessor_config.json` is read and written by transformers."""
+
+    valid_kwargs = Phi3VImageProcessorKwargs
+    model_input_names = ["pixel_values", "image_sizes"]
 
     def __init__(
         self,
@@ -163,7 +215,14 @@ class Phi3VImageProcessor:
         image_std: Sequence[float] = CLIP_STD,
         do_convert_rgb: bool = True,
         crop_size: int = 336,
+        **file_keys,
     ):
+        super().__init__()
+        unknown = sorted(set(file_keys) - METADATA_KEYS)
+        if unknown:
+            raise UserError(
+                f"unknown key(s) {unknown}; the known keys are {sorted(set(IMAGE_PROCESSOR_SETTINGS) | METADATA_KEYS)}."
+            )
         self.num_crops = check_num_crops(num_crops)
         if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size <= 0 or crop_size % 28:
             raise UserError(
@@ -192,45 +251,34 @@ class Phi3VImageProcessor:
     # -- configuration files ------------------------------------------------------------------
 
     def to_dict(self) -> dict:
+        """preprocessor_config.json: the release's keys (`save_pretrained` is transformers' own)."""
         return {
             "image_processor_type": type(self).__name__,
             "processor_class": "Phi3VProcessor",
-            "num_crops": self.num_crops,
-            "num_img_tokens": self.num_img_tokens,
-            "image_mean": self.image_mean,
-            "image_std": self.image_std,
-            "do_convert_rgb": self.do_convert_rgb,
-            "crop_size": self.crop_size,
+            **{key: getattr(self, key) for key in IMAGE_PROCESSOR_SETTINGS},
         }
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / IMAGE_PROCESSOR_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
-
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **overrides) -> "Phi3VImageProcessor":
-        path = Path(folder) / IMAGE_PROCESSOR_FILE
-        if not path.is_file():
-            raise UserError(f"{path} is missing: a model folder needs the image processor's {IMAGE_PROCESSOR_FILE}.")
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "Phi3VImageProcessor":
+        """A folder or hub id (`revision=` too); keyword settings (e.g. `num_crops=16`) override the file's."""
+        source = check_source(pretrained_model_name_or_path)
+        path = f"{source.rstrip('/')}/{IMAGE_PROCESSOR_FILE}"
+        kwargs.pop("trust_remote_code", None)  # nothing remote to trust: the code is here
         try:
-            fields = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise UserError(f"{path} is not valid JSON ({error}): restore it from the model's source.") from error
-        if not isinstance(fields, dict):
-            raise UserError(f"{path} must hold a JSON object, not {type(fields).__name__}.")
-        fields = {k: v for k, v in fields.items() if k not in METADATA_KEYS}
-        fields.update(overrides)
-        known = {"num_crops", "num_img_tokens", "image_mean", "image_std", "do_convert_rgb", "crop_size"}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise UserError(f"{path}: unknown key(s) {unknown}; the known keys are {sorted(known | METADATA_KEYS)}.")
-        try:
-            return cls(**fields)
+            return super().from_pretrained(source, **kwargs)
+        except OSError as error:
+            if "not a valid JSON" in str(error):
+                raise UserError(f"{path} is not valid JSON ({error}): restore it from the model's source.") from error
+            raise UserError(f"{path} is missing: a model folder needs the image processor's {IMAGE_PROCESSOR_FILE}.") from error
         except UserError as error:
             raise UserError(f"{path}: {error}") from None
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict, **kwargs) -> "Phi3VImageProcessor":
+        if not isinstance(image_processor_dict, dict):
+            raise UserError(f"{IMAGE_PROCESSOR_FILE} must hold a JSON object, not {type(image_processor_dict).__name__}.")
+        overrides = {key: kwargs.pop(key) for key in IMAGE_PROCESSOR_SETTINGS if key in kwargs}
+        return super().from_dict({**image_processor_dict, **overrides}, **kwargs)
 
     # -- the transform ------------------------------------------------------------------------
 
@@ -304,46 +352,6 @@ class Phi3VImageProcessor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int) -> LlamaTokenizer:
-    """Train a small Llama-style tokenizer (BPE over Metaspace words, byte fallback) with Phi's special tokens.
-
-    Ids follow the official layout: 0 `<unk>`, 1 `<s>`, 2 `</s>`, 3..258 the byte tokens, then the
-    learned pieces, then `<|endoftext|>` (pad) and the chat tokens. `len(tokenizer) <= vocab_size`.
-    """
-    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-    base_tokens = [UNK, BOS, EOS] + byte_tokens
-    num_added = 1 + len(CHAT_SPECIAL_TOKENS)
-    smallest = len(base_tokens) + num_added + 1
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < smallest:
-        raise UserError(f"vocab_size = {vocab_size!r} is too small: use at least {smallest} (bytes + special tokens).")
-    model_vocab_size = vocab_size - num_added
-
-    trainer_tokenizer = Tokenizer(models.BPE(unk_token=UNK, byte_fallback=True))
-    # Split at word starts while learning so merges stay inside words, as sentencepiece's do.
-    trainer_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=model_vocab_size,
-        special_tokens=base_tokens,  # reserves ids 0..258 in this order
-        limit_alphabet=max(1, model_vocab_size - len(base_tokens)),  # rarer characters use byte fallback
-        show_progress=False,
-    )
-    trainer_tokenizer.train_from_iterator(corpus, trainer)
-    learned = json.loads(trainer_tokenizer.to_str())["model"]
-
-    tokenizer = LlamaTokenizer(
-        vocab=learned["vocab"],
-        merges=[tuple(pair) for pair in learned["merges"]],
-        add_bos_token=True,
-    )
-    tokenizer.add_special_tokens({"pad_token": PAD, "additional_special_tokens": CHAT_SPECIAL_TOKENS})
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-# ----------------------------------------------------------------------------------------------
 # Processor
 
 
@@ -371,19 +379,22 @@ def check_image_tags(numbers: list[int], num_images: int, where: str) -> None:
         raise UserError(f"{where}: {num_images} image(s) were given but the text lacks {missing} ({fix}).")
 
 
-class Phi3VProcessor:
+class Phi3VProcessor(ProcessorMixin):
     """Tokenizer + image processor: image tags to image tokens, chat format, padded batches."""
 
-    def __init__(self, image_processor: Phi3VImageProcessor, tokenizer, image_token_id: int | None = None):
-        self.image_processor = image_processor
-        self.tokenizer = tokenizer
+    def __init__(self, image_processor: Phi3VImageProcessor, tokenizer, image_token_id: int | None = None,
+                 chat_template: str | None = None):
+        if tokenizer.pad_token_id is None:
+            raise UserError(f"the tokenizer has no pad token: set pad_token to {PAD} in tokenizer_config.json.")
+        # The release's text-only template (saved as chat_template.jinja by the tokenizer) renders string content
+        # exactly as PROCESSOR_CHAT_TEMPLATE does, which also takes transformers' multimodal content.
+        if chat_template in (None, CHAT_TEMPLATE):
+            chat_template = PROCESSOR_CHAT_TEMPLATE
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
         if image_token_id is None:
             image_token_id = tokenizer.get_vocab().get(IMAGE_TOKEN, DEFAULT_IMAGE_TOKEN_ID)
         self.image_token_id = image_token_id
-        if tokenizer.pad_token_id is None:
-            raise UserError(f"the tokenizer has no pad token: set pad_token to {PAD} in tokenizer_config.json.")
         self.pad_token_id = tokenizer.pad_token_id
-        self.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
 
     @property
     def stop_token_ids(self) -> list[int]:
@@ -393,31 +404,46 @@ class Phi3VProcessor:
         return list(dict.fromkeys(i for i in ids if i is not None))
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **image_processor_overrides) -> "Phi3VProcessor":
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise UserError(f"model folder {folder} does not exist: build or download the model first.")
-        image_processor = Phi3VImageProcessor.from_pretrained(folder, **image_processor_overrides)
+    def from_pretrained(cls, pretrained_model_name_or_path, image_token_id: int | None = None,
+                        **kwargs) -> "Phi3VProcessor":
+        """A folder or hub id (`revision=`, `cache_dir=` ...) through transformers' loader, never remote code;
+        image-processor settings given here (e.g. `num_crops=16`) override the folder's."""
+        source = check_source(pretrained_model_name_or_path)
+        settings = {key: kwargs.pop(key) for key in IMAGE_PROCESSOR_SETTINGS if key in kwargs}
+        kwargs["trust_remote_code"] = False
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            processor = super().from_pretrained(source, **kwargs)
+        except UserError as error:
+            raise UserError(f"{source}: {error}") from None
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot load the tokenizer from {folder} ({error}): the folder needs tokenizer files.") from error
-        return cls(image_processor, tokenizer)
+            raise UserError(f"cannot load the processor from {source} ({error}): a model folder needs "
+                            f"{IMAGE_PROCESSOR_FILE} and the tokenizer files.") from error
+        if settings:
+            saved = {k: v for k, v in processor.image_processor.to_dict().items() if k != "num_img_tokens"}  # derived
+            try:
+                processor.image_processor = Phi3VImageProcessor(**{**saved, **settings})
+            except UserError as error:
+                raise UserError(f"Phi3VProcessor.from_pretrained({source!r}): {error}") from None
+        if image_token_id is not None:
+            processor.image_token_id = image_token_id
+        return processor
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        self.image_processor.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
+        """The release's file set: preprocessor_config.json (these settings, num_crops included) and the tokenizer.
+
+        Each part is saved by transformers; ProcessorMixin's own save would add a processor_config.json, which the
+        release does not have and which loaders would read before preprocessor_config.json.
+        """
+        os.makedirs(save_directory, exist_ok=True)
+        self.tokenizer._set_processor_class(type(self).__name__)  # tokenizer_config.json names it, as the release's
+        files = list(self.image_processor.save_pretrained(save_directory))
+        return files + list(self.tokenizer.save_pretrained(save_directory))
 
     # -- text ---------------------------------------------------------------------------------
 
     def generation_prompt(self, user: str) -> str:
         """`<|user|>\\n{user}<|end|>\\n<|assistant|>\\n`: the chat-formatted prompt of one user turn."""
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}],
-            chat_template=self.chat_template,
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        return self.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True)
 
     def tokenize_with_images(self, text: str, image_token_counts: Sequence[int]) -> list[int]:
         """Token ids of `text` with each `<|image_k|>` replaced by `image_token_counts[k-1]` image tokens.
@@ -433,12 +459,6 @@ class Phi3VProcessor:
             ids += next_piece
         return ids
 
-    def decode(self, *args, **kwargs) -> str:
-        return self.tokenizer.decode(*args, **kwargs)
-
-    def batch_decode(self, *args, **kwargs) -> list[str]:
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
     # -- batches ------------------------------------------------------------------------------
 
     def _images(self, images, num_crops, where: str) -> BatchFeature:
@@ -452,8 +472,18 @@ class Phi3VProcessor:
         padding_side: str = "right",
         num_crops: int | None = None,
         return_tensors: str = "pt",
+        videos=None,
+        audio=None,
+        **unsupported,
     ) -> BatchFeature:
-        """Prompts (+ their images) -> BatchFeature(input_ids, attention_mask[, pixel_values, image_sizes])."""
+        """Prompts (+ their images) -> BatchFeature(input_ids, attention_mask[, pixel_values, image_sizes]).
+
+        `videos` and `audio` exist for transformers' `apply_chat_template`, which passes them (as None)."""
+        unsupported.pop("add_special_tokens", None)  # pieces get BOS as the reference does; templates add none
+        if videos is not None or audio is not None or unsupported:
+            names = sorted(unsupported) + [k for k, v in (("videos", videos), ("audio", audio)) if v is not None]
+            raise UserError(f"Phi3VProcessor does not take {names}: give text, images, padding_side, num_crops; "
+                            "video frames go in as images.")
         if return_tensors != "pt":
             raise UserError(f"return_tensors = {return_tensors!r} is not supported: use 'pt'.")
         if padding_side not in ("right", "left"):
@@ -484,6 +514,8 @@ class Phi3VProcessor:
         if isinstance(text, str):
             if images is not None and not isinstance(images, (list, tuple)):
                 images = [images]
+            if images and len(images) == 1 and isinstance(images[0], (list, tuple)):
+                images = images[0]  # transformers' per-prompt nesting, as apply_chat_template passes it
             if images and isinstance(images[0], (list, tuple)):
                 raise UserError("one prompt was given with a nested image list: pass images=[img, ...] for one prompt.")
             return [text], [list(images or [])]
@@ -540,3 +572,19 @@ class Phi3VProcessor:
             "pixel_values": processed["pixel_values"],
             "image_sizes": processed["image_sizes"],
         }
+
+
+def check_compatible(model, processor: Phi3VProcessor, where: str) -> None:
+    """A model (or its config) and the processor that feeds it must agree on the image token and the crop size."""
+    config = getattr(model, "config", model)
+    if processor.image_token_id != config.image_token_id:
+        raise UserError(
+            f"{where}: the processor's image token id is {processor.image_token_id} (the tokenizer's '{IMAGE_TOKEN}') "
+            f"but the model's config.json has image_token_id {config.image_token_id}: set image_token_id in "
+            "config.json (or pass image_token_id= to from_pretrained) to the tokenizer's id."
+        )
+    if processor.image_processor.crop_size != config.crop_size:
+        raise UserError(
+            f"{where}: {IMAGE_PROCESSOR_FILE} has crop_size {processor.image_processor.crop_size} but the model's "
+            f"CLIP takes {config.crop_size}-px crops: make crop_size equal to vision_config.image_size."
+        )

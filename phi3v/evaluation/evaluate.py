@@ -129,7 +129,7 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
 
 def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device):
     from phi3v.modeling_phi3v import Phi3VForCausalLM
-    from phi3v.processing_phi3v import Phi3VProcessor
+    from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
     if not (Path(model_dir) / "config.json").is_file():
         raise UserError(f"{model_dir} is not a model folder (no config.json): train the run first")
@@ -138,6 +138,7 @@ def load_model(model_dir: str | os.PathLike, precision: str, attention: str, dev
     )
     model.to(device).eval()
     processor = Phi3VProcessor.from_pretrained(model_dir)
+    check_compatible(model, processor, str(model_dir))
     return model, processor
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from phi3v.processing_phi3v import Phi3VImageProcessor, Phi3VProcessor, build_tiny_tokenizer
+from phi3v.processing_phi3v import Phi3VImageProcessor, Phi3VProcessor
+from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 
 CORPUS = [
     "What is the date written at the top of the page?",

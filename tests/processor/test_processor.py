@@ -11,8 +11,8 @@ from phi3v.processing_phi3v import (
     DEFAULT_IMAGE_TOKEN_ID,
     Phi3VImageProcessor,
     Phi3VProcessor,
-    build_tiny_tokenizer,
 )
+from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 
 
 def image(width=40, height=30, seed=0):

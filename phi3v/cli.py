@@ -1,0 +1,164 @@
+"""`phi3v`: everyday commands on a Phi-3.5-vision model folder (or hub id) and on a custom dataset.
+
+    phi3v generate MODEL --image page.png --prompt "What is the total?"
+    phi3v validate DATASET_FOLDER NAME
+    phi3v merge-lora BASE_MODEL ADAPTER_DIR OUT_DIR
+
+A mistake in the arguments or the inputs prints one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from phi3v.errors import UserError
+
+PRECISION_CHOICES = ("bf16", "fp16", "fp32")
+ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+# ---- generate ----------------------------------------------------------------------------------
+
+def torch_dtype(precision: str, device):
+    """Weights in the chosen precision on GPU; on CPU fp32 weights (half-precision CPU kernels are slow or absent)."""
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    return dtypes[precision] if device.type == "cuda" else torch.float32
+
+
+def user_prompt(processor, prompt: str, num_images: int) -> str:
+    """The chat prompt: as written when it places its own `<|image_k|>` tags, else the images first."""
+    from phi3v.processing_phi3v import image_tag_numbers
+
+    if image_tag_numbers(prompt) or not num_images:
+        return processor.generation_prompt(prompt)
+    content = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def generate(args) -> str:
+    """Greedy answer of the model to one prompt with its images."""
+    import torch
+
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
+    from phi3v.processing_phi3v import Phi3VProcessor, check_compatible, load_image
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    settings = {} if args.num_crops is None else {"num_crops": args.num_crops}
+    processor = Phi3VProcessor.from_pretrained(args.model, revision=args.revision, **settings)
+    model = Phi3VForCausalLM.from_pretrained(args.model, revision=args.revision, dtype=torch_dtype(args.precision, device),
+                                             attn_implementation=args.attention)
+    check_compatible(model, processor, args.model)
+    model.to(device)
+    images = [load_image(path) for path in args.image]
+    inputs = processor(user_prompt(processor, args.prompt, len(images)), images)
+    inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
+                                eos_token_id=processor.stop_token_ids, pad_token_id=processor.pad_token_id)
+    new_tokens = output[0, inputs["input_ids"].shape[1]:]  # (new,) after the prompt
+    return processor.decode(new_tokens, skip_special_tokens=True)
+
+
+# ---- validate, merge-lora ----------------------------------------------------------------------
+
+def validate(args) -> str:
+    from phi3v.data.records import validate_or_raise
+
+    counts = validate_or_raise(args.folder, args.name, eval_split=args.eval_split)
+    return f"{args.name} in {args.folder}: OK (" + ", ".join(f"{split}: {n}" for split, n in counts.items()) + ")"
+
+
+def merge_lora(args) -> str:
+    """The adapter merged into the base weights, saved in the release's layout with the processor files."""
+    from phi3v.files import atomic_output_dir
+    from phi3v.processing_phi3v import Phi3VProcessor
+    from phi3v.training.train import export_merged_lora
+
+    adapter = Path(args.adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: no adapter_config.json — give the folder a LoRA run wrote (its adapter/).")
+    settings = {} if args.num_crops is None else {"num_crops": args.num_crops}
+    processor = Phi3VProcessor.from_pretrained(args.base_model, **settings)
+    with atomic_output_dir(args.out_dir) as folder:
+        export_merged_lora(None, args.base_model, adapter, folder)
+        processor.save_pretrained(folder)
+    return f"merged {adapter} into {args.base_model}: {args.out_dir}"
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="phi3v", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+
+    gen = commands.add_parser("generate", help="answer a prompt about one or more images",
+                              description="Greedy generation from a model folder or hub id. Without <|image_k|> tags "
+                                          "in the prompt the images come first, numbered in the order given.")
+    gen.add_argument("model", help="model folder or hub id (e.g. microsoft/Phi-3.5-vision-instruct)")
+    gen.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
+    gen.add_argument("--prompt", required=True, help="the user's text; may place images with <|image_1|> ...")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length limit (default 128)")
+    gen.add_argument("--precision", choices=PRECISION_CHOICES, default="bf16",
+                     help="bf16 (default), fp16 or fp32; on CPU fp32 weights with bf16/fp16 autocast")
+    gen.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa",
+                     help="attention kernel (default sdpa; flash_attention_2 needs a GPU and flash-attn)")
+    gen.add_argument("--num-crops", type=positive_int, help="HD crops per image (1-16; default: the folder's)")
+    gen.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub id")
+    gen.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    gen.set_defaults(handler=generate)
+
+    val = commands.add_parser("validate", help="check a custom dataset in the recipe's jsonl format",
+                              description="Check every line of <name>_<split>.jsonl and every image; list all problems.")
+    val.add_argument("folder", help="folder holding <name>_train.jsonl, <name>_val.jsonl and images/")
+    val.add_argument("name", help="the <name> in <name>_<split>.jsonl")
+    val.add_argument("--eval-split", default="val", choices=("val", "test"), help="split evaluated on (default val)")
+    val.set_defaults(handler=validate)
+
+    merge = commands.add_parser("merge-lora", help="merge a LoRA adapter into its base model",
+                                description="Merge a peft adapter into the base weights and write a model folder in "
+                                            "the release's layout (config, safetensors, processor files).")
+    merge.add_argument("base_model", help="the base model folder the adapter was trained on")
+    merge.add_argument("adapter", help="the adapter folder (adapter_config.json + weights)")
+    merge.add_argument("out_dir", help="where to write the merged model folder (replaced if it exists)")
+    merge.add_argument("--num-crops", type=positive_int, help="num_crops to save with it (default: the base's)")
+    merge.set_defaults(handler=merge_lora)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        print(args.handler(args))
+    except UserError as error:
+        print(f"phi3v {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
