@@ -105,7 +105,7 @@ def merge_lora(args) -> str:
     settings = {} if args.num_crops is None else {"num_crops": args.num_crops}
     processor = Phi3VProcessor.from_pretrained(args.base_model, **settings)
     with atomic_output_dir(args.out_dir) as folder:
-        export_merged_lora(None, args.base_model, adapter, folder)
+        export_merged_lora(args.base_model, adapter, folder)
         processor.save_pretrained(folder)
     return f"merged {adapter} into {args.base_model}: {args.out_dir}"
 

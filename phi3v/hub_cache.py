@@ -153,7 +153,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 def write_model_folder(folder: str | os.PathLike, seed: int = 0) -> None:
     """The release's file set with a tiny-width model: weights in two bf16 shards and an index, configs, tokenizer."""
-    from phi3v.processing_phi3v import END, IMAGE_TOKEN, build_tiny_tokenizer
+    from phi3v.processing_phi3v import END, IMAGE_TOKEN
+    from phi3v.training.demo_tokenizer import build_tiny_tokenizer
     from phi3v.testing import official_key_shapes, write_official_checkpoint
 
     folder = Path(folder)

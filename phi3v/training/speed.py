@@ -43,13 +43,13 @@ def write_random_weights(base_model: Path, folder: Path) -> Path:
     """
     from phi3v.configuration_phi3v import Phi3VConfig
     from phi3v.modeling_phi3v import Phi3VForCausalLM
-    from .train import copy_processor_files
+    from phi3v.processing_phi3v import Phi3VProcessor
 
     config = Phi3VConfig.from_pretrained(base_model)
     device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
     model = Phi3VForCausalLM.random_init(config, device=device, dtype=dtype)
     model.save_pretrained(folder)
-    copy_processor_files(base_model, folder)
+    Phi3VProcessor.from_pretrained(base_model).save_pretrained(folder)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from phi3v.data.collate import collate_packed, collate_padded, effective_batch_plan
 from phi3v.data.dataset import ConversationDataset
 from phi3v.errors import UserError, entry_point
+from phi3v.layout import ADAPTER, METRICS, MODEL, PROVENANCE, TRAIN_LOG
 from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
 from phi3v.processing_phi3v import IGNORE_INDEX
 from .checkpoint import (keep_only_trainable_tensors, latest_checkpoint, load_checkpoint,
@@ -333,19 +333,14 @@ def mfu_entry(run: RunConfig, model_config, device: torch.device, timed: Through
 
 # ---- outputs -----------------------------------------------------------------------------------
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "config.json",
-                "generation_config.json", "provenance.json")
+def save_processor(base_model: Path, run: RunConfig, folder: Path) -> None:
+    """The processor this run trained with (its num_crops), so the exported folder loads as trained."""
+    from phi3v.processing_phi3v import Phi3VProcessor
+
+    Phi3VProcessor.from_pretrained(base_model, num_crops=run.num_crops).save_pretrained(folder)
 
 
-def copy_processor_files(base_model: Path, folder: Path) -> None:
-    """Tokenizer and preprocessor files of the base model, unchanged by training."""
-    for path in base_model.iterdir():
-        is_weights = path.name.startswith("model-") or path.name in WEIGHT_FILES
-        if path.is_file() and not is_weights and not (folder / path.name).exists():
-            shutil.copy2(path, folder / path.name)
-
-
-def export_merged_lora(peft_model, base_model: Path, adapter_dir: Path, folder: Path) -> None:
+def export_merged_lora(base_model: Path, adapter_dir: Path, folder: Path) -> None:
     """Merge the adapter into a fresh full-precision base (every CLIP layer back) and save it."""
     from peft import PeftModel
 
@@ -365,21 +360,21 @@ def write_outputs(model, run: RunConfig, *, base_model: Path, data_dir: Path, ou
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if run.strategy.is_lora:
-        with atomic_output_dir(out_dir / "adapter") as adapter_dir:
+        with atomic_output_dir(out_dir / ADAPTER) as adapter_dir:
             model.save_pretrained(adapter_dir, save_embedding_layers=False)  # only LoRA weights train
-        with atomic_output_dir(out_dir / "model") as model_dir:
-            export_merged_lora(model, base_model, out_dir / "adapter", model_dir)
-            copy_processor_files(base_model, model_dir)
+        with atomic_output_dir(out_dir / MODEL) as model_dir:
+            export_merged_lora(base_model, out_dir / ADAPTER, model_dir)
+            save_processor(base_model, run, model_dir)
     else:
-        with atomic_output_dir(out_dir / "model") as model_dir:
+        with atomic_output_dir(out_dir / MODEL) as model_dir:
             model.save_pretrained(model_dir)
-            copy_processor_files(base_model, model_dir)
-    write_text_atomic(out_dir / "train_log.jsonl", "".join(json.dumps(entry) + "\n" for entry in log))
-    write_json_atomic(out_dir / "provenance.json", provenance.collect(
+            save_processor(base_model, run, model_dir)
+    write_text_atomic(out_dir / TRAIN_LOG, "".join(json.dumps(entry) + "\n" for entry in log))
+    write_json_atomic(out_dir / PROVENANCE, provenance.collect(
         run.to_dict(), model_dir=base_model, data_dir=data_dir,
         extra={"precision": {k: metrics[k] for k in ("weights_dtype", "frozen_weights_dtype",
                                                      "autocast_dtype", "deepspeed")}}))
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / METRICS, metrics)
 
 
 # ---- command line ------------------------------------------------------------------------------
