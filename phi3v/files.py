@@ -4,6 +4,7 @@ interrupted job never leaves an output that Snakemake (or a reader) would take a
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -26,13 +27,57 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+def temp_dir_prefix(final_dir: Path) -> str:
+    """The name prefix of `final_dir`'s temporary folders; the writer's process id follows it."""
+    return f".{final_dir.name}.tmp-"
+
+
+def remove_stale_temp_dirs(final_dir: Path) -> list[Path]:
+    """Remove the temporary folders of `final_dir` whose writer is gone (killed before it finished).
+
+    One job writes an output at a time (Snakemake locks its outputs), so a temporary folder of this
+    output is debris unless its process is still alive on this machine (e.g. a test run beside it).
+    """
+    removed = []
+    prefix = temp_dir_prefix(final_dir)
+    for path in final_dir.parent.glob(glob.escape(prefix) + "*"):
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if path.is_dir() and not (pid.isdigit() and process_alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: there is no getter)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_output_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to `final_dir`; it replaces `final_dir` if the block succeeds."""
+    """Yield a temporary folder next to `final_dir`; it replaces `final_dir` if the block succeeds.
+
+    Temporary folders that killed writers left behind are removed first. The folder gets the
+    permissions the umask gives a new folder (mkdtemp makes it 0700, private to the user).
+    """
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    remove_stale_temp_dirs(final_dir)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{temp_dir_prefix(final_dir)}{os.getpid()}-", dir=final_dir.parent))
     try:
+        tmp_dir.chmod(0o777 & ~current_umask())
         yield tmp_dir
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -10,11 +10,22 @@ from phi3v.workflow import config as settings
 from phi3v.errors import UserError
 
 
+def raw_resource(resources, name):
+    """The raw value of entry `name` of a Snakemake resource mapping (None when unset)."""
+    resource = resources.get(name) if resources is not None else None
+    return None if resource is None else str(getattr(resource, "raw", resource)).strip("'\" ")
+
+
 def default_resource(name):
     """The raw value of a `--default-resources` entry (the profile's or the command line's), or None."""
-    defaults = workflow.resource_settings.default_resources
-    resource = defaults.get(name) if defaults is not None else None
-    return None if resource is None else str(resource.raw).strip("'\" ")
+    return raw_resource(workflow.resource_settings.default_resources, name)
+
+
+def rule_partitions():
+    """{rule: slurm_partition} of the rules that `set-resources` (profile or command line) gives one."""
+    overwrites = workflow.resource_settings.overwrite_resources
+    partitions = {rule: raw_resource(resources, "slurm_partition") for rule, resources in overwrites.items()}
+    return {rule: partition for rule, partition in partitions.items() if partition is not None}
 
 
 def runs_on_slurm():
@@ -34,7 +45,8 @@ def machine_gpus():
 try:
     config.update(settings.resolve_config(config, workflow.basedir))
     resources.check_cluster(
-        config, slurm=runs_on_slurm(), partition=default_resource("slurm_partition"), machine_gpus=machine_gpus()
+        config, slurm=runs_on_slurm(), partition=default_resource("slurm_partition"), machine_gpus=machine_gpus(),
+        rule_partitions=rule_partitions(),
     )
 except UserError as error:
     # Reported before any job runs, without a traceback: the message names the key and the fix.

@@ -40,6 +40,20 @@ def run_step(snakemake, step):
             sys.exit(2)
 
 
+def error_lines(log_text: str, limit: int = 20) -> list[str]:
+    """The error a child process wrote into the job's log: its last `error: ...` message (with the
+    lines that follow it), else the exception line that ends a traceback, else nothing."""
+    lines = log_text.rstrip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    if starts:
+        return lines[starts[-1]:][:limit]
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if tracebacks:
+        # The exception line: the first unindented line after the traceback's frames.
+        return next(([line] for line in lines[tracebacks[-1] + 1:] if line and not line[0].isspace()), [])
+    return []
+
+
 def source_function(kind: str, task: str):
     """`<kind>_<task>` of the task's module in phi3v.data.sources (kind: synthesize, download, convert)."""
     from phi3v.data.sources import source_function as lookup

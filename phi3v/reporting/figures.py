@@ -105,33 +105,69 @@ def scores_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) 
     return save(figure, path)
 
 
-def speed_figures(config: dict, inputs: ReportInputs, throughput_path: Path, memory_path: Path) -> list[Path]:
-    sources = ResultSources()
-    rows = measured_speed_rows(config)
+def on_cpu(result: dict) -> bool:
+    return str(result.get("device", "cpu")).startswith("cpu") or not result.get("gpus")
+
+
+def hardware_label(results: list[dict]) -> str:
+    """Where the rows were measured, from their result files: `cpu (2 threads)`, `8x NVIDIA A100-SXM4-80GB`."""
+    labels = []
+    for result in results:
+        device = result.get("device") or "an unknown device"
+        label = device if on_cpu(result) else f"{result['gpus']}x {device}"
+        if label not in labels:
+            labels.append(label)
+    return ", ".join(labels)
+
+
+def model_label(config: dict, results: list[dict]) -> str:
+    """Which model was timed: the demo's tiny model or the configured one, and its weights."""
+    model = config.get("model") or {}
+    name = "tiny demo model" if model.get("source") == "demo" else str(model.get("id", "model")).split("/")[-1]
+    weights = sorted({str(result.get("weights")) for result in results if result.get("weights")})
+    return f"{name} ({', '.join(weights)} weights)" if weights else name
+
+
+def throughput_figure(config: dict, rows: list[dict], results: list[dict]):
+    """Measured img/s per row; the recipe's values beside them only when the rows ran on GPUs, each
+    group labelled with its hardware (a CPU's img/s next to 8 GPUs' would compare nothing)."""
     references = speed_references(config)
-    results = [read_speed_result(inputs, row, sources) for row in rows]
     names = [row["row"] for row in rows]
     positions = list(range(len(rows)))
     width = 0.38
-
+    hardware = hardware_label(results)
     figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 4))
-    axes.bar([p - width / 2 for p in positions], [r["img_per_s"] for r in results], width,
-             label="measured")
-    referenced = [(p, references[n]) for p, n in zip(positions, names) if n in references]
-    if referenced:
-        axes.bar([p + width / 2 for p, _ in referenced],
-                 [float(row.img_per_s) for _, (_, row) in referenced], width, color="tab:gray",
-                 label="recipe (8 GPUs)")
+    gpu_rows = not any(on_cpu(result) for result in results)
+    referenced = [(p, references[n]) for p, n in zip(positions, names) if n in references] if gpu_rows else []
+    offset = width / 2 if referenced else 0.0
+    axes.bar([p - offset for p in positions], [r["img_per_s"] for r in results], width,
+             label=f"measured: {hardware}")
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for position, (table, recipe_row) in referenced:
+        groups.setdefault(f"recipe: {recipe_row.gpus}x {table.hardware}", []).append((position, float(recipe_row.img_per_s)))
+    for (label, bars), colour in zip(groups.items(), ["tab:gray", "tab:olive", "tab:brown"]):
+        axes.bar([p + offset for p, _ in bars], [value for _, value in bars], width, color=colour, label=label)
     axes.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
-    axes.set(title="Training throughput", ylabel="images / s")
+    axes.set(title=f"Training throughput: {model_label(config, results)} on {hardware}", ylabel="images / s")
+    axes.title.set_fontsize(9)
     axes.legend(fontsize=8)
-    written = [save(figure, throughput_path)]
+    return figure
 
+
+def speed_figures(config: dict, inputs: ReportInputs, throughput_path: Path, memory_path: Path) -> list[Path]:
+    sources = ResultSources()
+    rows = measured_speed_rows(config)
+    results = [read_speed_result(inputs, row, sources) for row in rows]
+    written = [save(throughput_figure(config, rows, results), throughput_path)]
+
+    names = [row["row"] for row in rows]
+    positions = list(range(len(rows)))
     figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 4))
     memory = [r.get("peak_mem_gib") or 0.0 for r in results]
     axes.bar(positions, memory, 0.6, label="measured")
     axes.set_xticks(positions, names, rotation=30, ha="right", fontsize=8)
-    axes.set(title="Peak accelerator memory", ylabel="GiB")
+    axes.set(title=f"Peak memory: {model_label(config, results)} on {hardware_label(results)}", ylabel="GiB")
+    axes.title.set_fontsize(9)
     written.append(save(figure, memory_path))
     return written
 

@@ -3,11 +3,19 @@ refuses before any job is submitted because the scheduler could never run it."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
 from phi3v.errors import UserError
 
 SLURM_PROFILE = "profiles/slurm/config.yaml"
 # Jobs started through `python -m phi3v.launch`, which runs srun itself on several nodes.
 LAUNCHED_KINDS = ("train",)
+# A GPU count in a node's generic resources as sinfo prints them: `gpu:8`, `gpu:a100:4(S:0-1)`.
+GPU_GRES = re.compile(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)")
 
 
 def processes_per_node(config: dict) -> int:
@@ -43,11 +51,105 @@ def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 
     return resources
 
 
-def check_cluster(config: dict, *, slurm: bool, partition: str | None, machine_gpus: int | None) -> None:
+@dataclass(frozen=True)
+class Partition:
+    """What a SLURM partition can give one job: at most `max_nodes` nodes (None: no limit), and
+    the nodes themselves with their GPU counts."""
+
+    name: str
+    max_nodes: int | None
+    node_gpus: Mapping[str, int]
+
+    def nodes_with(self, gpus_per_node: int) -> int:
+        """How many nodes one job may get that have at least `gpus_per_node` GPUs each."""
+        fitting = sum(gpus >= gpus_per_node for gpus in self.node_gpus.values())
+        return fitting if self.max_nodes is None else min(fitting, self.max_nodes)
+
+
+def query_slurm(*command: str) -> subprocess.CompletedProcess | None:
+    """A SLURM client command's result; None when SLURM's tools are not on this machine."""
+    if shutil.which(command[0]) is None:
+        return None
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def read_partition(name: str | None, run: Callable[..., subprocess.CompletedProcess | None] = query_slurm) -> Partition | None:
+    """The partition `name` (None: the cluster's default one) as `scontrol`/`sinfo` describe it;
+    None when it cannot be asked (no SLURM tools here, or no controller answering), as then the
+    executor plugin reports the problem itself."""
+    shown = run("scontrol", "show", "partition", "--oneliner", *([name] if name else []))
+    if shown is None:
+        return None
+    if shown.returncode != 0:
+        if name and "not found" in (shown.stderr + shown.stdout).lower():
+            raise UserError(
+                f"SLURM partition {name!r} (`slurm_partition` in {SLURM_PROFILE} or --default-resources/"
+                "--set-resources) does not exist on this cluster; `sinfo -s` lists the partitions"
+            )
+        return None
+    entries = [dict(field.split("=", 1) for field in line.split() if "=" in field) for line in shown.stdout.splitlines()]
+    entry = next((e for e in entries if name or e.get("Default") == "YES"), None)
+    if entry is None:
+        return None
+    name = entry["PartitionName"]
+    listed = run("sinfo", "--partition", name, "--Node", "--noheader", "--format", "%N %G")
+    if listed is None or listed.returncode != 0:
+        return None
+    node_gpus = {}
+    for line in listed.stdout.splitlines():
+        node, _, gres = line.strip().partition(" ")
+        node_gpus[node] = sum(int(count) for count in GPU_GRES.findall(gres.strip()))
+    max_nodes = entry.get("MaxNodes", "UNLIMITED")
+    return Partition(name, None if not max_nodes.isdigit() else int(max_nodes), node_gpus)
+
+
+def cluster_jobs(config: dict) -> Iterator[tuple[str, str, int, int]]:
+    """(rule, what asks, nodes, GPUs per node) of the jobs whose size the config sets."""
+    hardware = config["hardware"]
+    cuda = hardware["accelerator"] == "cuda"
+    yield ("train", "training (config keys `hardware.nodes`, `hardware.gpus_per_node`)", hardware["nodes"],
+           hardware["gpus_per_node"] if cuda else 0)
+    yield ("evaluate", "an evaluation job", 1, 1 if cuda else 0)
+    for row in config["speed"]["rows"]:
+        if row["skip_reason"] is None:
+            yield ("benchmark_speed", f"speed row {row['row']}", row["nodes"], row["gpus"] // row["nodes"] if cuda else 0)
+
+
+def check_partitions(config: dict, partitions: Mapping[str, str | None],
+                     read: Callable[[str | None], Partition | None] = read_partition) -> None:
+    """Refuse a job its partition can never run (more nodes, or more GPUs a node, than it has):
+    SLURM would accept it and leave it pending forever (`PartitionNodeLimit`, `ReqNodeNotAvail`).
+
+    `partitions`: the partition of each rule (None: the cluster's default).
+    """
+    seen: dict[str | None, Partition | None] = {}
+    for rule, what, nodes, gpus_per_node in cluster_jobs(config):
+        name = partitions.get(rule)
+        if name not in seen:
+            seen[name] = read(name)
+        partition = seen[name]
+        if partition is None or partition.nodes_with(gpus_per_node) >= nodes:
+            continue
+        gpus = sorted(set(partition.node_gpus.values()), reverse=True)
+        raise UserError(
+            f"{what} asks for {nodes} node(s) with {gpus_per_node} GPU(s) each, but the SLURM partition "
+            f"{partition.name!r} of rule `{rule}` has {len(partition.node_gpus)} node(s) "
+            f"(MaxNodes={partition.max_nodes or 'UNLIMITED'}; GPUs per node: {', '.join(map(str, gpus)) or 'none'}), "
+            f"so the job would wait forever; lower them (`--config 'hardware={{nodes: ..., gpus_per_node: ...}}'`), "
+            f"leave the row out with `runs_filter`, or give `{rule}` a larger partition under "
+            f"set-resources in {SLURM_PROFILE}"
+        )
+
+
+def check_cluster(config: dict, *, slurm: bool, partition: str | None, machine_gpus: int | None,
+                  rule_partitions: Mapping[str, str] = {},
+                  read: Callable[[str | None], Partition | None] = read_partition) -> None:
     """Refuse, before any job is submitted, what the scheduler could never run.
 
     `partition`: the profile's default `slurm_partition` (None when the profile sets none);
-    `machine_gpus`: the N of `--resources gpu=N` (None when not given).
+    `rule_partitions`: a rule's own `slurm_partition` (set-resources); `read`: how a partition's
+    limits are learnt (`read_partition` asks SLURM); `machine_gpus`: the N of `--resources gpu=N`
+    (None when not given).
     """
     hardware = config["hardware"]
     if slurm:
@@ -57,6 +159,8 @@ def check_cluster(config: dict, *, slurm: bool, partition: str | None, machine_g
                 "(`sinfo -s` lists them) under default-resources in that file, or run with "
                 "`--default-resources slurm_partition=NAME`"
             )
+        partitions = {rule: rule_partitions.get(rule, partition) for rule, *_ in cluster_jobs(config)}
+        check_partitions(config, partitions, read)
         return
     if hardware["nodes"] > 1:
         raise UserError(

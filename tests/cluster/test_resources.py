@@ -11,7 +11,7 @@ import pytest
 from phi3v.workflow import config as settings
 from phi3v.errors import UserError
 from phi3v.launch import MACHINE_GPUS_VARIABLE, launch_command, slurm_allocation
-from phi3v.workflow.resources import check_cluster, job_resources
+from phi3v.workflow.resources import Partition, check_cluster, job_resources, read_partition
 
 from workflow.helpers import run_snakemake
 
@@ -68,6 +68,56 @@ def test_speed_row_wanting_more_gpus_than_the_machine_has_is_refused():
                       partition=None, machine_gpus=6)
 
 
+# What `scontrol show partition --oneliner` and `sinfo --Node --format "%N %G"` print on a cluster
+# with a one-node GPU partition (MaxNodes unlimited) and a CPU partition.
+SCONTROL_PARTITIONS = (
+    "PartitionName=gpu AllowGroups=ALL Default=NO MaxNodes=UNLIMITED MaxTime=2-00:00:00 Nodes=g01 TotalCPUs=64 TotalNodes=1\n"
+    "PartitionName=cpu AllowGroups=ALL Default=YES MaxNodes=4 MaxTime=UNLIMITED Nodes=c[01-08] TotalCPUs=256 TotalNodes=8\n"
+)
+SINFO_NODES = {"gpu": "g01 gpu:a100:4(S:0-1)\n", "cpu": "".join(f"c0{i} (null)\n" for i in range(1, 9))}
+
+
+def fake_slurm(*command):
+    if command[0] == "scontrol":
+        name = command[4] if len(command) > 4 else None
+        lines = [line for line in SCONTROL_PARTITIONS.splitlines() if name is None or line.startswith(f"PartitionName={name} ")]
+        if not lines:
+            return subprocess.CompletedProcess(command, 1, "", f"slurm_load_partitions: Partition {name} not found\n")
+        return subprocess.CompletedProcess(command, 0, "\n".join(lines) + "\n", "")
+    return subprocess.CompletedProcess(command, 0, SINFO_NODES[command[2]], "")
+
+
+def test_partition_limits_are_read_from_scontrol_and_sinfo():
+    assert read_partition("gpu", run=fake_slurm) == Partition("gpu", None, {"g01": 4})
+    cpu = read_partition(None, run=fake_slurm)  # the cluster's default partition
+    assert cpu.name == "cpu" and cpu.max_nodes == 4 and len(cpu.node_gpus) == 8
+    assert cpu.nodes_with(0) == 4 and cpu.nodes_with(1) == 0
+    with pytest.raises(UserError, match=r"SLURM partition 'h100' .* does not exist on this cluster; `sinfo -s`"):
+        read_partition("h100", run=fake_slurm)
+    assert read_partition("gpu", run=lambda *command: None) is None  # no SLURM tools: nothing to check
+    unreachable = subprocess.CompletedProcess([], 1, "", "slurm_load_partitions: Unable to contact slurm controller")
+    assert read_partition("gpu", run=lambda *command: unreachable) is None
+
+
+def test_jobs_their_partition_can_never_run_are_refused(paper):
+    read = lambda name: read_partition(name, run=fake_slurm)  # noqa: E731
+    one_gpu_node = {"train": "gpu", "evaluate": "gpu", "benchmark_speed": "gpu"}
+    with pytest.raises(UserError, match=r"training \(config keys `hardware.nodes`, `hardware.gpus_per_node`\) asks for 1 node\(s\) with 8 GPU\(s\) each, "
+                                        r"but the SLURM partition 'gpu' of rule `train` has 1 node\(s\) \(MaxNodes=UNLIMITED; GPUs per node: 4\)"):
+        check_cluster(paper, slurm=True, partition="cpu", machine_gpus=None, rule_partitions=one_gpu_node, read=read)
+    four = settings.resolve_config({"preset": "paper", "hardware": {"gpus_per_node": 4},
+                                    "runs_filter": ["docvqa/lora-bf16-*", "speed/*-1x4"]})
+    check_cluster(four, slurm=True, partition="cpu", machine_gpus=None, rule_partitions=one_gpu_node, read=read)
+    two_nodes = {**four, "hardware": {**four["hardware"], "nodes": 2}}
+    with pytest.raises(UserError, match=r"asks for 2 node\(s\) with 4 GPU\(s\) each, .*partition 'gpu' of rule `train` has 1 node"):
+        check_cluster(two_nodes, slurm=True, partition="cpu", machine_gpus=None, rule_partitions=one_gpu_node, read=read)
+    # GPU jobs in the CPU partition (no set-resources for them): no node there has a GPU.
+    with pytest.raises(UserError, match=r"partition 'cpu' of rule `train` .*GPUs per node: 0\), so the job would wait forever"):
+        check_cluster(four, slurm=True, partition="cpu", machine_gpus=None, read=read)
+    demo = settings.resolve_config({"preset": "demo"})
+    check_cluster(demo, slurm=True, partition="cpu", machine_gpus=None, read=read)  # CPU jobs fit anywhere
+
+
 def test_allocation_is_read_with_scontrol_when_the_job_step_removed_it(tmp_path):
     scontrol = tmp_path / "scontrol"
     scontrol.write_text("#!/bin/sh\necho 'JobId=77 JobName=x NumNodes=3 NumCPUs=48 NodeList=gpu[03-05] BatchHost=gpu03'\n")
@@ -114,3 +164,22 @@ def test_workflow_refuses_before_submitting(tmp_path):
     assert "gres=gpu:8" in set_partition.stdout and "mpi=srun, tasks=2" in set_partition.stdout
     too_many = run_snakemake("-n", "--cores", "2", "--resources", "gpu=4", "--config", "preset=paper")
     assert too_many.returncode != 0 and "asks for 8 GPUs but `--resources gpu=4`" in too_many.stderr + too_many.stdout
+
+
+def test_workflow_refuses_a_job_the_partition_can_never_run(tmp_path, monkeypatch):
+    """The SLURM profile on a cluster whose `gpu` partition has one node with 4 GPUs."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool, output in [("scontrol", SCONTROL_PARTITIONS.splitlines()[0]), ("sinfo", SINFO_NODES["gpu"].strip())]:
+        (tools / tool).write_text(f"#!/bin/sh\necho '{output}'\n")
+        (tools / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    two_nodes = run_snakemake("-n", "--workflow-profile", "profiles/slurm", "--default-resources", "slurm_partition=gpu",
+                              "--config", "preset=paper", "hardware={nodes: 2, gpus_per_node: 4}",
+                              "runs_filter=[docvqa/full-bf16-*]")
+    assert two_nodes.returncode != 0
+    assert ("asks for 2 node(s) with 4 GPU(s) each, but the SLURM partition 'gpu' of rule `train` has 1 node(s)"
+            in two_nodes.stderr + two_nodes.stdout), two_nodes.stderr[-3000:]
+    one_node = run_snakemake("-n", "--workflow-profile", "profiles/slurm", "--default-resources", "slurm_partition=gpu",
+                             "--config", "preset=paper", "hardware={gpus_per_node: 4}", "runs_filter=[docvqa/full-bf16-*]")
+    assert one_node.returncode == 0, one_node.stderr[-3000:]

@@ -4,7 +4,7 @@ import pytest
 from .conftest import demo_config, report_files
 
 from phi3v.errors import UserError
-from phi3v.reporting.figures import figure_file_names, write_figures
+from phi3v.reporting.figures import figure_file_names, throughput_figure, write_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -41,3 +41,30 @@ def test_missing_training_log_names_the_run(results_dir, tmp_path):
     (results_dir / "runs" / "docvqa" / "lora-bf16-sdpa" / "train_log.jsonl").unlink()
     with pytest.raises(UserError, match=r"docvqa/lora-bf16-sdpa.*train_log\.jsonl is missing"):
         write_figures(demo_config(), report_files(results_dir, demo_config()), tmp_path)
+
+
+def legend_and_title(figure) -> tuple[str, list[str]]:
+    axes = figure.axes[0]
+    return axes.get_title(), [text.get_text() for text in axes.get_legend().get_texts()]
+
+
+def test_cpu_speed_figure_is_titled_as_what_ran_and_has_no_recipe_bars():
+    config = demo_config()
+    rows = [row for row in config["speed"]["rows"] if row["skip_reason"] is None]
+    results = [{"img_per_s": 1.5, "device": "cpu (2 threads)", "gpus": 0, "weights": "random"} for _ in rows]
+    title, legend = legend_and_title(throughput_figure(config, rows, results))
+    assert title == "Training throughput: tiny demo model (random weights) on cpu (2 threads)"
+    assert legend == ["measured: cpu (2 threads)"]  # the recipe's 8-GPU numbers are not beside them
+
+
+def test_gpu_speed_figure_labels_each_bar_group_with_its_hardware():
+    from phi3v.workflow import config as settings
+
+    config = settings.resolve_config({"preset": "paper", "runs_filter": ["docvqa/lora-bf16-*", "speed/*-1x8"]})
+    rows = [row for row in config["speed"]["rows"] if row["skip_reason"] is None]
+    assert rows
+    results = [{"img_per_s": 10.0, "device": "NVIDIA H100 80GB HBM3", "gpus": 8, "weights": "random"} for _ in rows]
+    title, legend = legend_and_title(throughput_figure(config, rows, results))
+    assert title == "Training throughput: Phi-3.5-vision-instruct (random weights) on 8x NVIDIA H100 80GB HBM3"
+    assert legend[0] == "measured: 8x NVIDIA H100 80GB HBM3"
+    assert legend[1:] and all(label.startswith("recipe: 8x ") for label in legend[1:])
