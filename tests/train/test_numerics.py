@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from phi3v.provenance import sha256_file
 
 from .conftest import DATASET, base_run
@@ -29,6 +31,7 @@ def train_in_subprocess(isa, base, data, out, ckpt):
     return sha256_file(out / "model" / "model.safetensors"), json.loads((out / "provenance.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_instruction_sets_give_identical_weights(tiny_base, tiny_data, tmp_path):
     wide, wide_provenance = train_in_subprocess(WIDE_ISA, tiny_base, tiny_data, tmp_path / "wide", tmp_path / "c1")
     avx2, _ = train_in_subprocess(AVX2_ISA, tiny_base, tiny_data, tmp_path / "avx2", tmp_path / "c2")
