@@ -20,6 +20,7 @@ import jsonschema
 import yaml
 
 from phi3v.errors import UserError
+from phi3v.workflow.preflight import yaml_error_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
@@ -72,7 +73,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML: {error}") from None
+        raise UserError(yaml_error_message(path, error)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
