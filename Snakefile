@@ -2,7 +2,13 @@
 # The configuration is a preset (presets/) plus overrides (config.yaml, --config); see README.md.
 from snakemake.utils import min_version
 
+from phi3v.workflow import preflight
+
 min_version("9.0")
+
+
+# Snakemake's own message for a YAML syntax error in the config file has no line or column.
+preflight.check_yaml_syntax("config.yaml")
 
 
 configfile: "config.yaml"

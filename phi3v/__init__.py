@@ -5,7 +5,12 @@ Importing the package registers model type `phi3_v` with transformers' Auto clas
 (or hub id) in the release's layout with the code here, never with the release's remote code.
 """
 
+from phi3v import numerics
+
 __version__ = "0.1.0"
+
+# Before any kernel runs: the same CPU numbers on every x86-64 machine (see phi3v/numerics.py).
+numerics.pin()
 
 
 def _register_with_auto_classes() -> None:

@@ -104,6 +104,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             probe.verify()  # catches corrupt headers and checksums without decoding pixels
         image = Image.open(path)
         image.load()  # decodes pixels: catches truncated files
+    except Image.DecompressionBombError as error:  # not an OSError: PIL refuses it before decoding
+        raise UserError(f"image {path} is too large to decode safely ({error}): downscale it "
+                        "(the model sees at most 16 crops of 336 px) or remove it.") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise UserError(f"image {path} cannot be read ({error}): replace or remove the file.") from error
     return to_rgb(image, str(path))

@@ -10,6 +10,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from phi3v import numerics
+
 PACKAGES = ("phi3v", "torch", "transformers", "tokenizers", "accelerate", "peft", "datasets",
             "safetensors", "huggingface-hub", "bitsandbytes", "deepspeed", "flash-attn", "pillow",
             "av", "snakemake")
@@ -74,7 +76,8 @@ def hardware() -> dict:
     import torch
 
     info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(), "cpu_model": numerics.cpu_model(),
+            "cpu_count": os.cpu_count(),
             "cuda": torch.version.cuda, "gpus": []}
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
@@ -106,6 +109,7 @@ def collect(run: dict, *, model_dir: str | os.PathLike, data_dir: str | os.PathL
         "model": model_source(model_dir),
         "dataset": {"path": str(data_dir), "files": dataset_hashes(data_dir)} if data_dir else None,
         "hardware": hardware(),
+        "numerics": numerics.settings(),
         "seed": seed if seed is not None else run.get("seed"),
         "run": dict(run),
     }

@@ -1,11 +1,12 @@
 # Config resolution and the small input functions every rules file uses.
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 
 from phi3v import launch
 from phi3v.layout import ResultsLayout, report_inputs
-from phi3v.workflow import resources
+from phi3v.workflow import preflight, resources
 from phi3v.workflow import config as settings
 from phi3v.errors import UserError
 
@@ -44,6 +45,7 @@ def machine_gpus():
 
 try:
     config.update(settings.resolve_config(config, workflow.basedir))
+    preflight.check_custom_dataset_paths(config)
     resources.check_cluster(
         config, slurm=runs_on_slurm(), partition=default_resource("slurm_partition"), machine_gpus=machine_gpus(),
         rule_partitions=rule_partitions(),
@@ -51,6 +53,10 @@ try:
 except UserError as error:
     # Reported before any job runs, without a traceback: the message names the key and the fix.
     raise WorkflowError(str(error)) from None
+
+if workflow.is_main_process:
+    for line in preflight.skipped_lines(config):
+        print(line, file=sys.stderr)
 
 if machine_gpus() is not None:
     # Local jobs inherit this process's environment: their GPU claims share `--resources gpu=N`.

@@ -5,7 +5,9 @@ if config["model"]["source"] == "demo":
     rule build_demo_model:
         input:
             corpus=layout.pretrain_corpus,
-            datasets=[layout.data(dataset) for dataset in settings.used_datasets(config)],
+            # Every defined dataset, not only the selected ones: the tokenizer's vocabulary, and so
+            # every run's weights, must not depend on `runs_filter`.
+            datasets=[layout.data(dataset) for dataset in sorted(config["datasets"])],
         output:
             directory(layout.base_model),
         log:

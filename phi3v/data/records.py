@@ -4,7 +4,7 @@
      "conversations": [{"images": [path relative to images/], "user": str, "assistant": str}, ...],
      "answers": [str, ...]}            # optional: every gold answer of the first turn
 
-`read_records` stops at the first bad line; `validate_dataset` checks every line of every split
+`read_records` stops at the first bad line (a repeated id included); `validate_dataset` checks every line of every split
 (structure, image files, image tags, duplicate ids) and reports all problems at once.
 """
 
@@ -210,8 +210,14 @@ def record_problems(obj: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def parse_line(text: str) -> tuple[Any, list[tuple[str, str]]]:
-    """Parse one jsonl line; return the object and its structural problems."""
+def parse_line(text: str | bytes) -> tuple[Any, list[tuple[str, str]]]:
+    """Parse one jsonl line (text, or bytes to decode as UTF-8); return the object and its structural problems."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, [(f"not UTF-8 text (byte {e.object[e.start]:#04x} at byte {e.start + 1} of the line: {e.reason})",
+                           "save the file as UTF-8")]
     if not text.strip():
         return None, [("empty line", "remove blank lines; every line must hold one record")]
     try:
@@ -221,10 +227,12 @@ def parse_line(text: str) -> tuple[Any, list[tuple[str, str]]]:
     return obj, record_problems(obj)
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            yield number, text
+def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Raw lines, each decoded on its own by `parse_line`: a byte that is not UTF-8 is reported on
+    its own line, and the lines after it are still checked."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            yield number, line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,15 +245,21 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     if not path.is_file():
         raise UserError(f"{path}: file not found — check the dataset folder and name")
     records = []
-    try:
-        for number, text in _numbered_lines(path):
-            obj, problems = parse_line(text)
-            if problems:
-                raise UserError(str(Problem(str(path), number, *problems[0])))
-            records.append(Record.from_dict(obj))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason}) — save the file as UTF-8") from None
+    first_seen: dict[str, str] = {}  # id -> "file:line"
+    for number, text in _numbered_lines(path):
+        obj, problems = parse_line(text)
+        if not problems and obj["id"] in first_seen:
+            problems = [_duplicate_id(obj["id"], first_seen)]
+        if problems:
+            raise UserError(str(Problem(str(path), number, *problems[0])))
+        first_seen[obj["id"]] = f"{path}:{number}"
+        records.append(Record.from_dict(obj))
     return records
+
+
+def _duplicate_id(record_id: str, first_seen: dict[str, str]) -> tuple[str, str]:
+    return (f"duplicate id {record_id!r} (first used at {first_seen[record_id]})",
+            "give every record of every split its own id")
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Record | dict]) -> int:
@@ -329,21 +343,18 @@ def validate_dataset(
 def _validate_split(path: Path, checker: _ImageChecker | None, first_seen: dict[str, str]) -> list[Problem]:
     problems = []
     lines = 0
-    try:
-        for number, text in _numbered_lines(path):
-            lines += 1
-            obj, line_problems = parse_line(text)
-            if obj is not None and not line_problems and checker is not None:
-                line_problems = checker.problems(obj)
-            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                where = f"{path}:{number}"
-                if obj["id"] in first_seen:
-                    line_problems.append((f"duplicate id {obj['id']!r} (first used at {first_seen[obj['id']]})", "give every record of every split its own id"))
-                else:
-                    first_seen[obj["id"]] = where
-            problems += [Problem(str(path), number, *p) for p in line_problems]
-    except UnicodeDecodeError as e:
-        problems.append(Problem(str(path), lines + 1, f"not UTF-8 text ({e.reason})", "save the file as UTF-8"))
+    for number, text in _numbered_lines(path):
+        lines += 1
+        obj, line_problems = parse_line(text)
+        if obj is not None and not line_problems and checker is not None:
+            line_problems = checker.problems(obj)
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            where = f"{path}:{number}"
+            if obj["id"] in first_seen:
+                line_problems.append(_duplicate_id(obj["id"], first_seen))
+            else:
+                first_seen[obj["id"]] = where
+        problems += [Problem(str(path), number, *p) for p in line_problems]
     if lines == 0:
         problems.append(Problem(str(path), None, "file is empty", "write at least one record"))
     return problems

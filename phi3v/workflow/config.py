@@ -22,6 +22,7 @@ from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN
 from phi3v.training.run_config import RunConfig
 from phi3v.workflow import matrix
+from phi3v.workflow.preflight import yaml_error_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
@@ -42,7 +43,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML: {error}") from None
+        raise UserError(yaml_error_message(path, error)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

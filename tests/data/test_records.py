@@ -42,6 +42,34 @@ def test_read_records_stops_at_first_bad_line(tmp_path):
         read_records(path)
 
 
+def test_read_records_refuses_a_repeated_id_naming_both_lines(tmp_path):
+    path = write_lines(tmp_path / "x.jsonl", [record("r-0", []), record("r-1", []), record("r-0", [])])
+    with pytest.raises(UserError, match=rf"x\.jsonl:3: duplicate id 'r-0' \(first used at .*x\.jsonl:1\) — "):
+        read_records(path)
+
+
+def write_with_latin1_byte(path: Path, lines: list, bad_line: int) -> Path:
+    """The lines, with a Latin-1 'é' (0xe9, not UTF-8) in the assistant text of line `bad_line`."""
+    write_lines(path, lines)
+    text = path.read_bytes().split(b"\n")
+    text[bad_line - 1] = text[bad_line - 1].replace(b"A cat.", b"A caf\xe9.")
+    path.write_bytes(b"\n".join(text))
+    return path
+
+
+def test_non_utf8_byte_is_reported_on_its_line_and_later_lines_are_checked(tmp_path):
+    lines = [record(f"r-{i}", []) for i in range(30)]
+    lines[27]["conversations"][0]["assistant"] = ""  # a problem after the bad byte
+    path = write_with_latin1_byte(tmp_path / "bad_train.jsonl", lines, bad_line=25)
+    with pytest.raises(UserError, match=r"bad_train\.jsonl:25: not UTF-8 text \(byte 0xe9 at byte \d+ of the line"):
+        read_records(path)
+    write_lines(tmp_path / "bad_val.jsonl", [record("v-0", [])])
+    messages = [str(p) for p in validate_dataset(tmp_path, "bad", check_images=False)]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith(f"{path}:25: not UTF-8 text")
+    assert messages[1].startswith(f"{path}:28: conversations[0]: 'assistant' text is empty")
+
+
 def test_read_records_missing_file(tmp_path):
     with pytest.raises(UserError, match="file not found"):
         read_records(tmp_path / "nope.jsonl")

@@ -1,0 +1,90 @@
+"""CPU numerics pinned to one instruction set and thread count, so a CPU run gives the same bits on
+every x86-64 machine with AVX2.
+
+The kernels of ATen, oneDNN and MKL pick the widest instruction set the CPU has (AVX2, AVX-512,
+AMX) and split sums over the threads; each choice rounds differently, so the same seed gave other
+demo scores on another machine. Measured on a tiny training (AVX-512 machine, 12 steps), each of
+these alone changes the weights: ATen's capability (avx2 vs AVX512), oneDNN's ISA cap (AVX2 vs
+AVX512_CORE), MKL's code path (`MKL_ENABLE_INSTRUCTIONS=AVX2`) and the thread count (1 vs 2).
+Pinned, the first three no longer matter; the thread count is part of the pin. Runs on one
+machine are already bit-identical run to run, so `torch.use_deterministic_algorithms` adds nothing
+on the CPU and is not set.
+
+All of these are read by the libraries when their first kernel runs (not at `import torch`,
+except OpenMP's thread count, which `pin` also sets through torch), so `phi3v/__init__.py` calls
+`pin()`: every entry point (`python -m phi3v...`, the workflow's scripts, torchrun's processes)
+imports the package before it computes anything. `PHI3V_NUMERICS=native` keeps the machine's own
+kernels (faster on AVX-512/AMX machines, but its numbers are its own).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import MutableMapping
+
+MODE_VARIABLE = "PHI3V_NUMERICS"
+NATIVE = "native"
+PINNED = "pinned"
+THREADS_VARIABLE = "OMP_NUM_THREADS"
+# The oldest instruction set the README supports (x86-64 since 2013/2015); wider ones are capped.
+PINNED_ENVIRONMENT = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # ATen's own vectorised kernels (reductions, softmax, norms, bf16 gemm)
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (mkldnn) matmuls and convolutions
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: one code path for fp32 gemm
+    # An explicit MKL_ENABLE_INSTRUCTIONS=AVX512 wins over MKL_CBWR (measured), so it is capped too.
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+# The demo's jobs run one thread each (presets/demo.yaml); a direct run matches them unless told otherwise.
+DEFAULT_THREADS = 1
+
+
+def mode(env: MutableMapping[str, str] = os.environ) -> str:
+    return NATIVE if env.get(MODE_VARIABLE, PINNED).strip().lower() == NATIVE else PINNED
+
+
+def pin(env: MutableMapping[str, str] = os.environ) -> None:
+    """Cap the CPU kernels at AVX2 and fix the thread count (`OMP_NUM_THREADS`, default 1), unless
+    `PHI3V_NUMERICS=native`. Overrides any ISA setting already in `env`: that is what makes two
+    machines agree."""
+    if mode(env) == NATIVE:
+        return
+    env.update(PINNED_ENVIRONMENT)
+    env.setdefault(THREADS_VARIABLE, str(DEFAULT_THREADS))
+    # OpenMP read its thread count when torch was loaded; a torch imported before us is told again.
+    if env is os.environ and "torch" in sys.modules:
+        set_threads(int(env[THREADS_VARIABLE]))
+
+
+def set_threads(threads: int) -> None:
+    """The intra-op thread count (a job's `threads`): part of the numerics, since sums are split by it."""
+    os.environ[THREADS_VARIABLE] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def settings() -> dict:
+    """What decided this process's CPU numerics, for provenance."""
+    import torch
+
+    return {
+        "mode": mode(),
+        **{name: os.environ.get(name) for name in (*PINNED_ENVIRONMENT, THREADS_VARIABLE)},
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+    }
+
+
+def cpu_model() -> str | None:
+    """The CPU's marketing name (`model name` in /proc/cpuinfo), else the platform's processor string."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or None
