@@ -10,7 +10,7 @@ A run resumes only from a checkpoint with its own fingerprint. Checkpoints of an
 config, base model, data or code under the same run name) are moved aside to `<checkpoint_dir>.stale`,
 replacing an older set there: a rename is instant even for a full model's optimiser state, a
 mistaken change can still be undone by moving them back, and at most one stale set takes disk space.
-No torch at import: the workflow's train script tells the console what a run will do before it starts.
+The workflow's train script shows `ResumePlan.message` on the console before it starts a run.
 """
 
 from __future__ import annotations

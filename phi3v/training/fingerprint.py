@@ -15,8 +15,6 @@ training data, training code, numerical packages and process count. Each part is
 - code: sha256 of the modules that compute the model, the data and the training loop.
 - packages: versions of the libraries whose kernels compute it; processes: the world size, which sets
   how micro-batches are grouped and how many RNG states a checkpoint holds.
-
-No torch at import: the workflow's train script checks a run's checkpoints before starting it.
 """
 
 from __future__ import annotations
@@ -98,14 +96,14 @@ def code_digests() -> dict:
 def differences(recorded: dict, current: dict) -> list[str]:
     """What changed between two fingerprints, one short phrase each (`learning_rate 0.003 -> 0.001`)."""
     changes = []
-    for section in sorted(set(recorded) | set(current)):
+    for section in dict.fromkeys([*current, *recorded]):  # the run config first: the likeliest change
         old, new = recorded.get(section), current.get(section)
         if old == new:
             continue
         if not (isinstance(old, dict) and isinstance(new, dict)):
             changes.append(f"{section} {old} -> {new}")
             continue
-        for key in sorted(set(old) | set(new)):
+        for key in dict.fromkeys([*new, *old]):
             if old.get(key) == new.get(key):
                 continue
             if section in ("run", "packages"):  # short values: show them

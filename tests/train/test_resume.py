@@ -1,20 +1,26 @@
-"""A run killed (SIGKILL) after a checkpoint resumes and ends exactly where an uninterrupted run ends."""
+"""A run killed (SIGKILL) after a checkpoint resumes and ends exactly where an uninterrupted run ends;
+a run never resumes another run's checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from unittest.mock import ANY
 
 import torch
 from safetensors.torch import load_file
 
 from phi3v.training.train import train
-from phi3v.training.checkpoint import complete_checkpoints, latest_checkpoint
+from phi3v.training.checkpoint import (FINGERPRINT, TRAINER_STATE, ResumePlan, complete_checkpoints,
+                                       latest_checkpoint)
+from phi3v.training.fingerprint import differences, model_digests, run_fingerprint
 
 from .conftest import DATASET, base_run
 
@@ -87,3 +93,77 @@ def test_resume_with_dropout_is_exact(tiny_base, tiny_data, tmp_path):
     assert [e["loss"] for e in read_log(tmp_path / "out")] == [e["loss"] for e in read_log(tmp_path / "straight")]
     assert_same_weights(tmp_path / "out", tmp_path / "straight", "adapter/adapter_model.safetensors")
     assert_same_weights(tmp_path / "out", tmp_path / "straight")
+
+
+def test_another_runs_checkpoints_are_set_aside(tiny_base, tiny_data, tmp_path, capsys):
+    # the workflow reruns a job whose learning rate changed: its old checkpoints must not be resumed
+    old = base_run(strategy="frozen_vision", max_steps=3, checkpoint_every=2)
+    new = dataclasses.replace(old, learning_rate=1e-3)
+    ckpt = tmp_path / "ckpt"
+    run_train(old, tiny_base, tiny_data, tmp_path / "old", ckpt)
+    assert latest_checkpoint(ckpt).name == "step-2"  # left behind: the last step writes no checkpoint
+    capsys.readouterr()
+
+    run_train(new, tiny_base, tiny_data, tmp_path / "out", ckpt)
+    console = capsys.readouterr().out
+    assert f"not resuming the checkpoints in {ckpt}" in console and "learning_rate 0.003 -> 0.001" in console
+    assert f"moving them to {ckpt}.stale and training from step 0" in console
+    assert "resuming from" not in console
+    assert [step for step, _ in complete_checkpoints(f"{ckpt}.stale")] == [2]
+    fresh = run_train(new, tiny_base, tiny_data, tmp_path / "fresh", tmp_path / "fresh_ckpt")
+    assert read_log(tmp_path / "out") == [{**e, **{k: ANY for k in ("img_per_s", "step_s")}}
+                                          for e in read_log(tmp_path / "fresh")]
+    assert_same_weights(tmp_path / "out", tmp_path / "fresh")
+
+    # the same run again finds its own checkpoint and resumes it
+    run_train(new, tiny_base, tiny_data, tmp_path / "again", ckpt)
+    assert "resuming from step 2" in capsys.readouterr().out
+    assert_same_weights(tmp_path / "again", tmp_path / "fresh")
+    assert fresh["final_loss"] == read_log(tmp_path / "again")[-1]["loss"]
+
+
+def fake_checkpoint(folder, step: int, fingerprint: dict | None):
+    (folder / f"step-{step}").mkdir(parents=True)
+    if fingerprint is not None:
+        (folder / f"step-{step}" / FINGERPRINT).write_text(json.dumps(fingerprint))
+    (folder / f"step-{step}" / TRAINER_STATE).write_text(json.dumps({"step": step, "log": []}))
+
+
+def test_resume_plan(tiny_base, tiny_data, tmp_path):
+    def fingerprint(**overrides):
+        return run_fingerprint(base_run(**overrides), base_model=tiny_base, processes=1,
+                               train_jsonl=tiny_data / f"{DATASET}_train.jsonl")
+
+    current = fingerprint(checkpoint_every=2)
+    assert fingerprint(checkpoint_every=5) == current  # when checkpoints are taken does not matter
+    assert ResumePlan.of(tmp_path / "none", current).message("r") is None
+
+    fake_checkpoint(tmp_path / "own", 4, current)
+    plan = ResumePlan.of(tmp_path / "own", current)
+    assert plan.step == 4 and plan.message("r") == f"run 'r': resuming from step 4 (checkpoint {tmp_path}/own/step-4)"
+
+    fake_checkpoint(tmp_path / "old", 4, None)  # written before checkpoints recorded a fingerprint
+    (tmp_path / "old.stale").mkdir()  # an older stale set: replaced
+    plan = ResumePlan.of(tmp_path / "old", current)
+    assert "(it records no fingerprint)" in plan.message("r")
+    plan.set_stale_aside()
+    assert not (tmp_path / "old").exists() and latest_checkpoint(tmp_path / "old.stale").name == "step-4"
+
+    other = fingerprint(seed=1, max_steps=5)
+    other["processes"] = 2
+    message = ResumePlan.of(tmp_path / "own", other).message("r")
+    assert "(max_steps 12 -> 5; seed 0 -> 1; processes 1 -> 2)" in message
+
+
+def test_base_model_fingerprint_sees_other_weights_of_the_same_shape(tiny_base, tmp_path):
+    """Same architecture, sizes and header, one tensor's values differ: the fingerprint differs."""
+    copy = tmp_path / "base"
+    shutil.copytree(tiny_base, copy)
+    assert model_digests(copy) == model_digests(tiny_base)
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    header_size = int.from_bytes(weights[:8], "little")
+    name, entry = next(item for item in json.loads(weights[8:8 + header_size]).items() if item[0] != "__metadata__")
+    weights[8 + header_size + entry["data_offsets"][1] - 2] ^= 0xFF  # one byte of one tensor's values
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    assert differences({"base_model": model_digests(tiny_base)}, {"base_model": model_digests(copy)}) == [
+        "base model model.safetensors changed"]
