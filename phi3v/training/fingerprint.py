@@ -11,7 +11,7 @@ training data, training code, numerical packages and process count. Each part is
   tensor, so its sampled bytes. Only a hand edit inside a tensor would go unseen, and no step of
   the workflow edits a base model in place. This reads a few MiB instead of the whole 8 GB model.
 - training data: the train jsonl's sha256 (it names every image and answer), and the name and size
-  of every image file, which change when a rebuild writes other pixels.
+  of every image file, which almost always change when a rebuild writes other pixels.
 - code: sha256 of the modules that compute the model, the data and the training loop.
 - packages: versions of the libraries whose kernels compute it; processes: the world size, which sets
   how micro-batches are grouped and how many RNG states a checkpoint holds.
