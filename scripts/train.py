@@ -1,5 +1,6 @@
 """One training run: `python -m phi3v.training.train` under the launcher (torchrun for several processes)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -33,7 +34,27 @@ def remove_adapter():
     shutil.rmtree(Path(snakemake.params.out_dir) / ADAPTER, ignore_errors=True)
 
 
+def announce_resume():
+    """Say on the console, not only in the log, whether the run resumes or sets old checkpoints aside."""
+    from phi3v.data.records import split_path
+    from phi3v.training.checkpoint import ResumePlan
+    from phi3v.training.fingerprint import run_fingerprint
+    from phi3v.training.run_config import RunConfig
+
+    train_jsonl = split_path(snakemake.input.data, snakemake.wildcards.dataset, "train")
+    if not train_jsonl.is_file():
+        return  # training itself says what is missing
+    run = RunConfig.from_dict(json.loads(snakemake.params.run_json))
+    nodes, processes_per_node, _ = snakemake.params.processes
+    fingerprint = run_fingerprint(run, base_model=snakemake.input.base_model, train_jsonl=train_jsonl,
+                                  processes=nodes * processes_per_node)
+    message = ResumePlan.of(snakemake.params.checkpoint_dir, fingerprint).message(run.run)
+    if message:  # the training process acts on the same plan and logs the same line
+        print(message, file=sys.__stderr__, flush=True)
+
+
 def train():
+    announce_resume()
     command = train_command()
     remove_adapter()
     print("$ " + subprocess.list2cmdline(command), flush=True)

@@ -1,9 +1,16 @@
 """Resumable checkpoints: `checkpoint_dir/step-<N>/`, complete or absent, the newest two kept.
 
 A checkpoint is Accelerate's `save_state` folder (model or adapter tensors, optimiser, scheduler,
-grad scaler, every process's RNG states; DeepSpeed's own files under ZeRO) plus `trainer_state.json`
-(step, log lines so far). It is written under a temporary name and renamed when complete, so a
-process killed mid-save leaves nothing that looks resumable.
+grad scaler, every process's RNG states; DeepSpeed's own files under ZeRO) plus `fingerprint.json`
+(what determines the run's trajectory, see `fingerprint`) and `trainer_state.json` (step, log lines
+so far). It is written under a temporary name and renamed when complete, so a process killed
+mid-save leaves nothing that looks resumable.
+
+A run resumes only from a checkpoint with its own fingerprint. Checkpoints of another run (another
+config, base model, data or code under the same run name) are moved aside to `<checkpoint_dir>.stale`,
+replacing an older set there: a rename is instant even for a full model's optimiser state, a
+mistaken change can still be undone by moving them back, and at most one stale set takes disk space.
+The workflow's train script shows `ResumePlan.message` on the console before it starts a run.
 """
 
 from __future__ import annotations
@@ -11,10 +18,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+from .fingerprint import differences
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+FINGERPRINT = "fingerprint.json"
+STALE_SUFFIX = ".stale"
 
 
 def complete_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
@@ -51,7 +63,7 @@ def keep_only_trainable_tensors(accelerator) -> None:
 
 
 def save_checkpoint(accelerator, checkpoint_dir: str | Path, step: int, trainer_state: dict,
-                    keep: int = 2) -> Path:
+                    fingerprint: dict, keep: int = 2) -> Path:
     """Write `step-<step>/` atomically (tmp name, then rename) and prune to the newest `keep`."""
     checkpoint_dir = Path(checkpoint_dir)
     final = checkpoint_dir / f"step-{step}"
@@ -63,7 +75,8 @@ def save_checkpoint(accelerator, checkpoint_dir: str | Path, step: int, trainer_
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state))
+        (tmp / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state))  # last: marks the folder complete
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for _, old in complete_checkpoints(checkpoint_dir)[:-keep]:
@@ -80,3 +93,59 @@ def load_checkpoint(accelerator, folder: Path) -> dict:
     strict = {} if accelerator.distributed_type == DistributedType.DEEPSPEED else {"strict": False}
     accelerator.load_state(str(folder), **strict)
     return json.loads((folder / TRAINER_STATE).read_text())
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """What a run does with its checkpoint folder: resume from `checkpoint`, or set `stale` aside."""
+
+    checkpoint_dir: Path
+    checkpoint: Path | None = None  # the newest complete checkpoint, written by this very run
+    stale: list[str] | None = None  # why the checkpoints there belong to another run
+
+    @classmethod
+    def of(cls, checkpoint_dir: str | Path, fingerprint: dict) -> "ResumePlan":
+        checkpoint_dir = Path(checkpoint_dir)
+        newest = latest_checkpoint(checkpoint_dir)
+        if newest is None:
+            return cls(checkpoint_dir)
+        recorded = newest / FINGERPRINT
+        if not recorded.is_file():
+            return cls(checkpoint_dir, stale=["it records no fingerprint"])
+        changes = differences(json.loads(recorded.read_text()), fingerprint)
+        return cls(checkpoint_dir, stale=changes) if changes else cls(checkpoint_dir, checkpoint=newest)
+
+    @property
+    def stale_dir(self) -> Path:
+        return self.checkpoint_dir.with_name(self.checkpoint_dir.name + STALE_SUFFIX)
+
+    @property
+    def step(self) -> int:
+        return int(STEP_DIR.match(self.checkpoint.name).group(1)) if self.checkpoint else 0
+
+    def message(self, run_name: str) -> str | None:
+        """The one console line that says what happens to the checkpoints (None: there are none)."""
+        if self.checkpoint:
+            return f"run {run_name!r}: resuming from step {self.step} (checkpoint {self.checkpoint})"
+        if self.stale:
+            shown = "; ".join(self.stale[:3]) + (f"; {len(self.stale) - 3} more" if len(self.stale) > 3 else "")
+            return (f"run {run_name!r}: not resuming the checkpoints in {self.checkpoint_dir}, another run "
+                    f"wrote them ({shown}); moving them to {self.stale_dir} and training from step 0")
+        return None
+
+    def set_stale_aside(self) -> None:
+        """Move another run's checkpoints to `stale_dir` (replacing an older set), so none is resumed."""
+        if self.stale:
+            shutil.rmtree(self.stale_dir, ignore_errors=True)
+            self.checkpoint_dir.rename(self.stale_dir)
+
+
+def resume_point(accelerator, checkpoint_dir: str | Path, fingerprint: dict, run_name: str) -> Path | None:
+    """The checkpoint this run resumes from, if it wrote one; another run's are set aside first."""
+    if accelerator.is_main_process:
+        plan = ResumePlan.of(checkpoint_dir, fingerprint)
+        plan.set_stale_aside()
+        if plan.message(run_name):
+            print(plan.message(run_name), flush=True)
+    accelerator.wait_for_everyone()
+    return latest_checkpoint(checkpoint_dir)

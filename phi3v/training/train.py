@@ -34,8 +34,8 @@ from phi3v.errors import UserError, entry_point
 from phi3v.layout import ADAPTER, METRICS, MODEL, PROVENANCE, TRAIN_LOG
 from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
 from phi3v.processing_phi3v import IGNORE_INDEX
-from .checkpoint import (keep_only_trainable_tensors, latest_checkpoint, load_checkpoint,
-                                  save_checkpoint)
+from .checkpoint import keep_only_trainable_tensors, load_checkpoint, resume_point, save_checkpoint
+from .fingerprint import run_fingerprint
 from .run_config import RunConfig
 from .strategy import build_model, check_run, deepspeed_config, parameter_counts
 
@@ -103,8 +103,10 @@ def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation
                                       rank=rank, world_size=world_size)]
     collate = collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
     workers = min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+    # Its own generator: starting the iterator (workers' seeds) must not draw from the global RNG,
+    # which a resumed run has just restored for dropout. The data itself draws nothing at random.
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(run.seed))
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
@@ -168,6 +170,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run.num_crops,
                                   run.max_train_samples)
     steps_per_epoch, total_steps = step_plan(len(dataset), run)
+    fingerprint = run_fingerprint(run, base_model=base_model, train_jsonl=train_jsonl, processes=world_size)
 
     model = build_model(run, str(base_model))
     trainable_params, total_params = parameter_counts(model)
@@ -185,11 +188,10 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     keep_only_trainable_tensors(accelerator)
 
     start_step, log = 0, []
-    resume_from = latest_checkpoint(checkpoint_dir)
+    resume_from = resume_point(accelerator, checkpoint_dir, fingerprint, run.run)
     if resume_from is not None:
         trainer_state = load_checkpoint(accelerator, resume_from)
         start_step, log = trainer_state["step"], trainer_state["log"]
-        accelerator.print(f"resuming from {resume_from} (step {start_step} of {total_steps})")
 
     loader = make_loader(dataset, run, start=start_step, total=total_steps, accumulation=accumulation,
                          rank=accelerator.process_index, world_size=accelerator.num_processes,
@@ -243,7 +245,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}")
         if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < total_steps:
-            save_checkpoint(accelerator, checkpoint_dir, step + 1, {"step": step + 1, "log": log})
+            save_checkpoint(accelerator, checkpoint_dir, step + 1, {"step": step + 1, "log": log}, fingerprint)
     progress.close()
 
     metrics = {
