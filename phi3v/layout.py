@@ -23,6 +23,7 @@ ADAPTER = "adapter"
 METRICS = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 PROVENANCE = "provenance.json"
+TRACKERS = "trackers"  # experiment trackers' files in a run folder (not a Snakemake output)
 PREDICTIONS = "predictions.jsonl"
 SCORES = "scores.json"
 BASE_RUN = "base"  # the evaluation name of the model before fine-tuning

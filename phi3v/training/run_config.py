@@ -20,6 +20,7 @@ from phi3v.layout import BASE_RUN  # no training run may take the name of the mo
 PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype name
 PRECISIONS = tuple(PRECISION_DTYPES)
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate's trackers a run may report to
 
 
 class Strategy(str, enum.Enum):
@@ -101,12 +102,17 @@ class RunConfig:
     max_train_samples: int | None = None
     seed: int = 0
     deepspeed: bool = False
+    report_to: tuple[str, ...] = ()  # experiment trackers (TRACKERS); empty: none
 
     def __post_init__(self) -> None:
         for key, choices in (("strategy", STRATEGIES), ("precision", PRECISIONS), ("attention", ATTENTIONS)):
             if getattr(self, key) not in choices:
                 self._refuse(f"{key}={getattr(self, key)!r} — choose one of {', '.join(choices)}")
         object.__setattr__(self, "strategy", Strategy(self.strategy))
+        if isinstance(self.report_to, str) or not all(name in TRACKERS for name in self.report_to):
+            self._refuse(f"report_to={self.report_to!r} — give a list of trackers out of {', '.join(TRACKERS)} "
+                         "(empty: none)")
+        object.__setattr__(self, "report_to", tuple(self.report_to))
         if self.run == BASE_RUN:
             self._refuse(f"the name {BASE_RUN!r} is the model before fine-tuning — name the run otherwise")
         check_precision_attention(self.precision, self.attention, f"run {self.run!r}")
@@ -152,7 +158,7 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """Plain data in field order (the strategy as its name): JSON, Snakemake params, provenance."""
-        return {**dataclasses.asdict(self), "strategy": self.strategy.value}
+        return {**dataclasses.asdict(self), "strategy": self.strategy.value, "report_to": list(self.report_to)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
