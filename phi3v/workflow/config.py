@@ -28,6 +28,8 @@ SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
 TASKS = ("docvqa", "docvqa_full", "hateful_memes", "nlvr2", "ucf101")  # docvqa_full: the recipe's --full_train
+# The recipe's DocVQA collators draw one answer (mini set) or one Q/A pair (--full_train) per visit.
+ONE_RANDOM_TURN_TASKS = ("docvqa", "docvqa_full")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,10 +201,12 @@ def _check_datasets(config: dict) -> None:
         if dataset["source"] == "custom":
             if not dataset.get("path"):
                 raise UserError(f"{where}: source custom needs `path`, the folder with {name}_<split>.jsonl and images/")
+            dataset.setdefault("train_turns", "all")
             continue
         dataset.setdefault("task", name)
         if dataset["task"] not in TASKS:
             raise UserError(f"{where}: set `task` (which converter reads it); allowed values: {', '.join(TASKS)}")
+        dataset.setdefault("train_turns", "one_random" if dataset["task"] in ONE_RANDOM_TURN_TASKS else "all")
 
 
 def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dict:
