@@ -20,7 +20,7 @@ import yaml
 
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN
-from phi3v.training.run_config import RunConfig
+from phi3v.training.run_config import RunConfig, evaluation_precision
 from phi3v.workflow import matrix
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -295,8 +295,8 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
     if run == BASE_RUN:
         precision, attention, num_crops = evaluation["base_precision"], evaluation["base_attention"], data["num_crops"]
     else:
-        trained = run_config(config, dataset, run)
-        precision, attention, num_crops = trained.precision, trained.attention, trained.num_crops
+        trained = run_config(config, dataset, run)  # evaluated in the precision the recipe evaluates it in
+        precision, attention, num_crops = evaluation_precision(trained), trained.attention, trained.num_crops
     return {
         "split": data["eval_split"],
         "metric": data["metric"],
