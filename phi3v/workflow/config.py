@@ -195,9 +195,24 @@ def fill_defaults(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dic
     return copy.deepcopy(config)  # Snakemake inserts the schema's own default objects: unshare them
 
 
+def _resolve_dataset_model(config: dict, name: str, dataset: dict) -> None:
+    """`model` of a dataset: its own hub model, or the preset's (filled in)."""
+    preset_model = {"id": config["model"]["id"], "revision": config["model"]["revision"]}
+    own = dataset.get("model")
+    if own is None or own == preset_model:
+        dataset["model"] = preset_model
+        return
+    if config["model"]["source"] != "hub":
+        raise UserError(f"config key `datasets.{name}.model`: {own['id']!r} is a hub model but `model.source` "
+                        f"is {config['model']['source']!r} — remove `datasets.{name}.model`, or use a preset "
+                        "with `model.source: hub`")
+    own.setdefault("revision", None)
+
+
 def _check_datasets(config: dict) -> None:
     for name, dataset in config["datasets"].items():
         where = f"config key `datasets.{name}`"
+        _resolve_dataset_model(config, name, dataset)
         if dataset["source"] == "custom":
             if not dataset.get("path"):
                 raise UserError(f"{where}: source custom needs `path`, the folder with {name}_<split>.jsonl and images/")
@@ -286,6 +301,26 @@ def evaluations(config: dict) -> list[tuple[str, str]]:
 
 def datasets_by_source(config: dict, source: str) -> list[str]:
     return sorted(name for name, dataset in config["datasets"].items() if dataset["source"] == source)
+
+
+def dataset_model_key(config: dict, dataset: str) -> str | None:
+    """None when the dataset's runs start from the preset's model, else the folder name of its own
+    (`owner--name[@revision]`, under `results/base_models/`)."""
+    model = config["datasets"][dataset]["model"]
+    if model == {"id": config["model"]["id"], "revision": config["model"]["revision"]}:
+        return None
+    key = model["id"].replace("/", "--")
+    return key + (f"@{model['revision']}" if model["revision"] else "")
+
+
+def dataset_models(config: dict) -> dict[str, dict]:
+    """Model key -> hub model (`id`, `revision`) of the datasets some job reads that name their own."""
+    models = {}
+    for dataset in evaluated_datasets(config):
+        key = dataset_model_key(config, dataset)
+        if key is not None:
+            models[key] = config["datasets"][dataset]["model"]
+    return models
 
 
 def evaluation_options(config: dict, dataset: str, run: str) -> dict:
