@@ -60,6 +60,10 @@ class ResultsLayout:
     def base_model(self) -> Path:
         return self.root / "base_model"
 
+    def dataset_base_model(self, model_key: str) -> Path:
+        """A base model some dataset names (`datasets.<name>.model`) other than the preset's."""
+        return self.root / "base_models" / model_key
+
     @property
     def model_config(self) -> Path:
         """The hub model's config and tokenizer without weights (speed rows with random weights)."""

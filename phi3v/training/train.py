@@ -100,8 +100,12 @@ def micro_batches(step: int, *, num_samples: int, run: RunConfig, accumulation: 
 
 def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation: int, rank: int,
                 world_size: int, pad_token_id: int) -> DataLoader:
-    """Micro-batches of steps start..total-1 for this process, decoded ahead by worker processes."""
-    batches = [b for step in range(start, total)
+    """Micro-batches of steps start..total-1 for this process, decoded ahead by worker processes.
+
+    Samples are keyed `(index, epoch)`: a dataset that draws per visit (train_turns one_random)
+    seeds its draw with them, so the draw too is a pure function of the step."""
+    steps_per_epoch = len(dataset) // run.batch_size
+    batches = [[(index, step // steps_per_epoch) for index in b] for step in range(start, total)
                for b in micro_batches(step, num_samples=len(dataset), run=run, accumulation=accumulation,
                                       rank=rank, world_size=world_size)]
     collate = collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
@@ -170,7 +174,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     if not train_jsonl.is_file():
         raise UserError(f"{train_jsonl} does not exist — build the dataset {dataset_name!r} first")
     dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run.num_crops,
-                                  run.max_train_samples)
+                                  run.max_train_samples, train_turns=run.train_turns, seed=run.seed)
     steps_per_epoch, total_steps = step_plan(len(dataset), run)
 
     model = build_model(run, str(base_model))
