@@ -21,7 +21,8 @@ from typing import Sequence
 
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN, MODEL
-from phi3v.training.run_config import TRACKERS, RunConfig, Strategy, run_id
+from phi3v.training.run_config import TRACKERS, RunConfig, Strategy, evaluation_precision, loads_bf16, run_id
+from phi3v.workflow.config import ONE_RANDOM_TURN_TASKS
 
 DEFAULT_MODEL = "microsoft/Phi-3.5-vision-instruct"  # the scripts' default since the Phi-3.5 release
 MAX_NUM_CROPS = 16  # every script asserts num_crops <= 16
@@ -145,11 +146,12 @@ def hub_task(task: str, args: argparse.Namespace) -> str:
 def flags_to_run(task: str, args: argparse.Namespace, world_size: int = 1) -> RunConfig:
     """The scripts' flags -> one RunConfig, by the scripts' rules.
 
-    QLoRA implies LoRA; LoRA alpha = round(rank x ratio); bf16 training only with --bf16, except that
+    QLoRA implies LoRA; --freeze_vision_model freezes the vision model (and, through it, the token
+    embeddings) of a full-parameter run, and keeps LoRA off it otherwise; LoRA alpha = round(rank x ratio); bf16 training only with --bf16, except that
     nlvr2 and ucf101 force it with flash attention; flash attention or eager (never SDPA); full-parameter
     runs under DeepSpeed ZeRO-2, LoRA under DDP; per-device batch 1 unless the script has
     --batch_size_per_gpu; 50 warm-up steps, gradient clipping 1.0, gradient checkpointing, no
-    intermediate checkpoints. The scripts load weights in bf16 exactly when flash attention is on;
+    intermediate checkpoints; DocVQA trains one random Q/A pair (one random gold answer) a visit. The scripts load weights in bf16 exactly when flash attention is on;
     this project's loading rule is `phi3v.training.strategy.weights_dtype`.
     """
     script = SCRIPTS[task]
@@ -160,9 +162,6 @@ def flags_to_run(task: str, args: argparse.Namespace, world_size: int = 1) -> Ru
     if not 1 <= args.num_crops <= MAX_NUM_CROPS:
         raise UserError(f"--num_crops {args.num_crops}: the recipe allows 1 to {MAX_NUM_CROPS}")
     use_lora = args.use_lora or args.use_qlora
-    if use_lora and args.freeze_vision_model:
-        raise UserError("--freeze_vision_model with --use_lora (LoRA on the language model only) is not a run "
-                        "this project trains: its LoRA runs always adapt the vision model too — drop one of them")
     strategy = (Strategy.QLORA if args.use_qlora else Strategy.LORA if use_lora
                 else Strategy.FROZEN_VISION if args.freeze_vision_model else Strategy.FULL)
     bf16 = args.bf16 or (args.use_flash_attention and script.bf16_with_flash)
@@ -175,8 +174,9 @@ def flags_to_run(task: str, args: argparse.Namespace, world_size: int = 1) -> Ru
                         f"{world_size} process(es), as the script asserts")
     precision = "bf16" if bf16 else "fp16"
     attention = args.attention or ("flash_attention_2" if args.use_flash_attention else "eager")
+    # with LoRA, --freeze_vision_model leaves CLIP and the projector out of the adapter's targets
     lora = {"lora_rank": args.lora_rank, "lora_alpha": round(args.lora_rank * args.lora_alpha_ratio),
-            "lora_dropout": args.lora_dropout} if use_lora else {}
+            "lora_dropout": args.lora_dropout, "lora_on_vision": not args.freeze_vision_model} if use_lora else {}
     return RunConfig(
         dataset=dataset_key(task, args), run=run_id(strategy.value, precision, attention), strategy=strategy,
         precision=precision, attention=attention, learning_rate=args.learning_rate, epochs=args.num_train_epochs,
@@ -184,7 +184,8 @@ def flags_to_run(task: str, args: argparse.Namespace, world_size: int = 1) -> Ru
         weight_decay=args.wd, warmup_steps=50, max_grad_norm=1.0, gradient_checkpointing=True,
         checkpoint_every=None, max_steps=args.max_steps, max_train_samples=args.max_train_samples,
         seed=HF_TRAINER_SEED, deepspeed=not strategy.is_lora and not args.no_deepspeed,
-        report_to=tuple(args.report_to), **lora)
+        train_turns="one_random" if hub_task(task, args) in ONE_RANDOM_TURN_TASKS else "all",
+        freeze_token_embeddings=True, report_to=tuple(args.report_to), **lora)
 
 
 # ---- the workflow's view -------------------------------------------------------------------------
@@ -196,7 +197,9 @@ def dataset_entry(task: str, args: argparse.Namespace) -> dict:
     if args.data_dir:
         return {"source": "custom", "path": str(Path(args.data_dir).resolve()), **entry}
     convert = {"eval_size": args.eval_size} if script.cauldron else {}
-    return {"source": "hub", "task": hub_task(task, args), **entry, **({"convert": convert} if convert else {})}
+    model = {} if args.model_name_or_path == DEFAULT_MODEL else {"model": {"id": args.model_name_or_path}}
+    return {"source": "hub", "task": hub_task(task, args), **entry, **({"convert": convert} if convert else {}),
+            **model}
 
 
 def workflow_config(task: str, args: argparse.Namespace, run: RunConfig, world_size: int) -> dict:
@@ -279,21 +282,23 @@ def run_recipe(task: str, args: argparse.Namespace) -> dict:
     script = SCRIPTS[task]
     eval_batch = args.batch_size_per_gpu if script.batch_size_per_gpu else 1  # the scripts' eval batch
 
-    def evaluate_model(model_dir: Path, run_name: str, folder: str) -> dict:
+    def evaluate_model(model_dir: Path, run_name: str, folder: str, precision: str) -> dict:
         return evaluate(model_dir=model_dir, data_dir=data_dir, dataset_name=run.dataset, split=script.eval_split,
                         metric=script.metric, out_dir=output_dir / folder, run_name=run_name,
-                        num_crops=run.num_crops, precision=run.precision, attention=run.attention,
+                        num_crops=run.num_crops, precision=precision, attention=run.attention,
                         batch_size=eval_batch, max_new_tokens=MAX_NEW_TOKENS, max_samples=args.max_eval_samples)
 
     scores = {}
     if not args.skip_eval:
-        scores["before"] = evaluate_model(base_model, BASE_RUN, "eval_before")
+        # the model as the script loads it: bf16 with flash attention, else fp32
+        as_loaded = "bf16" if loads_bf16(run.attention) else "fp32"
+        scores["before"] = evaluate_model(base_model, BASE_RUN, "eval_before", as_loaded)
         if state.is_main_process:
             print(report_score(task, scores["before"], "before"))
     train(run, base_model=base_model, data_dir=data_dir, dataset_name=run.dataset, out_dir=output_dir,
           checkpoint_dir=output_dir / "checkpoints")
     if not args.skip_eval:
-        scores["after"] = evaluate_model(output_dir / MODEL, run.run, "eval_after")
+        scores["after"] = evaluate_model(output_dir / MODEL, run.run, "eval_after", evaluation_precision(run))
         if state.is_main_process:
             print(report_score(task, scores["after"], "after"))
     return scores
