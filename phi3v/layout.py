@@ -23,6 +23,7 @@ ADAPTER = "adapter"
 METRICS = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 PROVENANCE = "provenance.json"
+TRACKERS = "trackers"  # experiment trackers' files in a run folder (not a Snakemake output)
 PREDICTIONS = "predictions.jsonl"
 SCORES = "scores.json"
 BASE_RUN = "base"  # the evaluation name of the model before fine-tuning
@@ -58,6 +59,10 @@ class ResultsLayout:
     @property
     def base_model(self) -> Path:
         return self.root / "base_model"
+
+    def dataset_base_model(self, model_key: str) -> Path:
+        """A base model some dataset names (`datasets.<name>.model`) other than the preset's."""
+        return self.root / "base_models" / model_key
 
     @property
     def model_config(self) -> Path:

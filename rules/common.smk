@@ -66,6 +66,7 @@ wildcard_constraints:
     dataset=settings.wildcard_pattern(config["datasets"]),
     run=settings.wildcard_pattern([settings.BASE_RUN] + [run["run"] for run in config["runs"]]),
     row=settings.wildcard_pattern(row["row"] for row in config["speed"]["rows"]),
+    model_key=settings.wildcard_pattern(settings.dataset_models(config)),
 
 # Every path under the results folder (phi3v/layout.py).
 layout = ResultsLayout(config["results_dir"])
@@ -91,10 +92,15 @@ def gpus_per_job():
 def dataset_dir(wildcards):
     return layout.data(wildcards.dataset)
 
+def base_model_of(wildcards):
+    """The model a dataset's runs start from: the preset's, or the dataset's own `model`."""
+    key = settings.dataset_model_key(config, wildcards.dataset)
+    return layout.base_model if key is None else layout.dataset_base_model(key)
+
 def model_to_evaluate(wildcards):
     """The base model for `base`, else the run's fine-tuned (or merged LoRA) model."""
     if wildcards.run == settings.BASE_RUN:
-        return layout.base_model
+        return base_model_of(wildcards)
     return layout.model(wildcards.dataset, wildcards.run)
 
 def run_json(wildcards):

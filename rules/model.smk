@@ -66,3 +66,24 @@ else:
             "../envs/data.yaml"
         script:
             "../scripts/download_model.py"
+
+
+    # A dataset's own base model (`datasets.<name>.model`), e.g. the Phi-3-vision the recipe measured
+    # its DocVQA and Hateful Memes tables with.
+    rule download_dataset_model:
+        output:
+            directory(layout.dataset_base_model("{model_key}")),
+        log:
+            layout.log("download_dataset_model", "{model_key}"),
+        params:
+            repo_id=lambda wildcards: settings.dataset_models(config)[wildcards.model_key]["id"],
+            revision=lambda wildcards: settings.dataset_models(config)[wildcards.model_key]["revision"],
+            cache_dir=config["model"]["cache_dir"],
+            weights=True,
+        threads: resources_of("model")["threads"]
+        resources:
+            **job_resources("model"),
+        conda:
+            "../envs/data.yaml"
+        script:
+            "../scripts/download_model.py"

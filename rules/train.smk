@@ -4,7 +4,7 @@
 
 rule train:
     input:
-        base_model=layout.base_model,
+        base_model=base_model_of,
         data=dataset_dir,
     output:
         model=directory(layout.model("{dataset}", "{run}")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,25 @@ def _read_limited(jsonl_path: str | os.PathLike, max_samples: int | None) -> lis
     return read_records(jsonl_path)[:max_samples]
 
 
-class ConversationDataset(Dataset):
-    """One training example per record: the encoded conversation with every image of it.
+def draw_one_turn(record: Record, rng: random.Random) -> list[Turn]:
+    """The recipe's DocVQA draw: one turn of the conversation at random, shown with the record's
+    images, its target one of the turn's accepted answers at random (the first turn's are the
+    record's `answers`). Every image stays, so tags written over the conversation still number right."""
+    k = rng.randrange(len(record.conversations))
+    turn = record.conversations[k]
+    accepted = record.answers if k == 0 and record.answers else [turn.assistant]
+    return [Turn(record.image_paths, turn.user, rng.choice(accepted))]
 
-    An item is `processor.encode_example(...)` (1-D `input_ids`, `labels`, `pixel_values`,
-    `image_sizes`) plus `num_images`.
+
+class ConversationDataset(Dataset):
+    """One training example per record, encoded the way `train_turns` says (see
+    `phi3v.training.run_config.TRAIN_TURNS`): every turn with every image (`all`), or one turn
+    drawn per visit (`one_random`).
+
+    Items are keyed by `index` or `(index, epoch)`: a draw comes from a generator seeded by
+    (seed, epoch, index), so a sample gets a new draw each epoch and the same draw on every rerun
+    or resume. An item is `processor.encode_example(...)` (1-D `input_ids`, `labels`,
+    `pixel_values`, `image_sizes`) plus `num_images`.
     """
 
     def __init__(
@@ -60,20 +75,37 @@ class ConversationDataset(Dataset):
         processor,
         num_crops: int,
         max_samples: int | None = None,
+        *,
+        train_turns: str = "all",
+        seed: int = 0,
     ):
+        from phi3v.training.run_config import TRAIN_TURNS
+
+        if train_turns not in TRAIN_TURNS:
+            raise UserError(f"train_turns={train_turns!r} — choose one of {', '.join(TRAIN_TURNS)}")
         self.records = _read_limited(jsonl_path, max_samples)
         self.images_dir = Path(images_dir)
         self.processor = processor
         self.num_crops = num_crops
+        self.train_turns = train_turns
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def conversation(self, index: int, epoch: int = 0) -> list[Turn]:
+        """The turns sample `index` trains on in `epoch`."""
         record = self.records[index]
-        images = [load_image(self.images_dir / path) for path in record.image_paths]
-        turns = with_image_tags(record.conversations)
-        example = dict(self.processor.encode_example(turns, images, num_crops=self.num_crops))
+        if self.train_turns == "all":
+            return record.conversations
+        return draw_one_turn(record, random.Random(f"{self.seed}-{epoch}-{index}"))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        conversation = self.conversation(index, epoch)
+        paths = [path for turn in conversation for path in turn.images]
+        images = [load_image(self.images_dir / path) for path in paths]
+        example = dict(self.processor.encode_example(with_image_tags(conversation), images, num_crops=self.num_crops))
         example["num_images"] = len(images)
         return example
 

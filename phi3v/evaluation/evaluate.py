@@ -32,6 +32,8 @@ from phi3v.layout import PREDICTIONS, SCORES
 from phi3v.training.run_config import PRECISIONS, torch_dtype
 
 METRICS = ("anls", "accuracy")
+# fp32: how the recipe evaluates an fp16 LoRA run (adapter on the base reloaded in fp32)
+EVAL_PRECISIONS = PRECISIONS + ("fp32",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,8 +107,8 @@ def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tok
     """Refuse bad settings before any work (the model checks the attention kernel itself)."""
     if metric not in METRICS:
         raise UserError(f"metric = {metric!r} is not known: use one of {', '.join(METRICS)}")
-    if precision not in PRECISIONS:
-        raise UserError(f"precision = {precision!r} is not known: use one of {', '.join(PRECISIONS)}")
+    if precision not in EVAL_PRECISIONS:
+        raise UserError(f"precision = {precision!r} is not known: use one of {', '.join(EVAL_PRECISIONS)}")
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{name} = {value!r} is not valid: give a positive integer")
@@ -117,12 +119,12 @@ def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tok
 
 def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Half-precision weights on GPU; on CPU fp32 weights under autocast (see `precision_context`)."""
-    return torch_dtype(precision) if device.type == "cuda" else torch.float32
+    return torch_dtype(precision) if device.type == "cuda" and precision != "fp32" else torch.float32
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """On CPU, compute in the run's precision with autocast (fp16 included) rather than in fp32."""
-    if device.type == "cuda":
+    if device.type == "cuda" or precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cpu", dtype=torch_dtype(precision))
 
@@ -250,7 +252,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--run-name", required=True)
     parser.add_argument("--num-crops", type=int, required=True)
-    parser.add_argument("--precision", required=True, choices=tuple(PRECISIONS))
+    parser.add_argument("--precision", required=True, choices=EVAL_PRECISIONS)
     parser.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLEMENTATIONS)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)

@@ -224,6 +224,9 @@ HATEFUL_MEMES = parse_accuracy_table(
 )
 ACCURACY_TABLES = (NLVR2, DOCVQA, HATEFUL_MEMES)
 
+# The model the recipe measured its DocVQA, Hateful Memes and speed tables with ("NOTE: Phi-3-vision").
+RECIPE_TABLE_MODEL = "microsoft/Phi-3-vision-128k-instruct"
+
 SPEED_A100 = parse_speed_table("a100", "8x A100-80GB (Ampere)", "A100", "bf16", SPEED_A100_TEXT)
 SPEED_V100 = parse_speed_table("v100", "8x V100-32GB (Volta)", "V100", "fp16", SPEED_V100_TEXT)
 SPEED_TABLES = (SPEED_A100, SPEED_V100)

@@ -15,8 +15,9 @@ from typing import Iterable, Sequence
 
 from phi3v.files import write_text_atomic
 from phi3v.layout import BASE_RUN, ReportInputs, read_metrics, read_provenance, read_scores, read_speed_row
-from phi3v.training.run_config import Strategy
+from phi3v.training.run_config import Strategy, evaluation_precision, RunConfig
 from phi3v.reporting.recipe_tables import (
+    RECIPE_TABLE_MODEL,
     ACCURACY_TABLES,
     CHECK_MARK,
     METHOD_OF_STRATEGY,
@@ -132,11 +133,14 @@ def format_delta(measured: float, reference: str, decimals: int) -> str:
     return f"{delta:+.{decimals}f}"
 
 
-def format_memory(gib: float | None) -> str:
+GIB_IN_GB = 2**30 / 1e9  # torch reports bytes; the recipe prints "GB" without saying how it measured
+
+
+def format_memory(amount: float | None) -> str:
     """`~42` as the recipe prints peak memory; small values keep two decimals."""
-    if gib is None:
+    if amount is None:
         return MISSING
-    return f"~{gib:.0f}" if gib >= 1 else f"~{gib:.2f}"
+    return f"~{amount:.0f}" if amount >= 1 else f"~{amount:.2f}"
 
 
 def table_lines(columns: Sequence[str], rows: Iterable[Sequence[str]], header: str | None = None,
@@ -192,6 +196,31 @@ def differences_from_recipe(row: AccuracyRow, run: dict) -> list[str]:
     if row.lora_alpha is not None and run.get("lora_alpha") != row.lora_alpha:
         notes.append(f"LoRA alpha {run.get('lora_alpha')}")
     return notes + limit_notes(run)
+
+
+def option_notes(config: dict, run: dict) -> list[str]:
+    """The named options by which `run` departs from the recipe (phi3v.training.run_config.RunConfig)."""
+    from phi3v.workflow.config import ONE_RANDOM_TURN_TASKS
+
+    notes = []
+    task = (config.get("datasets") or {}).get(run["dataset"], {}).get("task")
+    recipe_turns = "one_random" if task in ONE_RANDOM_TURN_TASKS else "all"
+    if run.get("train_turns", recipe_turns) != recipe_turns:
+        notes.append(f"train_turns {run['train_turns']} (the recipe: {recipe_turns})")
+    if run["strategy"] == "frozen_vision" and run.get("freeze_token_embeddings") is False:
+        notes.append("token embeddings trained (freeze_token_embeddings: false)")
+    if run.get("lora_on_vision") is False:
+        notes.append("LoRA on the language model only (lora_on_vision: false)")
+    return notes
+
+
+def warmup_note(run: dict, metrics: dict) -> list[str]:
+    """The recipe's fixed 50-step warm-up can outlast a short run: say so, the rate never peaks."""
+    steps, warmup = metrics.get("steps"), run.get("warmup_steps")
+    if steps and warmup and steps <= warmup:
+        return [f"all {steps} steps inside the {warmup}-step warm-up: lr peaks at "
+                f"{format_learning_rate(run['learning_rate'] * steps / warmup)}"]
+    return []
 
 
 def limit_notes(run: dict) -> list[str]:
@@ -321,6 +350,7 @@ def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) 
         cells = [format_number(score, decimals), reference or MISSING, delta]
         if official:
             cells.append(format_official(result.scores, decimals))
+        differences = differences + option_notes(config, run) + warmup_note(run, result.metrics)
         return cells + [f"{result.metrics['final_loss']:.4f}", run_note(run, differences)]
 
     matched = match_accuracy_rows(runs, table)
@@ -348,8 +378,34 @@ def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) 
     if official:
         body += ["", ANLS_NOTE]
     if "Phi-3-vision" in table.title:
-        body += ["", "The recipe's values in this table were measured with Phi-3-vision."]
+        body += ["", f"The recipe's values in this table were measured with `{RECIPE_TABLE_MODEL}`; "
+                     f"these runs started from {dataset_model_label(config, table.dataset)} (set "
+                     f"`datasets.{table.dataset}.model` to `{RECIPE_TABLE_MODEL}` to reproduce them on it)."]
+    body += lora_evaluation_note(runs)
     return TableDocument(table.file_name, table.title, body, sources)
+
+
+def dataset_model_label(config: dict, dataset: str) -> str:
+    """The base model of a dataset's runs: its own `model` setting, else the preset's model."""
+    own = (config.get("datasets") or {}).get(dataset, {}).get("model")
+    if own and own.get("id") != (config.get("model") or {}).get("id"):
+        return f"`{own['id']}`" + (f" @ {own['revision']}" if own.get("revision") else "")
+    return model_label(config)
+
+
+def lora_evaluation_note(runs: Sequence[dict]) -> list[str]:
+    """How LoRA rows were evaluated, beside how the recipe evaluates them."""
+    lora = [run for run in runs if Strategy(run["strategy"]).is_lora and run.get("skip_reason") is None]
+    if not lora:
+        return []
+    def evaluated_in(run: dict) -> str:
+        return evaluation_precision(RunConfig(**{k: v for k, v in run.items() if k in RunConfig.fields()}))
+
+    precisions = sorted(f"`{run['run']}` in {evaluated_in(run)}" for run in lora)
+    return ["", "LoRA/QLoRA rows: evaluated on the adapter merged into the unquantised base in fp32, then "
+                f"loaded in the precision the recipe evaluates them in ({', '.join(precisions)}); the recipe "
+                "loads the adapter unmerged onto the base reloaded without quantisation: the same function "
+                "up to rounding."]
 
 
 def format_official(scores: dict, decimals: int) -> str:
@@ -370,7 +426,8 @@ def extra_document(config: dict, inputs: ReportInputs, dataset: str) -> TableDoc
             continue
         result = read_run_result(inputs, run, sources)
         rows.append([*run_cells(EXTRA_COLUMNS, run), format_number(result.scores["score"], decimals),
-                     f"{result.metrics['final_loss']:.4f}", run_note(run, limit_notes(run))])
+                     f"{result.metrics['final_loss']:.4f}",
+                     run_note(run, limit_notes(run) + option_notes(config, run) + warmup_note(run, result.metrics))])
     columns = [*EXTRA_COLUMNS, METRIC_TITLE.get(metric, metric), "Final loss", "Note"]
     body = table_lines(columns, rows)
     body += ["", *base_lines(config, inputs, dataset, runs, decimals, sources)]
@@ -450,7 +507,9 @@ def measured_speed_cells(method: str, measured: dict, baseline: float | None, is
 def extra_speed_cells(measured: dict) -> list[str]:
     tokens = measured.get("tokens_per_s")
     mfu = measured.get("mfu")
+    gib = measured.get("peak_mem_gib")
     return [
+        format_memory(None if gib is None else gib * GIB_IN_GB),
         MISSING if tokens is None else f"{tokens:.1f}",
         MISSING if mfu is None else f"{100 * mfu:.1f}%",
         measured.get("precision", MISSING),
@@ -461,9 +520,11 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
                   extra_rows: Sequence[dict], sources: ResultSources) -> list[str]:
     """One recipe speed table with this workflow's measurements in its columns."""
     hw = table.hardware
-    added = ["Tokens/s", "MFU", "data type", f"{hw} GPUs", f"{hw} img/s", f"{hw} speedup",
-             f"{hw} mem (GB)", "Row"]
-    header, separator = extend_header(table.header, table.separator, added)
+    added = ["Peak GPU mem (GB)", "Tokens/s", "MFU", "data type", f"{hw} GPUs", f"{hw} img/s",
+             f"{hw} speedup", f"{hw} mem (GB)", "Row"]
+    # the measured column holds what torch measures, GiB; the added GB column converts it to compare
+    header, separator = extend_header(table.header.replace("Peak GPU mem (GB)", "Peak GPU mem (GiB)"),
+                                      table.separator, added)
     config_rows = (config.get("speed") or {}).get("rows") or []
 
     matched = match_speed_rows(config_rows, table, used)
@@ -481,7 +542,7 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
         reference = [str(recipe_row.gpus), recipe_row.img_per_s, recipe_row.speedup,
                      recipe_row.peak_mem_gb]
         if measured is None:
-            cells = [*recipe_row.cells[:5], MISSING, MISSING, MISSING, MISSING, MISSING, table.precision]
+            cells = [*recipe_row.cells[:5], MISSING, MISSING, MISSING, MISSING, MISSING, MISSING, table.precision]
             lines_rows.append([*cells, *reference, skip_note(row)])
             continue
         cells = measured_speed_cells(recipe_row.cells[0], measured, baseline, index == 0)
@@ -497,7 +558,7 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
         if measured is None:
             flash = CHECK_MARK if row["attention"] == FLASH_ATTENTION else ""
             cells = [method, str(row["nodes"]), str(row["gpus"]), flash, str(row["effective_batch"]),
-                     MISSING, MISSING, MISSING, MISSING, MISSING, row["precision"]]
+                     MISSING, MISSING, MISSING, MISSING, MISSING, MISSING, row["precision"]]
             lines_rows.append([*cells, MISSING, MISSING, MISSING, MISSING, skip_note(row)])
             continue
         cells = measured_speed_cells(method, measured, baseline, False)
@@ -520,8 +581,17 @@ def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
         body += [f"Rows of this preset in neither table's precision: {', '.join(leftover)}.", ""]
     body += [
         "Measured columns: this workflow's benchmark (img/s counted over the measured steps after "
-        f"warm-up; peak memory in GiB; weights: {weights or 'as configured'}). Speedup: against the "
-        "table's first row as measured here. The recipe's columns are its 8-GPU reference values.",
+        f"warm-up; peak memory: torch's peak allocation in GiB, and the same in GB (1 GiB = 1.074 GB) "
+        f"beside the recipe's \"GB\", whose unit the recipe does not define; weights: "
+        f"{weights or 'as configured'}). Speedup: against the table's first row as measured here. "
+        "The recipe's columns are its 8-GPU reference values, measured with Phi-3-vision (the same "
+        "architecture and sizes as Phi-3.5-vision).",
+        "",
+        "The recipe does not say in which precision its A100 rows without flash attention ran; its "
+        "script loads fp32 weights with eager attention when flash attention is off, and its guide "
+        "recommends bf16 wherever the GPU has it. Those rows run here in bf16 (fp32-loaded weights, "
+        "eager attention; full-parameter rows cast to bf16 by DeepSpeed). The V100 rows run in fp16 "
+        "mixed precision with eager attention, as the guide says.",
     ]
     return TableDocument("speed.md", "Speed benchmarking", body, sources)
 

@@ -20,6 +20,12 @@ from phi3v.layout import BASE_RUN  # no training run may take the name of the mo
 PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype name
 PRECISIONS = tuple(PRECISION_DTYPES)
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
+# How a training sample's conversation becomes the sequence it trains on each time it is seen:
+# all: every turn, concatenated (the recipe's generic jsonl dataset, NLVR2, Hateful Memes, UCF-101);
+# one_random: one turn drawn at random, its target one of the turn's accepted answers drawn at random
+# (the recipe's DocVQA collators: `random.choice` over the mini set's answers, over the Cauldron's pairs).
+TRAIN_TURNS = ("all", "one_random")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate's trackers a run may report to
 
 
 class Strategy(str, enum.Enum):
@@ -101,15 +107,34 @@ class RunConfig:
     max_train_samples: int | None = None
     seed: int = 0
     deepspeed: bool = False
+    # The recipe's choices that this project keeps as named options (defaults = the recipe's):
+    train_turns: str = "all"  # see TRAIN_TURNS; the workflow takes it from the dataset's setting
+    # frozen_vision: the LM's token embeddings freeze with the vision model. The recipe's
+    # `vision_embed_tokens.requires_grad_(False)` reaches them because the hub's image embedding holds
+    # the shared embedding module; false trains them (the LM's full weights minus nothing).
+    freeze_token_embeddings: bool = True
+    # lora/qlora: adapters also on CLIP and the projector (the recipe without --freeze_vision_model);
+    # false: on the language model only (the recipe's --use_lora --freeze_vision_model).
+    lora_on_vision: bool = True
+    report_to: tuple[str, ...] = ()  # experiment trackers (TRACKERS); empty: none
 
     def __post_init__(self) -> None:
         for key, choices in (("strategy", STRATEGIES), ("precision", PRECISIONS), ("attention", ATTENTIONS)):
             if getattr(self, key) not in choices:
                 self._refuse(f"{key}={getattr(self, key)!r} — choose one of {', '.join(choices)}")
         object.__setattr__(self, "strategy", Strategy(self.strategy))
+        if isinstance(self.report_to, str) or not all(name in TRACKERS for name in self.report_to):
+            self._refuse(f"report_to={self.report_to!r} — give a list of trackers out of {', '.join(TRACKERS)} "
+                         "(empty: none)")
+        object.__setattr__(self, "report_to", tuple(self.report_to))
         if self.run == BASE_RUN:
             self._refuse(f"the name {BASE_RUN!r} is the model before fine-tuning — name the run otherwise")
         check_precision_attention(self.precision, self.attention, f"run {self.run!r}")
+        if self.train_turns not in TRAIN_TURNS:
+            self._refuse(f"train_turns={self.train_turns!r} — choose one of {', '.join(TRAIN_TURNS)}")
+        if not self.lora_on_vision and not self.strategy.is_lora:
+            self._refuse("lora_on_vision: false only applies to LoRA runs — remove it, or use strategy "
+                         "frozen_vision to freeze the vision model of a full-parameter run")
         if self.strategy.needs_rank:
             missing = [key for key in LORA_FIELDS if getattr(self, key) is None]
             if missing:
@@ -152,10 +177,29 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """Plain data in field order (the strategy as its name): JSON, Snakemake params, provenance."""
-        return {**dataclasses.asdict(self), "strategy": self.strategy.value}
+        return {**dataclasses.asdict(self), "strategy": self.strategy.value, "report_to": list(self.report_to)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def loads_bf16(attention: str) -> bool:
+    """The recipe loads the model in bf16 with flash attention and in fp32 otherwise (its fp16 rows:
+    fp32 weights under fp16 mixed precision). SDPA counts as flash: this project uses it only in
+    flash's place where flash-attn cannot run (the demo, CPUs); the recipe never uses it."""
+    return attention in ("flash_attention_2", "sdpa")
+
+
+def evaluation_precision(run: RunConfig) -> str:
+    """The precision a trained run is evaluated in, as the recipe evaluates it after training.
+
+    Full-parameter runs: the model DeepSpeed trained, cast in place to the run's precision.
+    LoRA/QLoRA: the adapter on the base reloaded by the loading rule (`loads_bf16`, never quantised):
+    bf16 with flash attention, else fp32 (so an fp16 LoRA run is evaluated in fp32).
+    """
+    if run.strategy.is_lora and not loads_bf16(run.attention):
+        return "fp32"
+    return run.precision
 
 
 def check_precision_attention(precision: str, attention: str, where: str) -> None:

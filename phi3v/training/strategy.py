@@ -11,7 +11,7 @@ import importlib.util
 import torch
 
 from ..errors import UserError
-from .run_config import RunConfig, Strategy
+from .run_config import RunConfig, Strategy, loads_bf16
 
 VISION_PREFIX = "model.vision_embed_tokens."
 LM_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"]
@@ -20,14 +20,16 @@ VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
 
 
 def weights_dtype(run: RunConfig) -> torch.dtype:
-    """dtype the model is loaded in.
+    """dtype the model is loaded in: the recipe's rule (`loads_bf16`: bf16 with flash attention, fp32
+    otherwise) for every run it loads that way.
 
-    bf16 LoRA/QLoRA load the frozen base in bf16 (peft keeps adapters in fp32); bf16 under DeepSpeed
-    loads bf16 and the engine keeps fp32 master weights. Every other run keeps fp32 weights and
-    computes under autocast (bf16, or fp16 with a grad scaler), the same arithmetic without DeepSpeed.
+    LoRA/QLoRA keep the base as loaded and compute under autocast, as the recipe's DDP runs do.
+    DeepSpeed casts the module to the run's precision and keeps fp32 master weights: a bf16 load is
+    the same numbers. A full-parameter run without DeepSpeed (the demo) keeps fp32 master weights
+    and computes under autocast: DeepSpeed's arithmetic without DeepSpeed.
     """
-    if run.precision == "bf16" and (run.strategy.is_lora or run.deepspeed):
-        return torch.bfloat16
+    if run.strategy.is_lora or run.deepspeed:
+        return torch.bfloat16 if loads_bf16(run.attention) and run.precision == "bf16" else torch.float32
     return torch.float32
 
 
@@ -83,9 +85,19 @@ def check_run(run: RunConfig, device: torch.device) -> None:
                         "(pip install 'phi3v[deepspeed]') — or set deepspeed: false")
 
 
-def lora_targets(strategy: Strategy) -> list[str]:
-    """The recipe's LoRA targets: the LM always, CLIP and the projector where the strategy trains vision."""
-    return LM_LORA_TARGETS + (VISION_LORA_TARGETS if strategy.trains_vision else [])
+def lora_targets(run: RunConfig) -> list[str]:
+    """The recipe's LoRA targets: the LM always, CLIP and the projector unless `lora_on_vision` is off."""
+    return LM_LORA_TARGETS + (VISION_LORA_TARGETS if run.lora_on_vision else [])
+
+
+def quantization_config(run: RunConfig):
+    """The recipe's bitsandbytes settings: NF4, no double quantisation, compute dtype bf16 where it
+    loads bf16 (flash attention), else fp16."""
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if loads_bf16(run.attention) and run.precision == "bf16" else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
+                              bnb_4bit_compute_dtype=compute)
 
 
 def load_model(run: RunConfig, base_model: str):
@@ -94,30 +106,31 @@ def load_model(run: RunConfig, base_model: str):
 
     kwargs = {"dtype": weights_dtype(run), "attn_implementation": run.attention}
     if run.strategy is Strategy.QLORA:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=run.dtype)
+        kwargs["quantization_config"] = quantization_config(run)
     return Phi3VForCausalLM.from_pretrained(base_model, **kwargs)
 
 
-def freeze_vision(model) -> None:
-    """Freeze CLIP, projector and separators; the LM, token embeddings included, keeps training."""
+def freeze_vision(model, *, freeze_token_embeddings: bool = True) -> None:
+    """Freeze CLIP, projector and separators, and (the recipe's behaviour, see
+    `RunConfig.freeze_token_embeddings`) the LM's token embeddings; the rest of the LM trains."""
     for name, param in model.named_parameters():
         if name.startswith(VISION_PREFIX):
             param.requires_grad_(False)
+    if freeze_token_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
 
 
 def apply_lora(model, run: RunConfig):
-    """Wrap in peft LoRA with the run's rank/alpha/dropout, Gaussian init, the recipe's targets."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """Wrap in peft LoRA with the run's rank/alpha/dropout, Gaussian init, the recipe's targets.
 
-    if run.strategy is Strategy.QLORA:
-        # checkpointing is enabled once, by build_model (peft would call the deprecated name)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    QLoRA as the recipe: the NF4 base as loaded, no `prepare_model_for_kbit_training` (it would cast
+    the unquantised weights to fp32 and make the inputs require grad); non-reentrant checkpointing
+    needs neither.
+    """
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
-                        target_modules=lora_targets(run.strategy), init_lora_weights="gaussian",
+                        target_modules=lora_targets(run), init_lora_weights="gaussian",
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
@@ -130,7 +143,7 @@ def build_model(run: RunConfig, base_model: str):
     if run.strategy.is_lora:
         model = apply_lora(model, run)
     elif not run.strategy.trains_vision:
-        freeze_vision(model)
+        freeze_vision(model, freeze_token_embeddings=run.freeze_token_embeddings)
     if run.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model.config.use_cache = False

@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 from phi3v.data.collate import collate_packed, collate_padded, effective_batch_plan
 from phi3v.data.dataset import ConversationDataset
 from phi3v.errors import UserError, entry_point
-from phi3v.layout import ADAPTER, METRICS, MODEL, PROVENANCE, TRAIN_LOG
+from phi3v.layout import ADAPTER, METRICS, MODEL, PROVENANCE, TRACKERS, TRAIN_LOG
 from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
 from phi3v.processing_phi3v import IGNORE_INDEX
+from . import trackers
 from .checkpoint import keep_only_trainable_tensors, load_checkpoint, resume_point, save_checkpoint
 from .fingerprint import run_fingerprint
 from .run_config import RunConfig
@@ -42,7 +43,7 @@ from .strategy import build_model, check_run, deepspeed_config, parameter_counts
 
 # ---- set-up ------------------------------------------------------------------------------------
 
-def make_accelerator(run: RunConfig, accumulation: int):
+def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None):
     """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise."""
     from accelerate import Accelerator, DeepSpeedPlugin
     from accelerate.utils import DistributedDataParallelKwargs
@@ -58,12 +59,14 @@ def make_accelerator(run: RunConfig, accumulation: int):
             PartialState(backend="gloo")
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(run, accumulation))
         return Accelerator(deepspeed_plugin=plugin, mixed_precision=run.precision,
-                           gradient_accumulation_steps=accumulation, step_scheduler_with_optimizer=False)
+                           gradient_accumulation_steps=accumulation, step_scheduler_with_optimizer=False,
+                           **trackers.accelerator_options(run, tracker_dir))
     # Precision is ours (autocast + GradScaler): Accelerate would run fp16 on a CPU as plain fp32.
     # A micro-batch without images leaves the vision tower without gradients: DDP must allow that.
     return Accelerator(mixed_precision="no", gradient_accumulation_steps=accumulation, cpu=on_cpu,
                        step_scheduler_with_optimizer=False,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                       **trackers.accelerator_options(run, tracker_dir))
 
 
 def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
@@ -97,8 +100,12 @@ def micro_batches(step: int, *, num_samples: int, run: RunConfig, accumulation: 
 
 def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation: int, rank: int,
                 world_size: int, pad_token_id: int) -> DataLoader:
-    """Micro-batches of steps start..total-1 for this process, decoded ahead by worker processes."""
-    batches = [b for step in range(start, total)
+    """Micro-batches of steps start..total-1 for this process, decoded ahead by worker processes.
+
+    Samples are keyed `(index, epoch)`: a dataset that draws per visit (train_turns one_random)
+    seeds its draw with them, so the draw too is a pure function of the step."""
+    steps_per_epoch = len(dataset) // run.batch_size
+    batches = [[(index, step // steps_per_epoch) for index in b] for step in range(start, total)
                for b in micro_batches(step, num_samples=len(dataset), run=run, accumulation=accumulation,
                                       rank=rank, world_size=world_size)]
     collate = collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
@@ -125,7 +132,7 @@ def peak_memory_gib(device: torch.device) -> float:
 def train(run: RunConfig, *, base_model, data_dir, dataset_name: str, out_dir, checkpoint_dir) -> dict:
     """Train one run; resume from the newest checkpoint if any; write model/adapter, logs, metrics."""
     result = fit(run, base_model=base_model, data_dir=data_dir, dataset_name=dataset_name,
-                 checkpoint_dir=checkpoint_dir)
+                 checkpoint_dir=checkpoint_dir, tracker_dir=Path(out_dir) / TRACKERS)
     accelerator = result.accelerator
     if accelerator.is_main_process:
         write_outputs(accelerator.unwrap_model(result.model), run, base_model=Path(base_model),
@@ -144,7 +151,7 @@ class FitResult:
     timed: "Throughput"
 
 
-def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -> FitResult:
+def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_dir, tracker_dir=None) -> FitResult:
     """The training loop: set up, resume, train `total_steps` optimiser steps, measure."""
     from accelerate.utils import DistributedType, set_seed
 
@@ -155,20 +162,21 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     check_run(run, device)
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     accumulation = effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)
-    accelerator = make_accelerator(run, accumulation)
+    accelerator = make_accelerator(run, accumulation, tracker_dir)
     uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     if uses_deepspeed != run.deepspeed or accelerator.num_processes != world_size:
         raise UserError(f"run {run.run!r}: asked for deepspeed={run.deepspeed} on {world_size} "
                         f"process(es) but Accelerate set up {accelerator.distributed_type} on "
                         f"{accelerator.num_processes} — launch with torchrun, or set deepspeed: false")
     set_seed(run.seed)  # same LoRA init and data order on every process
+    trackers.start(accelerator, run, tracker_dir)
 
     processor = Phi3VProcessor.from_pretrained(base_model)
     train_jsonl = data_dir / f"{dataset_name}_train.jsonl"
     if not train_jsonl.is_file():
         raise UserError(f"{train_jsonl} does not exist — build the dataset {dataset_name!r} first")
     dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run.num_crops,
-                                  run.max_train_samples)
+                                  run.max_train_samples, train_turns=run.train_turns, seed=run.seed)
     steps_per_epoch, total_steps = step_plan(len(dataset), run)
     fingerprint = run_fingerprint(run, base_model=base_model, train_jsonl=train_jsonl, processes=world_size)
 
@@ -242,6 +250,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
             timed.add(images, crops, tokens, seconds)
         log.append({"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "loss": loss,
                     "lr": lr, "tokens": int(tokens), "img_per_s": images / seconds, "step_s": seconds})
+        trackers.log_step(accelerator, run, log[-1])
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}")
         if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < total_steps:

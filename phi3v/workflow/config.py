@@ -20,7 +20,7 @@ import yaml
 
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN
-from phi3v.training.run_config import RunConfig
+from phi3v.training.run_config import RunConfig, evaluation_precision
 from phi3v.workflow import matrix
 from phi3v.workflow.preflight import yaml_error_message
 
@@ -29,6 +29,8 @@ SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
 TASKS = ("docvqa", "docvqa_full", "hateful_memes", "nlvr2", "ucf101")  # docvqa_full: the recipe's --full_train
+# The recipe's DocVQA collators draw one answer (mini set) or one Q/A pair (--full_train) per visit.
+ONE_RANDOM_TURN_TASKS = ("docvqa", "docvqa_full")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,16 +196,33 @@ def fill_defaults(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dic
     return copy.deepcopy(config)  # Snakemake inserts the schema's own default objects: unshare them
 
 
+def _resolve_dataset_model(config: dict, name: str, dataset: dict) -> None:
+    """`model` of a dataset: its own hub model, or the preset's (filled in)."""
+    preset_model = {"id": config["model"]["id"], "revision": config["model"]["revision"]}
+    own = dataset.get("model")
+    if own is None or own == preset_model:
+        dataset["model"] = preset_model
+        return
+    if config["model"]["source"] != "hub":
+        raise UserError(f"config key `datasets.{name}.model`: {own['id']!r} is a hub model but `model.source` "
+                        f"is {config['model']['source']!r} — remove `datasets.{name}.model`, or use a preset "
+                        "with `model.source: hub`")
+    own.setdefault("revision", None)
+
+
 def _check_datasets(config: dict) -> None:
     for name, dataset in config["datasets"].items():
         where = f"config key `datasets.{name}`"
+        _resolve_dataset_model(config, name, dataset)
         if dataset["source"] == "custom":
             if not dataset.get("path"):
                 raise UserError(f"{where}: source custom needs `path`, the folder with {name}_<split>.jsonl and images/")
+            dataset.setdefault("train_turns", "all")
             continue
         dataset.setdefault("task", name)
         if dataset["task"] not in TASKS:
             raise UserError(f"{where}: set `task` (which converter reads it); allowed values: {', '.join(TASKS)}")
+        dataset.setdefault("train_turns", "one_random" if dataset["task"] in ONE_RANDOM_TURN_TASKS else "all")
 
 
 def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dict:
@@ -285,6 +304,26 @@ def datasets_by_source(config: dict, source: str) -> list[str]:
     return sorted(name for name, dataset in config["datasets"].items() if dataset["source"] == source)
 
 
+def dataset_model_key(config: dict, dataset: str) -> str | None:
+    """None when the dataset's runs start from the preset's model, else the folder name of its own
+    (`owner--name[@revision]`, under `results/base_models/`)."""
+    model = config["datasets"][dataset]["model"]
+    if model == {"id": config["model"]["id"], "revision": config["model"]["revision"]}:
+        return None
+    key = model["id"].replace("/", "--")
+    return key + (f"@{model['revision']}" if model["revision"] else "")
+
+
+def dataset_models(config: dict) -> dict[str, dict]:
+    """Model key -> hub model (`id`, `revision`) of the datasets some job reads that name their own."""
+    models = {}
+    for dataset in evaluated_datasets(config):
+        key = dataset_model_key(config, dataset)
+        if key is not None:
+            models[key] = config["datasets"][dataset]["model"]
+    return models
+
+
 def evaluation_options(config: dict, dataset: str, run: str) -> dict:
     """Keyword arguments of `phi3v.evaluation.evaluate.evaluate` that come from the config."""
     data = config["datasets"][dataset]
@@ -292,8 +331,8 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
     if run == BASE_RUN:
         precision, attention, num_crops = evaluation["base_precision"], evaluation["base_attention"], data["num_crops"]
     else:
-        trained = run_config(config, dataset, run)
-        precision, attention, num_crops = trained.precision, trained.attention, trained.num_crops
+        trained = run_config(config, dataset, run)  # evaluated in the precision the recipe evaluates it in
+        precision, attention, num_crops = evaluation_precision(trained), trained.attention, trained.num_crops
     return {
         "split": data["eval_split"],
         "metric": data["metric"],

@@ -47,7 +47,8 @@ def _skip_or_raise(config: dict, gaps: list[str], what: str, fix: str) -> str | 
 
 def _applicable(fields: dict, strategy: Strategy) -> dict:
     """Section-wide settings (`train`, `run_overrides`) minus those the strategy does not use."""
-    unused = (() if strategy.needs_rank else LORA_FIELDS) + (() if strategy.uses_deepspeed else ("deepspeed",))
+    unused = ((() if strategy.needs_rank else LORA_FIELDS + ("lora_on_vision",))
+              + (() if strategy.uses_deepspeed else ("deepspeed",)))
     return {key: value for key, value in fields.items() if key not in unused}
 
 
@@ -60,7 +61,9 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
             f"{', '.join(config['datasets'])} (the keys of `datasets`)"
         )
     strategy = Strategy(row["strategy"])
-    fields = {"num_crops": config["datasets"][dataset]["num_crops"], **_applicable(config["train"], strategy),
+    data = config["datasets"][dataset]
+    fields = {"num_crops": data["num_crops"], "train_turns": data["train_turns"],
+              **_applicable(config["train"], strategy),
               **row, **_applicable(config["run_overrides"], strategy)}
     fields.pop("skip_reason", None)  # present when an already expanded config is resolved again
     fields["run"] = run_id(fields["strategy"], fields["precision"], fields["attention"])

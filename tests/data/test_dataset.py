@@ -9,7 +9,7 @@ from phi3v.errors import UserError
 from phi3v.processing_phi3v import Phi3VImageProcessor, Phi3VProcessor
 from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 
-from .builders import record, write_lines
+from .builders import record, write_lines, write_png
 
 
 def test_tags_single_image():
@@ -122,3 +122,44 @@ def test_conversation_dataset_with_the_processor_feeds_both_collates(clean_folde
     packed = collate_packed(examples)
     assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples))
     assert int((packed["position_ids"] == 0).sum()) == 3
+
+
+def test_one_random_draws_one_turn_or_answer_per_visit_seeded_by_seed_epoch_index(tmp_path):
+    """The recipe's DocVQA collators: one accepted answer (mini set) or one Q/A pair (--full_train)
+    at random each time a sample is seen; here seeded, so reruns repeat it and epochs differ."""
+    write_png(tmp_path / "images" / "p.png")
+    answers = [f"answer {k}" for k in range(8)]
+    write_lines(tmp_path / "d_train.jsonl", [
+        record("mini", ["p.png"], user="Q?\nAnswer briefly.", assistant=answers[0], answers=answers),
+        {"id": "full", "source": "tiny", "conversations": [
+            {"images": ["p.png"], "user": f"Q{k}", "assistant": f"A{k}"} if k == 0 else
+            {"images": [], "user": f"Q{k}", "assistant": f"A{k}"} for k in range(8)]},
+    ])
+
+    def drawn(seed, epochs=range(6)):
+        processor = RecordingProcessor()
+        dataset = ConversationDataset(tmp_path / "d_train.jsonl", tmp_path / "images", processor, 1,
+                                      train_turns="one_random", seed=seed)
+        for epoch in epochs:
+            for index in range(len(dataset)):
+                assert dataset[(index, epoch)]["num_images"] == 1  # the page goes with every drawn pair
+        return [turns for turns, _, _ in processor.calls]
+
+    first = drawn(seed=0)
+    assert first == drawn(seed=0)  # a rerun (or a resume) draws the same
+    assert first != drawn(seed=1)
+    mini, full = first[0::2], first[1::2]
+    assert all(len(turns) == 1 for turns in first)  # one turn a visit, never the whole conversation
+    assert {t[0]["user"] for t in mini} == {"<|image_1|>\nQ?\nAnswer briefly."}
+    assert len({t[0]["assistant"] for t in mini}) > 1 and {t[0]["assistant"] for t in mini} <= set(answers)
+    assert len({t[0]["user"] for t in full}) > 1  # different pairs across epochs
+    assert all(t[0]["user"] == f"<|image_1|>\nQ{t[0]['assistant'][1:]}" for t in full)  # the pair stays a pair
+
+
+def test_all_turns_is_the_default_and_ignores_the_epoch(clean_folder):
+    processor = RecordingProcessor()
+    dataset = ConversationDataset(clean_folder / "tiny_train.jsonl", clean_folder / "images", processor, 4)
+    dataset[(2, 0)], dataset[(2, 5)]
+    assert processor.calls[0][0] == processor.calls[1][0] and len(processor.calls[0][0]) == 2
+    with pytest.raises(UserError, match="train_turns='some'"):
+        ConversationDataset(clean_folder / "tiny_train.jsonl", clean_folder / "images", processor, 4, train_turns="some")

@@ -25,7 +25,7 @@ def run(dataset, name, strategy, precision, attention, lr, epochs, batch, rank=N
         "per_device_batch_size": 1, "lora_rank": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
         "weight_decay": 0.01, "warmup_steps": 50, "max_grad_norm": 1.0, "num_crops": 1,
         "gradient_checkpointing": True, "packing": False, "checkpoint_every": None,
-        "max_steps": max_steps, "max_train_samples": None, "seed": 0, "deepspeed": False,
+        "max_steps": max_steps, "max_train_samples": None, "seed": 0, "deepspeed": False, "report_to": [],
         "skip_reason": skip_reason,
     }
 

@@ -79,7 +79,13 @@ def test_speed_rows_show_the_fixture_measurements(results_dir, tmp_path):
         assert cells[5] == f"{result['img_per_s']:.3f}"
         base = baseline[result["precision"]]["img_per_s"]
         assert cells[6] == ("1x" if result is baseline[result["precision"]] else f"{result['img_per_s'] / base:.2f}x")
-        assert cells[9] == ("—" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%")
+        assert cells[10] == ("—" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%")
+        # torch's GiB in the recipe's memory column (renamed), the same in GB beside it to compare
+        gib = result["peak_mem_gib"]
+        assert cells[7] == (f"~{gib:.0f}" if gib >= 1 else f"~{gib:.2f}")
+        gb = gib * 2**30 / 1e9
+        assert cells[8] == (f"~{gb:.0f}" if gb >= 1 else f"~{gb:.2f}")
+    assert "Peak GPU mem (GiB) | Peak GPU mem (GB)" in text
     assert "not run: flash attention needs a GPU" in text
 
 

@@ -22,7 +22,8 @@ def base_run(**overrides) -> RunConfig:
            "per_device_batch_size": 2, "lora_rank": None, "lora_alpha": None, "lora_dropout": 0.0,
            "weight_decay": 0.01, "warmup_steps": 2, "max_grad_norm": 1.0, "num_crops": 1,
            "gradient_checkpointing": False, "packing": False, "checkpoint_every": 0, "max_steps": 12,
-           "max_train_samples": None, "seed": 0, "deepspeed": False}
+           "max_train_samples": None, "seed": 0, "deepspeed": False, "report_to": [],
+           "train_turns": "all", "freeze_token_embeddings": True, "lora_on_vision": True}
     run.update(overrides)
     run["run"] = f"{run['strategy']}-{run['precision']}-{run['attention']}"
     return RunConfig.from_dict(run)
