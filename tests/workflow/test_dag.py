@@ -34,7 +34,7 @@ def test_paper_dag_lists_every_table_row_without_network(tmp_path):
     counts = job_counts(result.stdout)
     assert counts["train"] == TABLE_ROWS == 19
     assert counts["download_model"] == 1 and counts["download_raw"] == 4
-    assert counts["benchmark_speed"] == 8  # the multi-node rows need nodes: 2 and 4
+    assert counts["benchmark_speed"] == 11  # 8 A100 + 3 V100 rows; the multi-node rows need nodes: 2 and 4
 
 
 @pytest.mark.parametrize(
