@@ -25,6 +25,7 @@ ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
 # one_random: one turn drawn at random, its target one of the turn's accepted answers drawn at random
 # (the recipe's DocVQA collators: `random.choice` over the mini set's answers, over the Cauldron's pairs).
 TRAIN_TURNS = ("all", "one_random")
+ONE_RANDOM_TURN_TASKS = ("docvqa", "docvqa_full")  # the tasks whose recipe collators draw per visit
 
 
 class Strategy(str, enum.Enum):
