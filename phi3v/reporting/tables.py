@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 from phi3v.files import write_text_atomic
 from phi3v.layout import BASE_RUN, ReportInputs, read_metrics, read_provenance, read_scores, read_speed_row
-from phi3v.training.run_config import Strategy, evaluation_precision, RunConfig
+from phi3v.training.run_config import ONE_RANDOM_TURN_TASKS, RunConfig, Strategy, evaluation_precision
 from phi3v.reporting.recipe_tables import (
     RECIPE_TABLE_MODEL,
     ACCURACY_TABLES,
@@ -200,8 +200,6 @@ def differences_from_recipe(row: AccuracyRow, run: dict) -> list[str]:
 
 def option_notes(config: dict, run: dict) -> list[str]:
     """The named options by which `run` departs from the recipe (phi3v.training.run_config.RunConfig)."""
-    from phi3v.workflow.config import ONE_RANDOM_TURN_TASKS
-
     notes = []
     task = (config.get("datasets") or {}).get(run["dataset"], {}).get("task")
     recipe_turns = "one_random" if task in ONE_RANDOM_TURN_TASKS else "all"

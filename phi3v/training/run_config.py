@@ -26,6 +26,7 @@ ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
 # (the recipe's DocVQA collators: `random.choice` over the mini set's answers, over the Cauldron's pairs).
 TRAIN_TURNS = ("all", "one_random")
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate's trackers a run may report to
+ONE_RANDOM_TURN_TASKS = ("docvqa", "docvqa_full")  # the tasks whose recipe collators draw per visit
 
 
 class Strategy(str, enum.Enum):

@@ -20,7 +20,7 @@ import yaml
 
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN
-from phi3v.training.run_config import RunConfig, evaluation_precision
+from phi3v.training.run_config import ONE_RANDOM_TURN_TASKS, RunConfig, evaluation_precision
 from phi3v.workflow import matrix
 from phi3v.workflow.preflight import yaml_error_message
 
@@ -29,8 +29,6 @@ SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
 TASKS = ("docvqa", "docvqa_full", "hateful_memes", "nlvr2", "ucf101")  # docvqa_full: the recipe's --full_train
-# The recipe's DocVQA collators draw one answer (mini set) or one Q/A pair (--full_train) per visit.
-ONE_RANDOM_TURN_TASKS = ("docvqa", "docvqa_full")
 
 
 # ---------------------------------------------------------------------------------------------

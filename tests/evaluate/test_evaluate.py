@@ -58,7 +58,7 @@ def test_anls_scores_report_both_definitions():
 def test_bad_arguments_are_user_errors():
     good = dict(metric="anls", precision="bf16", batch_size=2, max_new_tokens=8, max_samples=None)
     check_arguments(**good)
-    for key, value in [("metric", "bleu"), ("precision", "fp32"), ("batch_size", 0),
+    for key, value in [("metric", "bleu"), ("precision", "fp8"), ("batch_size", 0),
                        ("max_new_tokens", True), ("max_samples", 0)]:
         with pytest.raises(UserError, match=key):
             check_arguments(**{**good, key: value})

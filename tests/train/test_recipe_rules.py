@@ -83,3 +83,17 @@ def test_qlora_keeps_unquantised_weights_as_loaded(tiny_base):
     norms = [param.dtype for name, param in model.named_parameters() if name.endswith("norm.weight")]
     assert norms and set(norms) == {torch.bfloat16}
     assert not model.get_input_embeddings().weight.requires_grad
+
+
+def test_loader_keys_samples_by_epoch_so_draws_follow_the_step():
+    """A resumed run (start > 0) asks for the same (index, epoch) keys the first run would have."""
+    from phi3v.training.train import make_loader
+
+    run = base_run(batch_size=4, per_device_batch_size=2, max_steps=6)
+    dataset = list(range(8))  # 2 steps an epoch
+    def keys(start):
+        loader = make_loader(dataset, run, start=start, total=6, accumulation=2, rank=0, world_size=1, pad_token_id=0)
+        return list(loader.batch_sampler)
+    full = keys(0)
+    assert [{epoch for _, epoch in batch} for batch in full] == [{0}] * 4 + [{1}] * 4 + [{2}] * 4
+    assert keys(3) == full[6:]

@@ -34,7 +34,7 @@ def test_paper_dag_lists_every_table_row_without_network(tmp_path):
     counts = job_counts(result.stdout)
     assert counts["train"] == TABLE_ROWS == 19
     assert counts["download_model"] == 1 and counts["download_raw"] == 4
-    assert counts["benchmark_speed"] == 8  # the multi-node rows need nodes: 2 and 4
+    assert counts["benchmark_speed"] == 11  # 8 A100 + 3 V100 rows; the multi-node rows need nodes: 2 and 4
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_paper_preset_has_the_recipe_hyperparameters():
             assert (run["lora_rank"], run["lora_alpha"]) == (row.lora_rank, row.lora_alpha)
             assert run["attention"] == ("flash_attention_2" if row.precision == "bf16" else "eager")
             assert run["deepspeed"] == (row.strategy in ("full", "frozen_vision"))
-    speed = [(r["strategy"], r["nodes"], r["gpus"], r["attention"] == "flash_attention_2", r["effective_batch"])
-             for r in config["speed"]["rows"]]
-    assert speed == [(r.strategy, r.nodes, r.gpus, r.flash_attention, r.effective_batch)
-                     for r in recipe_tables.SPEED_A100.rows]
+    speed = [(r["strategy"], r["nodes"], r["gpus"], r["attention"] == "flash_attention_2", r["effective_batch"],
+              r["precision"]) for r in config["speed"]["rows"]]
+    assert speed == [(r.strategy, r.nodes, r.gpus, r.flash_attention, r.effective_batch, table.precision)
+                     for table in (recipe_tables.SPEED_A100, recipe_tables.SPEED_V100) for r in table.rows]

@@ -108,3 +108,47 @@ def test_custom_dataset_needs_a_path_and_wildcards_match_exactly():
     assert settings.datasets_by_source(config, "custom") == ["mine"]
     assert settings.wildcard_pattern([]) == "(?!)"
     assert settings.wildcard_pattern(["a.b", "c"]) == r"a\.b|c"
+
+
+def test_paper_ucf101_row_is_the_scripts_defaults():
+    """The guide starts UCF-101 with only --data_dir: the UCF-101 script's own defaults apply."""
+    config = settings.resolve_config({"preset": "paper"})
+    (run,) = [r for r in config["runs"] if r["dataset"] == "ucf101"]
+    assert (run["strategy"], run["precision"], run["attention"]) == ("full", "fp16", "eager")
+    assert (run["batch_size"], run["per_device_batch_size"], run["learning_rate"], run["epochs"]) == (16, 1, 4e-5, 1)
+    assert (run["num_crops"], run["deepspeed"], run["warmup_steps"]) == (4, True, 50)
+
+
+def test_paper_speed_rows_hold_both_recipe_tables():
+    rows = {row["row"] for row in settings.resolve_config({"preset": "paper"})["speed"]["rows"]}
+    v100 = {"full-eager-fp16-1x8", "full-eager-fp16-2x16", "full-eager-fp16-4x32", "frozen_vision-eager-fp16-1x8",
+            "lora-eager-fp16-1x8"}
+    assert v100 <= rows and "full-eager-bf16-1x8" in rows and len(rows) == 15
+
+
+def test_docvqa_draws_per_visit_and_the_rest_train_every_turn():
+    for preset in ("paper", "demo"):
+        config = settings.resolve_config({"preset": preset})
+        turns = {r["dataset"]: r["train_turns"] for r in config["runs"]}
+        assert turns["docvqa"] == "one_random" and turns["nlvr2"] == turns["hateful_memes"] == "all"
+    config = settings.resolve_config({"preset": "demo", "datasets": {"docvqa": {"train_turns": "all"}}})
+    assert {r["train_turns"] for r in config["runs"] if r["dataset"] == "docvqa"} == {"all"}
+
+
+def test_a_dataset_may_start_from_its_own_model():
+    old = "microsoft/Phi-3-vision-128k-instruct"
+    config = settings.resolve_config({"preset": "paper", "datasets": {"docvqa": {"model": {"id": old}}}})
+    assert config["datasets"]["docvqa"]["model"] == {"id": old, "revision": None}
+    assert config["datasets"]["nlvr2"]["model"] == {"id": "microsoft/Phi-3.5-vision-instruct", "revision": None}
+    assert settings.dataset_model_key(config, "nlvr2") is None
+    assert settings.dataset_models(config) == {"microsoft--Phi-3-vision-128k-instruct": {"id": old, "revision": None}}
+    assert settings.dataset_models(settings.resolve_config(config)) == settings.dataset_models(config)  # resolves again
+    with pytest.raises(UserError, match=r"datasets\.docvqa\.model.*model.source"):
+        settings.resolve_config({"preset": "demo", "datasets": {"docvqa": {"model": {"id": old}}}})
+
+
+def test_lora_runs_are_evaluated_in_the_precision_the_recipe_reloads_them_in():
+    config = settings.resolve_config({"preset": "paper"})
+    assert settings.evaluation_options(config, "docvqa", "lora-fp16-eager")["precision"] == "fp32"
+    assert settings.evaluation_options(config, "docvqa", "full-fp16-eager")["precision"] == "fp16"
+    assert settings.evaluation_options(config, "docvqa", "qlora-bf16-flash_attention_2")["precision"] == "bf16"
