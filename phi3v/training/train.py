@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -34,6 +35,8 @@ from phi3v.errors import UserError, entry_point
 from phi3v.layout import ADAPTER, METRICS, MODEL, PROVENANCE, TRAIN_LOG
 from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
 from phi3v.processing_phi3v import IGNORE_INDEX
+from .memory_fit import fit_micro_batches
+from .optimizations import apply_optimizations, check_optimizations, settings_of
 from .checkpoint import (keep_only_trainable_tensors, latest_checkpoint, load_checkpoint,
                                   save_checkpoint)
 from .run_config import RunConfig
@@ -101,10 +104,15 @@ def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation
     batches = [b for step in range(start, total)
                for b in micro_batches(step, num_samples=len(dataset), run=run, accumulation=accumulation,
                                       rank=rank, world_size=world_size)]
-    collate = collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
+    collate = collate_for(run, pad_token_id)
     workers = min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
                       pin_memory=torch.cuda.is_available())
+
+
+def collate_for(run: RunConfig, pad_token_id: int):
+    """One row per micro-batch without padding (packing), or a padded (B, T) batch."""
+    return collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
@@ -140,6 +148,7 @@ class FitResult:
     log: list
     metrics: dict
     timed: "Throughput"
+    run: RunConfig  # as trained: a memory fit's per-device batch and checkpointed layers filled in
 
 
 def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_dir) -> FitResult:
@@ -151,16 +160,9 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_run(run, device)
+    check_optimizations(run, device)
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
-    accumulation = effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)
-    accelerator = make_accelerator(run, accumulation)
-    uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if uses_deepspeed != run.deepspeed or accelerator.num_processes != world_size:
-        raise UserError(f"run {run.run!r}: asked for deepspeed={run.deepspeed} on {world_size} "
-                        f"process(es) but Accelerate set up {accelerator.distributed_type} on "
-                        f"{accelerator.num_processes} — launch with torchrun, or set deepspeed: false")
-    set_seed(run.seed)  # same LoRA init and data order on every process
-
+    effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)  # refuse early
     processor = Phi3VProcessor.from_pretrained(base_model)
     train_jsonl = data_dir / f"{dataset_name}_train.jsonl"
     if not train_jsonl.is_file():
@@ -169,7 +171,24 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
                                   run.max_train_samples)
     steps_per_epoch, total_steps = step_plan(len(dataset), run)
 
+    set_seed(run.seed)  # same LoRA init and data order on every process
     model = build_model(run, str(base_model))
+    micro_fit = None
+    if run.memory_budget_gib is not None:  # the per-device batch sets accumulation and DeepSpeed's config
+        micro_fit = fit_micro_batches(model, run, dataset, collate_for(run, processor.pad_token_id),
+                                      device, world_size)
+        run = dataclasses.replace(run, per_device_batch_size=micro_fit.per_device_batch_size,
+                                  checkpointed_layers=micro_fit.checkpointed_layers, memory_budget_gib=None)
+    apply_optimizations(model, run)
+    accumulation = effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)
+    accelerator = make_accelerator(run, accumulation)
+    uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if uses_deepspeed != run.deepspeed or accelerator.num_processes != world_size:
+        raise UserError(f"run {run.run!r}: asked for deepspeed={run.deepspeed} on {world_size} "
+                        f"process(es) but Accelerate set up {accelerator.distributed_type} on "
+                        f"{accelerator.num_processes} — launch with torchrun, or set deepspeed: false")
+    if micro_fit is not None:
+        check_same_fit(accelerator, run)
     trainable_params, total_params = parameter_counts(model)
     optimizer = make_optimizer(model, run)
     from transformers import get_linear_schedule_with_warmup
@@ -263,9 +282,21 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
         "deepspeed": uses_deepspeed,
         "processes": accelerator.num_processes,
         "accumulation_steps": accumulation,
+        "settings": settings_of(run),  # the speed-relevant settings used (the memory fit's choice)
+        **({"memory_fit": micro_fit.as_dict()} if micro_fit else {}),
     }
     accelerator.wait_for_everyone()
-    return FitResult(model, accelerator, log, metrics, timed)
+    return FitResult(model, accelerator, log, metrics, timed, run)
+
+
+def check_same_fit(accelerator, run: RunConfig) -> None:
+    """Every process must have probed the same micro-batch plan, or their steps would not line up."""
+    chosen = torch.tensor([[run.per_device_batch_size, run.checkpointed_layers]], device=accelerator.device)
+    every = accelerator.gather(chosen)
+    if (every != chosen).any():
+        raise UserError(f"run {run.run!r}: the memory probe chose different (per-device batch, checkpointed "
+                        f"layers) on different processes: {every.tolist()} — set per_device_batch_size and "
+                        "checkpointed_layers yourself instead of memory_budget_gib")
 
 
 def to_device(batch: dict, device: torch.device, pixel_dtype: torch.dtype | None) -> dict:
