@@ -178,7 +178,7 @@ def markdown(results: list[dict], notes: list[str]) -> str:
     for kind, title in (("recipe", "The recipe's settings"), ("best", BEST_SETTINGS_TITLE)):
         rows = [(r["row"], r) for r in results if r["settings_kind"] == kind]
         lines += [f"## {title}", "", *settings_speed_lines(rows), ""]
-    card = results[0]["card"] if results else "?"
+    card = results[0]["card"] if results else "no row measured"
     return "\n".join([f"# GPU speed at the DocVQA shape ({card})", "", *lines, *notes, ""])
 
 
@@ -223,20 +223,28 @@ def main(argv=None) -> int:
         extra = {"versions": versions(), "not_used": {**kernels_available(device), **skipped}}
         args.out.mkdir(parents=True, exist_ok=True)
         for row in rows:
-            results.append(measure(row, base=work / "model", data=work / "data", out=work, num_crops=num_crops,
-                                   steps=args.steps, warmup=args.warmup, extra=extra))
+            try:
+                results.append(measure(row, base=work / "model", data=work / "data", out=work,
+                                       num_crops=num_crops, steps=args.steps, warmup=args.warmup, extra=extra))
+            except Exception as error:  # one failing row (a kernel, out of memory) must not lose the others
+                results.append({"row": row["row"], "settings_kind": row["settings"], "error": repr(error)[:500],
+                                "settings": row, **extra})
+                print(f"{row['row']}: FAILED {error!r}", flush=True)
+                continue
             print(f"{row['row']}: {results[-1]['img_per_s']:.3f} img/s, "
                   f"{results[-1]['peak_mem_gib']:.2f} GiB", flush=True)
     wall = time.perf_counter() - started
     unused = {key: reason for key, reason in extra["not_used"].items() if reason}
+    failed = [f"{r['row']}: {r['error']}" for r in results if "error" in r]
     notes = [f"Shape: num_crops {num_crops}, effective batch {args.effective_batch}, {args.steps} measured "
              f"steps after {args.warmup} warm-up; random weights; {wall:.0f} s in all.",
-             "Not used here: " + ("; ".join(f"{k}: {v}" for k, v in unused.items()) or "nothing") + "."]
-    table = markdown(results, notes)
+             "Not used here: " + ("; ".join(f"{k}: {v}" for k, v in unused.items()) or "nothing") + ".",
+             *([f"Failed rows: {'; '.join(failed)}."] if failed else [])]
+    table = markdown([r for r in results if "error" not in r], notes)
     write_text_atomic(args.out / "gpu_speed.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in results))
     write_text_atomic(args.out / "gpu_speed.md", table)
     print(table)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
