@@ -7,11 +7,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from transformers import CLIPVisionConfig, Phi3Config
 from transformers.configuration_utils import SubConfigSpec
 
 from .errors import UserError
+
+# The release's config.json (microsoft/Phi-3.5-vision-instruct): full-size shapes without the hub.
+RELEASE_CONFIG_FILE = Path(__file__).parent / "configs" / "phi35v_config.json"
 
 # The CLIP ViT-L/14 tower at 336 px that `img_processor.model_name` names in the release.
 CLIP_VIT_L_14_336 = {

@@ -437,10 +437,41 @@ def extra_document(config: dict, inputs: ReportInputs, dataset: str) -> TableDoc
 # ---------------------------------------------------------------------------------------------
 # Speed table
 
+RECIPE_SETTINGS, BEST_SETTINGS = "recipe", "best"  # a speed row's `settings`
+BEST_SETTINGS_TITLE = "This project's best settings"
+
+
+def settings_summary(settings: dict | None) -> str:
+    """The settings a row ran with, in a few words (what differs from the recipe's step)."""
+    if not settings:
+        return MISSING
+    layers = settings.get("checkpointed_layers")
+    words = [f"batch {settings.get('per_device_batch_size', 1)}/GPU",
+             ("no checkpointing" if not settings.get("gradient_checkpointing")
+              else f"{'all' if layers is None else layers} layers checkpointed")]
+    words += [label for key, label in (("packing", "packed"), ("compile_layers", "compiled layers"),
+                                       ("fused_kernels", "Liger kernels"),
+                                       ("frozen_vision_no_grad", "frozen vision without autograd"))
+              if settings.get(key)]
+    return ", ".join(words)
+
+
+def settings_speed_lines(measured_rows: Sequence[tuple[str, dict]]) -> list[str]:
+    """A speed table of (row name, measurement) with the recipe table's columns plus the settings used."""
+    columns = ["Training method", "Nodes", "GPUs", "Flash attention", "Effective batch", "img/s",
+               "Speedup", "Peak mem (GiB)", "Tokens/s", "MFU", "data type", "Settings", "Row"]
+    lines = []
+    for name, measured in measured_rows:
+        cells = measured_speed_cells(METHOD_OF_STRATEGY[measured["strategy"]], measured, None, False)
+        lines.append([*cells, *extra_speed_cells(measured), settings_summary(measured.get("settings")),
+                      f"`{name}`"])
+    return table_lines(columns, lines)
+
 
 def matches_speed_row(config_row: dict, recipe_row, table: SpeedTable) -> bool:
     return (
-        config_row["strategy"] == recipe_row.strategy
+        config_row.get("settings", RECIPE_SETTINGS) == RECIPE_SETTINGS
+        and config_row["strategy"] == recipe_row.strategy
         and (config_row["attention"] == FLASH_ATTENTION) == recipe_row.flash_attention
         and config_row["nodes"] == recipe_row.nodes
         and config_row["precision"] == table.precision
@@ -572,8 +603,15 @@ def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
     config_rows = (config.get("speed") or {}).get("rows") or []
     body = [SPEED_NOTE, ""]
     weights = (config.get("speed") or {}).get("weights")
+    best_rows = [row for row in config_rows if row.get("settings") == BEST_SETTINGS]
+    recipe_rows = [row for row in config_rows if row.get("settings") != BEST_SETTINGS]
     for table in SPEED_TABLES:
-        body += speed_section(config, inputs, table, used, config_rows, sources) + [""]
+        body += speed_section(config, inputs, table, used, recipe_rows, sources) + [""]
+    if best_rows:
+        measured = [(row["row"], read_speed_result(inputs, row, sources)) for row in best_rows
+                    if row.get("skip_reason") is None]
+        body += [f"## {BEST_SETTINGS_TITLE}", "", *settings_speed_lines(measured), ""]
+        used.update(row["row"] for row in best_rows)
     leftover = [row["row"] for row in config_rows if row["row"] not in used]
     if leftover:
         body += [f"Rows of this preset in neither table's precision: {', '.join(leftover)}.", ""]

@@ -67,6 +67,9 @@ class Strategy(str, enum.Enum):
 
 STRATEGIES = tuple(strategy.value for strategy in Strategy)
 LORA_FIELDS = ("lora_rank", "lora_alpha")
+# Settings beyond the recipe: a run config written before they existed reads with them off.
+OPTION_FIELDS = ("memory_budget_gib", "checkpointed_layers", "compile_layers", "fused_kernels",
+                 "frozen_vision_no_grad")
 
 
 def torch_dtype(precision: str):
@@ -118,6 +121,12 @@ class RunConfig:
     # false: on the language model only (the recipe's --use_lora --freeze_vision_model).
     lora_on_vision: bool = True
     report_to: tuple[str, ...] = ()  # experiment trackers (TRACKERS); empty: none
+    # Beyond the recipe, off by default (phi3v.training.optimizations, phi3v.training.memory_fit):
+    memory_budget_gib: float | None = None  # pick per-device batch + checkpointed layers that fit
+    checkpointed_layers: int | None = None  # recompute only the first N decoder layers (None: all)
+    compile_layers: bool = False  # torch.compile each decoder and CLIP layer (regional compilation)
+    fused_kernels: bool = False  # Liger's RMSNorm, SwiGLU and RoPE kernels (needs liger-kernel, CUDA)
+    frozen_vision_no_grad: bool = False  # run a vision tower without trainable weights without autograd
 
     def __post_init__(self) -> None:
         for key, choices in (("strategy", STRATEGIES), ("precision", PRECISIONS), ("attention", ATTENTIONS)):
@@ -147,6 +156,23 @@ class RunConfig:
         if self.deepspeed and not self.strategy.uses_deepspeed:
             self._refuse(f"deepspeed: true only applies to full-parameter runs ({self.strategy} runs under "
                          "plain DDP, as in the recipe) — set deepspeed: false")
+        self._check_options()
+
+    def _check_options(self) -> None:
+        if self.checkpointed_layers is not None:
+            if not self.gradient_checkpointing:
+                self._refuse("checkpointed_layers needs gradient_checkpointing: true — set it, or remove "
+                             "checkpointed_layers")
+            if self.checkpointed_layers < 0:
+                self._refuse(f"checkpointed_layers={self.checkpointed_layers} — give 0 or more")
+        if self.memory_budget_gib is not None:
+            if self.memory_budget_gib <= 0:
+                self._refuse(f"memory_budget_gib={self.memory_budget_gib} — give a positive size in GiB")
+            if self.checkpointed_layers is not None:
+                self._refuse("memory_budget_gib chooses checkpointed_layers itself — remove one of the two")
+            if not self.gradient_checkpointing:
+                self._refuse("memory_budget_gib chooses how many layers to checkpoint — set "
+                             "gradient_checkpointing: true (the fit may still checkpoint none)")
 
     def _refuse(self, message: str):
         raise UserError(f"run {self.run!r}: {message}")
@@ -166,7 +192,7 @@ class RunConfig:
         if not isinstance(data, dict):
             raise UserError(f"a run config is a mapping of its fields, not {type(data).__name__}")
         name = data.get("run")
-        missing = [key for key in cls.fields() if key not in data]
+        missing = [key for key in cls.fields() if key not in data and key not in OPTION_FIELDS]
         if missing:
             raise UserError(f"run config {name!r} lacks {', '.join(missing)} — resolve it with "
                             "phi3v.workflow.config.resolve_config")

@@ -17,9 +17,11 @@ import torch
 
 from phi3v.errors import UserError
 from phi3v.files import write_json_atomic
-from .run_config import RunConfig, Strategy
+from .run_config import OPTION_FIELDS, RunConfig, Strategy
 
 WEIGHTS = ("random", "pretrained")
+# run fields a speed row may set (this project's best settings); the recipe's rows set none
+ROW_SETTINGS = ("per_device_batch_size", "gradient_checkpointing", "packing", *OPTION_FIELDS)
 
 
 def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
@@ -33,6 +35,7 @@ def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmu
         batch_size=row["effective_batch"], warmup_steps=0, max_steps=warmup + steps, **rank,
         # ZeRO-2 as the recipe's full fine-tuning, where torchrun launched GPU processes
         deepspeed=strategy.uses_deepspeed and torch.cuda.is_available() and "WORLD_SIZE" in os.environ,
+        **{key: row[key] for key in ROW_SETTINGS if row.get(key) is not None},  # beyond the recipe
     )
 
 
@@ -104,6 +107,8 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
                     accelerator.num_processes, samples_per_s=samples_per_s),
         "device": device, "processes": accelerator.num_processes, "weights": weights,
         "steps_measured": len(timed), "warmup_steps": warmup,
+        "settings": result.metrics["settings"],
+        **({"memory_fit": result.metrics["memory_fit"]} if "memory_fit" in result.metrics else {}),
         "git": provenance.git_state(), "hardware": provenance.hardware(),
     }
     if accelerator.is_main_process:

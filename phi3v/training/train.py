@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -37,6 +38,8 @@ from phi3v.processing_phi3v import IGNORE_INDEX
 from . import trackers
 from .checkpoint import keep_only_trainable_tensors, load_checkpoint, resume_point, save_checkpoint
 from .fingerprint import run_fingerprint
+from .memory_fit import fit_micro_batches
+from .optimizations import apply_optimizations, check_optimizations, settings_of
 from .run_config import RunConfig
 from .strategy import build_model, check_run, deepspeed_config, parameter_counts
 
@@ -108,12 +111,17 @@ def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation
     batches = [[(index, step // steps_per_epoch) for index in b] for step in range(start, total)
                for b in micro_batches(step, num_samples=len(dataset), run=run, accumulation=accumulation,
                                       rank=rank, world_size=world_size)]
-    collate = collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
+    collate = collate_for(run, pad_token_id)
     workers = min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0
     # Its own generator: starting the iterator (workers' seeds) must not draw from the global RNG,
     # which a resumed run has just restored for dropout. The data itself draws nothing at random.
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(run.seed))
+
+
+def collate_for(run: RunConfig, pad_token_id: int):
+    """One row per micro-batch without padding (packing), or a padded (B, T) batch."""
+    return collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
@@ -149,28 +157,21 @@ class FitResult:
     log: list
     metrics: dict
     timed: "Throughput"
+    run: RunConfig  # as trained: a memory fit's per-device batch and checkpointed layers filled in
 
 
 def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_dir, tracker_dir=None) -> FitResult:
     """The training loop: set up, resume, train `total_steps` optimiser steps, measure."""
     from accelerate.utils import DistributedType, set_seed
 
-    from phi3v.processing_phi3v import Phi3VProcessor
+    from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
     data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_run(run, device)
+    check_optimizations(run, device)
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
-    accumulation = effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)
-    accelerator = make_accelerator(run, accumulation, tracker_dir)
-    uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if uses_deepspeed != run.deepspeed or accelerator.num_processes != world_size:
-        raise UserError(f"run {run.run!r}: asked for deepspeed={run.deepspeed} on {world_size} "
-                        f"process(es) but Accelerate set up {accelerator.distributed_type} on "
-                        f"{accelerator.num_processes} — launch with torchrun, or set deepspeed: false")
-    set_seed(run.seed)  # same LoRA init and data order on every process
-    trackers.start(accelerator, run, tracker_dir)
-
+    effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)  # refuse early
     processor = Phi3VProcessor.from_pretrained(base_model)
     train_jsonl = data_dir / f"{dataset_name}_train.jsonl"
     if not train_jsonl.is_file():
@@ -180,7 +181,26 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     steps_per_epoch, total_steps = step_plan(len(dataset), run)
     fingerprint = run_fingerprint(run, base_model=base_model, train_jsonl=train_jsonl, processes=world_size)
 
+    set_seed(run.seed)  # same LoRA init and data order on every process
     model = build_model(run, str(base_model))
+    check_compatible(model, processor, str(base_model))
+    micro_fit = None
+    if run.memory_budget_gib is not None:  # the per-device batch sets accumulation and DeepSpeed's config
+        micro_fit = fit_micro_batches(model, run, dataset, collate_for(run, processor.pad_token_id),
+                                      device, world_size)
+        run = dataclasses.replace(run, per_device_batch_size=micro_fit.per_device_batch_size,
+                                  checkpointed_layers=micro_fit.checkpointed_layers, memory_budget_gib=None)
+    apply_optimizations(model, run)
+    accumulation = effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)
+    accelerator = make_accelerator(run, accumulation, tracker_dir)
+    uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if uses_deepspeed != run.deepspeed or accelerator.num_processes != world_size:
+        raise UserError(f"run {run.run!r}: asked for deepspeed={run.deepspeed} on {world_size} "
+                        f"process(es) but Accelerate set up {accelerator.distributed_type} on "
+                        f"{accelerator.num_processes} — launch with torchrun, or set deepspeed: false")
+    trackers.start(accelerator, run, tracker_dir)
+    if micro_fit is not None:
+        check_same_fit(accelerator, run)
     trainable_params, total_params = parameter_counts(model)
     optimizer = make_optimizer(model, run)
     from transformers import get_linear_schedule_with_warmup
@@ -274,9 +294,21 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
         "deepspeed": uses_deepspeed,
         "processes": accelerator.num_processes,
         "accumulation_steps": accumulation,
+        "settings": settings_of(run),  # the speed-relevant settings used (the memory fit's choice)
+        **({"memory_fit": micro_fit.as_dict()} if micro_fit else {}),
     }
     accelerator.wait_for_everyone()
-    return FitResult(model, accelerator, log, metrics, timed)
+    return FitResult(model, accelerator, log, metrics, timed, run)
+
+
+def check_same_fit(accelerator, run: RunConfig) -> None:
+    """Every process must have probed the same micro-batch plan, or their steps would not line up."""
+    chosen = torch.tensor([[run.per_device_batch_size, run.checkpointed_layers]], device=accelerator.device)
+    every = accelerator.gather(chosen)
+    if (every != chosen).any():
+        raise UserError(f"run {run.run!r}: the memory probe chose different (per-device batch, checkpointed "
+                        f"layers) on different processes: {every.tolist()} — set per_device_batch_size and "
+                        "checkpointed_layers yourself instead of memory_budget_gib")
 
 
 def to_device(batch: dict, device: torch.device, pixel_dtype: torch.dtype | None) -> dict:

@@ -16,7 +16,8 @@ from phi3v.workflow.resources import processes_per_node
 
 
 def speed_row_id(row: dict) -> str:
-    return f"{row['strategy']}-{row['attention']}-{row['precision']}-{row['nodes']}x{row['gpus']}"
+    best = "-best" if row.get("settings") == "best" else ""  # this project's settings beside the recipe's
+    return f"{row['strategy']}-{row['attention']}-{row['precision']}-{row['nodes']}x{row['gpus']}{best}"
 
 
 def hardware_gaps(config: dict, attention: str, nodes: int = 1, gpus: int = 1) -> list[str]:

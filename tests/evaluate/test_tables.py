@@ -178,3 +178,23 @@ def test_format_learning_rate():
     assert format_learning_rate(5e-6) == "5e-6"
     assert format_learning_rate(2e-4) == "2e-4"
     assert format_learning_rate(2.5e-5) == "2.5e-5"
+
+
+def test_best_settings_rows_get_their_own_section(results_dir, tmp_path):
+    """A speed row with `settings: best` is listed under this project's best settings, with them."""
+    config = demo_config()
+    best = {**config["speed"]["rows"][2], "row": "lora-sdpa-bf16-1x1-best", "settings": "best",
+            "memory_budget_gib": 40, "packing": True}
+    config["speed"]["rows"].append(best)
+    measured = {**fixture_json("speed", "lora-sdpa-bf16-1x1.json"), "img_per_s": 9.875, "settings": {
+        "per_device_batch_size": 4, "gradient_checkpointing": True, "checkpointed_layers": 3,
+        "packing": True, "compile_layers": True, "fused_kernels": False, "frozen_vision_no_grad": False}}
+    (results_dir / "speed" / "lora-sdpa-bf16-1x1-best.json").write_text(json.dumps(measured))
+    text = generated(results_dir, tmp_path, config)["speed.md"].decode()
+    section = text.split("## This project's best settings")[1]
+    cells = table_row(section, "`lora-sdpa-bf16-1x1-best`")
+    assert cells[0] == "LoRA" and cells[5] == "9.875"
+    assert cells[-2] == "batch 4/GPU, 3 layers checkpointed, packed, compiled layers"
+    before = text.split("## This project's best settings")[0]
+    assert "lora-sdpa-bf16-1x1-best" not in before  # not matched to a recipe row
+    assert generated(results_dir, tmp_path / "plain")["speed.md"].decode().count("best settings") == 0

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from phi3v.configuration_phi3v import Phi3VConfig
+from phi3v.configuration_phi3v import RELEASE_CONFIG_FILE, Phi3VConfig
 from phi3v.errors import UserError
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "phi35v_config.json"
+FIXTURE = RELEASE_CONFIG_FILE
 # keys of the hub file that name remote code, a hub path or a run-time kernel choice: not part of the model
 NOT_ROUND_TRIPPED = {"_name_or_path", "auto_map", "_attn_implementation", "transformers_version"}
 

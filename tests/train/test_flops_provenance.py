@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from phi3v import provenance
-from phi3v.configuration_phi3v import Phi3VConfig
+from phi3v.configuration_phi3v import RELEASE_CONFIG_FILE, Phi3VConfig
 from phi3v.training import flops
 from phi3v.errors import UserError
 from phi3v.files import write_json_atomic
 
-RELEASE_CONFIG = Path(__file__).parents[1] / "fixtures" / "phi35v_config.json"  # the hub's config.json
+RELEASE_CONFIG = RELEASE_CONFIG_FILE  # the hub's config.json
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,251 @@
+"""One-call GPU speed benchmark: each strategy at the DocVQA shape, the recipe's settings and ours.
+
+    python benchmarks/gpu_speed.py [--out DIR] [--no-install]    # a fresh GPU machine, only the repo
+    python benchmarks/gpu_speed.py --tiny                        # the same code path on a CPU, tiny shapes
+
+Installs what it needs (`pip install -e .[qlora,deepspeed]`; flash-attn and liger-kernel only where
+a wheel installs, else the row says why they are off), builds the full-size model with random
+weights from the release's config in the repo (phi3v/configs/phi35v_config.json; no hub), writes
+DocVQA-shaped square pages (num_crops 16: 17 crops of 336 px, 2509 image tokens + the text ~ 2560
+tokens), then measures full fine-tuning, frozen vision, LoRA and QLoRA, each with the recipe's
+settings (per-device batch 1, gradient checkpointing, bf16, flash attention where installed) and with
+this project's best settings (a memory-fitted batch, packing, compiled layers, fused kernels, frozen
+vision without autograd). Every row is `phi3v.training.speed.run_speed` (the workflow's speed rule).
+Writes `<out>/gpu_speed.jsonl` (one line a row) and `<out>/gpu_speed.md`, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
+# memory budgets of the best settings (GiB), from the goals on one 141 GB H200; capped by the card
+GPU_BUDGETS = {"full": 120, "frozen_vision": 120, "lora": 40, "qlora": 16}
+OPTIONAL_WHEELS = ("flash-attn", "liger-kernel")
+DATASET = "docvqa_pages"
+
+
+# ---- installation ------------------------------------------------------------------------------
+
+def pip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *args], cwd=REPO,
+                          capture_output=True, text=True)
+
+
+def install() -> dict:
+    """The package with QLoRA and DeepSpeed; optional kernels from wheels only (no source builds)."""
+    done = pip("-e", ".[qlora,deepspeed]")
+    if done.returncode:
+        sys.exit(f"pip install -e .[qlora,deepspeed] failed:\n{done.stderr[-2000:]}")
+    skipped = {}
+    for wheel in OPTIONAL_WHEELS:
+        result = pip("--only-binary=:all:", wheel)
+        if result.returncode:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            skipped[wheel] = f"no wheel installs here ({last[:200]})"
+    return skipped
+
+
+def versions() -> dict:
+    names = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "flash-attn",
+             "liger-kernel", "triton")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+def write_base(folder: Path, *, tiny: bool, device: str):
+    """Config (release or tiny), a small tokenizer with Phi's special tokens, processor, random weights."""
+    import torch
+
+    from phi3v.configuration_phi3v import RELEASE_CONFIG_FILE, Phi3VConfig
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
+    from phi3v.processing_phi3v import IMAGE_TOKEN, Phi3VImageProcessor, Phi3VProcessor
+    from phi3v.training.demo_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(["What is written in the total field of this form?", "42.00"] * 50, 512)
+    special = dict(image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                   eos_token_id=tokenizer.eos_token_id)
+    if tiny:
+        config = Phi3VConfig.tiny(vocab_size=len(tokenizer), **special)
+    else:  # the release's shapes; the embedding keeps its 32064 rows, the tokenizer uses the first few
+        config = Phi3VConfig.from_pretrained(RELEASE_CONFIG_FILE, **special)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = Phi3VForCausalLM.random_init(config, device=device, dtype=dtype)
+    model.save_pretrained(folder)
+    del model
+    Phi3VProcessor(Phi3VImageProcessor(num_crops=1, crop_size=config.crop_size), tokenizer).save_pretrained(folder)
+    return config
+
+
+def write_pages(folder: Path, *, samples: int, side: int) -> None:
+    """`docvqa_pages_train.jsonl` + square noise pages: at num_crops 16 and 336 px, 4x4 crops + global."""
+    import numpy as np
+    from PIL import Image
+
+    from phi3v.data.sources.common import write_jsonl
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(samples):
+        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "images" / f"{i}.png")
+        records.append({"id": f"train-{i:010d}", "source": DATASET, "conversations": [
+            {"images": [f"{i}.png"], "user": "What is written in the total field of this form?",
+             "assistant": "42.00"}]})
+    write_jsonl(folder / f"{DATASET}_train.jsonl", records)
+
+
+# ---- rows --------------------------------------------------------------------------------------
+
+def kernels_available(device: str) -> dict:
+    """Which optional kernels this machine can use, and why not where it cannot."""
+    import torch
+
+    from phi3v.training.optimizations import fused_kernels_unavailable
+
+    flash = None
+    if device != "cuda":
+        flash = "flash-attn needs a CUDA GPU"
+    elif importlib.util.find_spec("flash_attn") is None:
+        flash = "flash-attn is not installed"
+    fused = fused_kernels_unavailable(torch.device(device))
+    compiled = None if device == "cuda" else "inductor's CPU code generation takes minutes on tiny shapes"
+    return {"flash_attention_2": flash, "fused_kernels": fused, "compile_layers": compiled}
+
+
+def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float | None) -> list[dict]:
+    """The recipe's row and the best-settings row of every strategy (recipe rows first: Liger patches
+    transformers' Phi-3 classes process-wide once applied)."""
+    unavailable = kernels_available(device)
+    attention = "sdpa" if unavailable["flash_attention_2"] else "flash_attention_2"
+    recipe, best = [], []
+    for strategy in STRATEGIES:
+        base = {"strategy": strategy, "precision": "bf16", "attention": attention, "nodes": 1, "gpus": 1,
+                "effective_batch": effective_batch}
+        recipe.append({**base, "row": f"{strategy}-recipe", "settings": "recipe",
+                       "per_device_batch_size": 1, "gradient_checkpointing": True})
+        budget = 64 if tiny else min(GPU_BUDGETS[strategy], 0.9 * (card_gib or GPU_BUDGETS[strategy]))
+        best.append({**base, "row": f"{strategy}-best", "settings": "best", "gradient_checkpointing": True,
+                     "memory_budget_gib": budget, "packing": True,
+                     "compile_layers": unavailable["compile_layers"] is None,
+                     "fused_kernels": unavailable["fused_kernels"] is None,
+                     "frozen_vision_no_grad": strategy == "frozen_vision"})
+    return recipe + best
+
+
+def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, steps: int, warmup: int,
+            extra: dict) -> dict:
+    """One row through the workflow's speed benchmark, in this process; memory freed after."""
+    import torch
+
+    from phi3v.training.speed import run_speed
+
+    start = time.perf_counter()
+    result = run_speed(row, base_model=base, data_dir=data, dataset_name=DATASET, num_crops=num_crops,
+                       weights="pretrained", steps=steps, warmup=warmup, out_json=out / f"{row['row']}.json")
+    result = {**result, "row": row["row"], "settings_kind": row["settings"], "card": result["device"],
+              "row_wall_s": round(time.perf_counter() - start, 1), **extra}
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()  # compiled graphs of one row never serve the next
+    return result
+
+
+def markdown(results: list[dict], notes: list[str]) -> str:
+    from phi3v.reporting.tables import BEST_SETTINGS_TITLE, settings_speed_lines
+
+    lines = []
+    for kind, title in (("recipe", "The recipe's settings"), ("best", BEST_SETTINGS_TITLE)):
+        rows = [(r["row"], r) for r in results if r["settings_kind"] == kind]
+        lines += [f"## {title}", "", *settings_speed_lines(rows), ""]
+    card = results[0]["card"] if results else "no row measured"
+    return "\n".join([f"# GPU speed at the DocVQA shape ({card})", "", *lines, *notes, ""])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes on a CPU (the same code path)")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "gpu_speed")
+    parser.add_argument("--no-install", action="store_true", help="use the environment as it is")
+    parser.add_argument("--steps", type=int, help="measured optimiser steps a row (2; --tiny: 1)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed first steps (compile, allocate)")
+    parser.add_argument("--effective-batch", type=int, help="samples an optimiser step (8; --tiny: 2)")
+    parser.add_argument("--rows", nargs="*", help="only these rows, e.g. lora-recipe lora-best")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (1 if args.tiny else 2)
+    args.effective_batch = args.effective_batch or (2 if args.tiny else 8)
+
+    skipped = {} if args.tiny or args.no_install else install()
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import tempfile
+
+    import torch
+
+    from phi3v.files import write_text_atomic
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not args.tiny and device != "cuda":
+        sys.exit("no CUDA GPU here: the full-size benchmark needs one (use --tiny for the CPU check)")
+    card_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if device == "cuda" else None
+    num_crops = 4 if args.tiny else 16
+    started = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="gpu-speed-") as work:
+        work = Path(work)
+        write_base(work / "model", tiny=args.tiny, device=device)
+        # tiny crops are 56 px: a 112 px page is 2x2 crops + global, as 1344 px is 4x4 at 336 px
+        write_pages(work / "data", samples=args.effective_batch, side=112 if args.tiny else 1344)
+        rows = speed_rows(tiny=args.tiny, device=device, effective_batch=args.effective_batch,
+                          card_gib=card_gib)
+        rows = [row for row in rows if not args.rows or row["row"] in args.rows]
+        extra = {"versions": versions(), "not_used": {**kernels_available(device), **skipped}}
+        args.out.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            try:
+                results.append(measure(row, base=work / "model", data=work / "data", out=work,
+                                       num_crops=num_crops, steps=args.steps, warmup=args.warmup, extra=extra))
+            except Exception as error:  # one failing row (a kernel, out of memory) must not lose the others
+                results.append({"row": row["row"], "settings_kind": row["settings"], "error": repr(error)[:500],
+                                "settings": row, **extra})
+                print(f"{row['row']}: FAILED {error!r}", flush=True)
+                continue
+            print(f"{row['row']}: {results[-1]['img_per_s']:.3f} img/s, "
+                  f"{results[-1]['peak_mem_gib']:.2f} GiB", flush=True)
+    wall = time.perf_counter() - started
+    unused = {key: reason for key, reason in extra["not_used"].items() if reason}
+    failed = [f"{r['row']}: {r['error']}" for r in results if "error" in r]
+    notes = [f"Shape: num_crops {num_crops}, effective batch {args.effective_batch}, {args.steps} measured "
+             f"steps after {args.warmup} warm-up; random weights; {wall:.0f} s in all.",
+             "Not used here: " + ("; ".join(f"{k}: {v}" for k, v in unused.items()) or "nothing") + ".",
+             *([f"Failed rows: {'; '.join(failed)}."] if failed else [])]
+    table = markdown([r for r in results if "error" not in r], notes)
+    write_text_atomic(args.out / "gpu_speed.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in results))
+    write_text_atomic(args.out / "gpu_speed.md", table)
+    print(table)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Memory-fitted micro-batches: the largest per-device batch, then the fewest checkpointed layers.
+
+A short probe runs forward + backward of the run's first samples at candidate shapes and keeps the
+first that fits `memory_budget_gib`. Candidates are the per-device batches that divide the
+effective batch over the processes (so accumulation keeps the effective batch exact), largest
+first; for the first batch that fits with every decoder layer checkpointed, a bisection finds the
+fewest checkpointed layers (memory only grows as fewer layers recompute).
+
+Measured memory: on a GPU the allocator's peak; on a CPU (no allocator statistics) the bytes of
+weights, gradients and the tensors autograd saves for backward. Optimizer state does not exist yet
+at probe time, so its size is added from the trainable parameters (AdamW: two states a weight).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from .run_config import RunConfig
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MicroBatchFit:
+    per_device_batch_size: int
+    checkpointed_layers: int
+    probes: list = field(default_factory=list)  # (batch, checkpointed layers, GiB) of every probe
+
+    def as_dict(self) -> dict:
+        return {"per_device_batch_size": self.per_device_batch_size,
+                "checkpointed_layers": self.checkpointed_layers,
+                "probes": [list(probe) for probe in self.probes]}
+
+
+def candidate_batches(batch_size: int, world_size: int, largest: int | None = None) -> list[int]:
+    """Per-device batches that divide this process's share of the effective batch, largest first."""
+    share = batch_size // world_size
+    return [b for b in range(share, 0, -1) if share % b == 0 and (largest is None or b <= largest)]
+
+
+def choose_micro_batch(batches: list[int], num_layers: int, measure_gib: Callable[[int, int], float],
+                       budget_gib: float) -> MicroBatchFit:
+    """The largest batch that fits with every layer checkpointed, then its fewest checkpointed layers."""
+    probes = []
+
+    def fits(batch: int, layers: int) -> bool:
+        gib = measure_gib(batch, layers)
+        probes.append((batch, layers, round(gib, 3) if math.isfinite(gib) else None))
+        return gib <= budget_gib
+
+    for batch in batches:
+        if not fits(batch, num_layers):
+            continue
+        low, high = 0, num_layers  # high fits; find the smallest that fits
+        while low < high:
+            middle = (low + high) // 2
+            if fits(batch, middle):
+                high = middle
+            else:
+                low = middle + 1
+        return MicroBatchFit(batch, high, probes)
+    raise UserError(f"memory_budget_gib={budget_gib}: not even per-device batch {batches[-1]} with all "
+                    f"{num_layers} decoder layers checkpointed fits (probes: batch, layers, GiB = {probes}) "
+                    "— raise memory_budget_gib or use a smaller num_crops")
+
+
+def optimizer_state_bytes(model, run: RunConfig, world_size: int) -> int:
+    """AdamW's two states per trainable weight (ZeRO-2: fp32 states and master weights, partitioned)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if run.deepspeed:
+        return sum(p.numel() for p in params) * 12 // world_size
+    return sum(2 * p.numel() * p.element_size() for p in params)
+
+
+@contextlib.contextmanager
+def saved_tensor_bytes():
+    """Counts the bytes of distinct storages autograd saves for backward in the block: `[bytes]`."""
+    seen, total = set(), [0]
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total[0] += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield total
+
+
+def probe_step_gib(model, batch: dict, device: torch.device, dtype: torch.dtype, extra_bytes: int) -> float:
+    """GiB one forward + backward of `batch` needs (plus `extra_bytes`); inf when it runs out."""
+    from .train import to_device
+
+    model.zero_grad(set_to_none=True)
+    batch = to_device(batch, device, None)
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.autocast("cuda", dtype=dtype):
+                model(**batch).loss.backward()
+            used = torch.cuda.max_memory_allocated(device)
+        else:
+            with saved_tensor_bytes() as saved, torch.autocast(device.type, dtype=dtype):
+                loss = model(**batch).loss
+            loss.backward()
+            used = saved[0] + sum(p.numel() * p.element_size() for p in model.parameters())
+            used += sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
+                        if p.grad is not None)
+    except torch.OutOfMemoryError:
+        used = math.inf
+    finally:
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return (used + extra_bytes) / GIB
+
+
+def fit_micro_batches(model, run: RunConfig, dataset, collate, device: torch.device, world_size: int,
+                      largest: int | None = None) -> MicroBatchFit:
+    """Probe the run's first samples on `model` (moved to `device`); the batch and layers that fit."""
+    from .optimizations import decoder_layers, set_checkpointed_layers
+
+    model.to(device)
+    model.train()
+    samples = [dataset[i] for i in range(min(len(dataset), run.batch_size // world_size))]
+    extra = optimizer_state_bytes(model, run, world_size)
+
+    def measure(batch: int, layers: int) -> float:
+        set_checkpointed_layers(model, layers)
+        examples = (samples * batch)[:batch]  # fewer samples than the batch: repeat them
+        return probe_step_gib(model, collate(examples), device, run.dtype, extra)
+
+    batches = candidate_batches(run.batch_size, world_size, largest)
+    fit = choose_micro_batch(batches, len(decoder_layers(model)), measure, run.memory_budget_gib)
+    set_checkpointed_layers(model, fit.checkpointed_layers)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the run's peak is its own, not the probe's
+    return fit
