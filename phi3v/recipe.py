@@ -22,7 +22,7 @@ from typing import Sequence
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN, MODEL
 from phi3v.training.run_config import TRACKERS, RunConfig, Strategy, evaluation_precision, loads_bf16, run_id
-from phi3v.workflow.config import ONE_RANDOM_TURN_TASKS
+from phi3v.data import recipe_train_turns
 
 DEFAULT_MODEL = "microsoft/Phi-3.5-vision-instruct"  # the scripts' default since the Phi-3.5 release
 MAX_NUM_CROPS = 16  # every script asserts num_crops <= 16
@@ -184,7 +184,7 @@ def flags_to_run(task: str, args: argparse.Namespace, world_size: int = 1) -> Ru
         weight_decay=args.wd, warmup_steps=50, max_grad_norm=1.0, gradient_checkpointing=True,
         checkpoint_every=None, max_steps=args.max_steps, max_train_samples=args.max_train_samples,
         seed=HF_TRAINER_SEED, deepspeed=not strategy.is_lora and not args.no_deepspeed,
-        train_turns="one_random" if hub_task(task, args) in ONE_RANDOM_TURN_TASKS else "all",
+        train_turns=recipe_train_turns(hub_task(task, args)),
         freeze_token_embeddings=True, report_to=tuple(args.report_to), **lora)
 
 

@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 
 from torch.utils.data import Dataset
 
-from phi3v.data.records import Record, Turn, image_tags, read_records
+from phi3v.data import TRAIN_TURNS
+from phi3v.data.records import normalize_answer, Record, Turn, image_tags, read_records
 from phi3v.errors import UserError
-from phi3v.evaluation.metrics import normalize_answer
 from phi3v.processing_phi3v import image_tag_numbers, load_image
 
 
@@ -59,7 +59,7 @@ def draw_one_turn(record: Record, rng: random.Random) -> list[Turn]:
 
 class ConversationDataset(Dataset):
     """One training example per record, encoded the way `train_turns` says (see
-    `phi3v.training.run_config.TRAIN_TURNS`): every turn with every image (`all`), or one turn
+    `phi3v.data.TRAIN_TURNS`): every turn with every image (`all`), or one turn
     drawn per visit (`one_random`).
 
     Items are keyed by `index` or `(index, epoch)`: a draw comes from a generator seeded by
@@ -79,7 +79,6 @@ class ConversationDataset(Dataset):
         train_turns: str = "all",
         seed: int = 0,
     ):
-        from phi3v.training.run_config import TRAIN_TURNS
 
         if train_turns not in TRAIN_TURNS:
             raise UserError(f"train_turns={train_turns!r} — choose one of {', '.join(TRAIN_TURNS)}")

@@ -40,6 +40,11 @@ FORMAT_HINT = (
 )
 
 
+def normalize_answer(text: str) -> str:
+    """The recipe's answer normalisation for exact-match accuracy: strip whitespace, strip dots, lower-case."""
+    return text.strip().strip(".").lower()
+
+
 @dataclass
 class Turn:
     images: list[str]

@@ -9,17 +9,14 @@ from typing import Iterable, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
+from phi3v.data.records import normalize_answer
+
 ANLS_THRESHOLD = 0.5
 
 
 def strip_answer(text: str) -> str:
     """Strip surrounding whitespace and trailing dots, as the recipe does before ANLS."""
     return text.strip().rstrip(".").strip()
-
-
-def normalize_answer(text: str) -> str:
-    """Normalise an answer for exact-match accuracy: strip whitespace, strip dots, lower-case."""
-    return text.strip().strip(".").lower()
 
 
 def normalized_levenshtein(a: str, b: str) -> float:

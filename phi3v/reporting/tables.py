@@ -15,7 +15,8 @@ from typing import Iterable, Sequence
 
 from phi3v.files import write_text_atomic
 from phi3v.layout import BASE_RUN, ReportInputs, read_metrics, read_provenance, read_scores, read_speed_row
-from phi3v.training.run_config import ONE_RANDOM_TURN_TASKS, RunConfig, Strategy, evaluation_precision
+from phi3v.data import recipe_train_turns
+from phi3v.training.run_config import RunConfig, Strategy, evaluation_precision
 from phi3v.reporting.recipe_tables import (
     RECIPE_TABLE_MODEL,
     ACCURACY_TABLES,
@@ -202,7 +203,7 @@ def option_notes(config: dict, run: dict) -> list[str]:
     """The named options by which `run` departs from the recipe (phi3v.training.run_config.RunConfig)."""
     notes = []
     task = (config.get("datasets") or {}).get(run["dataset"], {}).get("task")
-    recipe_turns = "one_random" if task in ONE_RANDOM_TURN_TASKS else "all"
+    recipe_turns = recipe_train_turns(task)
     if run.get("train_turns", recipe_turns) != recipe_turns:
         notes.append(f"train_turns {run['train_turns']} (the recipe: {recipe_turns})")
     if run["strategy"] == "frozen_vision" and run.get("freeze_token_embeddings") is False:

@@ -14,19 +14,14 @@ import enum
 import json
 from dataclasses import dataclass
 
+from phi3v.data import TRAIN_TURNS
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN  # no training run may take the name of the model before fine-tuning
 
 PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype name
 PRECISIONS = tuple(PRECISION_DTYPES)
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
-# How a training sample's conversation becomes the sequence it trains on each time it is seen:
-# all: every turn, concatenated (the recipe's generic jsonl dataset, NLVR2, Hateful Memes, UCF-101);
-# one_random: one turn drawn at random, its target one of the turn's accepted answers drawn at random
-# (the recipe's DocVQA collators: `random.choice` over the mini set's answers, over the Cauldron's pairs).
-TRAIN_TURNS = ("all", "one_random")
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate's trackers a run may report to
-ONE_RANDOM_TURN_TASKS = ("docvqa", "docvqa_full")  # the tasks whose recipe collators draw per visit
 
 
 class Strategy(str, enum.Enum):

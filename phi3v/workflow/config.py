@@ -20,7 +20,8 @@ import yaml
 
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN
-from phi3v.training.run_config import ONE_RANDOM_TURN_TASKS, RunConfig, evaluation_precision
+from phi3v.data import recipe_train_turns
+from phi3v.training.run_config import RunConfig, evaluation_precision
 from phi3v.workflow import matrix
 from phi3v.workflow.preflight import yaml_error_message
 
@@ -220,7 +221,7 @@ def _check_datasets(config: dict) -> None:
         dataset.setdefault("task", name)
         if dataset["task"] not in TASKS:
             raise UserError(f"{where}: set `task` (which converter reads it); allowed values: {', '.join(TASKS)}")
-        dataset.setdefault("train_turns", "one_random" if dataset["task"] in ONE_RANDOM_TURN_TASKS else "all")
+        dataset.setdefault("train_turns", recipe_train_turns(dataset["task"]))
 
 
 def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dict:

@@ -1,0 +1,72 @@
+"""The package's layers (docs/architecture.md): no module imports from a layer above its own."""
+
+import ast
+from pathlib import Path
+
+import phi3v
+
+PACKAGE = Path(phi3v.__file__).resolve().parent
+
+# Bottom to top; a module may import its own layer and those below. The package root is left out:
+# Python runs it before any submodule anyway (it pins numerics and registers the Auto classes).
+LAYERS = [
+    ("ground", ["errors", "files", "layout", "launch", "numerics", "provenance"]),
+    ("model", ["configuration_phi3v", "modeling_phi3v", "processing_phi3v"]),
+    ("data", ["data"]),
+    ("training", ["training"]),
+    ("evaluation", ["evaluation"]),
+    ("reporting", ["reporting"]),
+    ("workflow", ["workflow"]),
+    ("applications", ["cli", "recipe", "hub_cache", "testing"]),
+]
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "phi3v" or len(parts) == 1:
+        return None
+    for level, (_, heads) in enumerate(LAYERS):
+        if parts[1] in heads:
+            return level
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS and to docs/architecture.md")
+
+
+def module_name(path: Path) -> str:
+    parts = ["phi3v", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            found.add(target)
+            found |= {f"{target}.{alias.name}" for alias in node.names if not node.module}
+    return found
+
+
+def test_every_module_imports_only_its_layer_and_below():
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        own = layer_of(module)
+        for target in imported_modules(path):
+            other = layer_of(target) if target.startswith("phi3v.") else None
+            if own is not None and other is not None and other > own:
+                violations.append(f"{module} ({LAYERS[own][0]}) imports {target} ({LAYERS[other][0]})")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_check_sees_an_upward_import(tmp_path):
+    # The same checker, on a module of the data layer that imports the workflow: it must be caught.
+    bad = PACKAGE / "data" / "records.py"
+    imports = imported_modules(bad) | {"phi3v.workflow.config"}
+    assert any(layer_of(t) > layer_of("phi3v.data.records") for t in imports if t.startswith("phi3v."))
