@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import importlib.util
 import json
 import subprocess
@@ -56,15 +55,10 @@ def install() -> dict:
 
 
 def versions() -> dict:
-    names = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "flash-attn",
-             "liger-kernel", "triton")
-    found = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    from phi3v.provenance import package_versions
+
+    return package_versions(("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes",
+                             "flash-attn", "liger-kernel", "triton"))
 
 
 # ---- inputs ------------------------------------------------------------------------------------

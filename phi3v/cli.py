@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from phi3v.errors import UserError
+from phi3v.errors import UserError, entry_point
 
 PRECISION_CHOICES = ("bf16", "fp16", "fp32")
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
@@ -150,13 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        print(args.handler(args))
-    except UserError as error:
-        print(f"phi3v {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    print(args.handler(args))
     return 0
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from phi3v.errors import UserError
+from phi3v.errors import UserError, entry_point
 from phi3v.layout import BASE_RUN, MODEL
 from phi3v.training.run_config import TRACKERS, RunConfig, Strategy, evaluation_precision, loads_bf16, run_id
 from phi3v.data import recipe_train_turns
@@ -304,14 +304,10 @@ def run_recipe(task: str, args: argparse.Namespace) -> dict:
     return scores
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    task, args = parse_args(argv)
-    try:
-        run_recipe(task, args)
-    except UserError as error:
-        print(f"python -m phi3v.recipe {task}: error: {error}", file=sys.stderr)
-        return 2
+    task, args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    run_recipe(task, args)
     return 0
 
 
