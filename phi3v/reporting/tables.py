@@ -460,7 +460,7 @@ def settings_summary(settings: dict | None) -> str:
 def settings_speed_lines(measured_rows: Sequence[tuple[str, dict]]) -> list[str]:
     """A speed table of (row name, measurement) with the recipe table's columns plus the settings used."""
     columns = ["Training method", "Nodes", "GPUs", "Flash attention", "Effective batch", "img/s",
-               "Speedup", "Peak mem (GiB)", "Tokens/s", "MFU", "data type", "Settings", "Row"]
+               "Speedup", "Peak mem (GiB)", "Peak mem (GB)", "Tokens/s", "MFU", "data type", "Settings", "Row"]
     lines = []
     for name, measured in measured_rows:
         cells = measured_speed_cells(METHOD_OF_STRATEGY[measured["strategy"]], measured, None, False)

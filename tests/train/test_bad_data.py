@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import struct
 import subprocess
 import sys
@@ -21,7 +20,7 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def train_cli(base, data, tmp_path):
-    command = [sys.executable, "-m", "phi3v.training.train", "--run-json", json.dumps(base_run(max_steps=4)),
+    command = [sys.executable, "-m", "phi3v.training.train", "--run-json", base_run(max_steps=4).to_json(),
                "--base-model", str(base), "--data-dir", str(data), "--dataset", DATASET,
                "--out-dir", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt")]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -47,7 +46,7 @@ def test_duplicate_ids_are_refused_naming_both_lines(tiny_base, tmp_path, capsys
     lines = train_file.read_text().splitlines()
     lines[9] = lines[9].replace('"train-0000000009"', '"train-0000000002"')
     train_file.write_text("\n".join(lines) + "\n")
-    code = main(["--run-json", json.dumps(base_run(max_steps=4)), "--base-model", str(tiny_base),
+    code = main(["--run-json", base_run(max_steps=4).to_json(), "--base-model", str(tiny_base),
                  "--data-dir", str(data), "--dataset", DATASET, "--out-dir", str(tmp_path / "out"),
                  "--checkpoint-dir", str(tmp_path / "ckpt")])
     assert code == 2

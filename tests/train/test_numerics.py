@@ -23,7 +23,7 @@ AVX2_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_EN
 def train_in_subprocess(isa, base, data, out, ckpt):
     env = {key: value for key, value in os.environ.items()
            if key not in ("PHI3V_NUMERICS", "OMP_NUM_THREADS", "MKL_CBWR")}
-    command = [sys.executable, "-m", "phi3v.training.train", "--run-json", json.dumps(base_run(max_steps=6)),
+    command = [sys.executable, "-m", "phi3v.training.train", "--run-json", base_run(max_steps=6).to_json(),
                "--base-model", str(base), "--data-dir", str(data), "--dataset", DATASET,
                "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
     done = subprocess.run(command, env={**env, **isa}, capture_output=True, text=True, timeout=300)
