@@ -7,13 +7,29 @@ from phi3v.errors import UserError
 
 SLURM_PROFILE = "profiles/slurm/config.yaml"
 # Jobs started through `python -m phi3v.launch`, which runs srun itself on several nodes.
-LAUNCHED_KINDS = ("train",)
+LAUNCHED_KINDS = ("train", "benchmark")
 
 
 def processes_per_node(config: dict) -> int:
     """Training processes on each node: one per GPU; one on a CPU."""
     hardware = config["hardware"]
     return hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 1
+
+
+def training_processes(config: dict) -> tuple[int, int, int]:
+    """(nodes, processes per node, GPUs per node) of a training job."""
+    hardware = config["hardware"]
+    gpus = hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 0
+    return hardware["nodes"], processes_per_node(config), gpus
+
+
+def speed_row_processes(config: dict, row: dict) -> tuple[int, int, int]:
+    """(nodes, processes per node, GPUs per node) of a speed row: its `gpus` (all nodes together)
+    split over its nodes, one process each; on a CPU one process per node."""
+    if config["hardware"]["accelerator"] != "cuda":
+        return row["nodes"], 1, 0
+    per_node = row["gpus"] // row["nodes"]
+    return row["nodes"], per_node, per_node
 
 
 def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 0, nodes: int = 1) -> dict:
