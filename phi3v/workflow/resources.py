@@ -39,9 +39,11 @@ def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 
 
     On one machine the GPUs are the `gpu` resource, which Snakemake counts against
     `--resources gpu=N`. Under SLURM they are `gres: gpu:G` (G per node, as `--gres` means), and a
-    job of LAUNCHED_KINDS on several nodes runs its own `srun` (the `mpi` resource tells the executor
-    plugin not to wrap the job in a one-task step), one task per node. The keys depend only on the
-    executor and on that, so Snakemake can take each value from a function of the wildcards.
+    job of LAUNCHED_KINDS starts its own processes: on several nodes its own `srun`, one task per
+    node (`mpi: srun`), on one node `mpi: ""`. The job step plugin wraps a job in a one-task `srun`
+    step unless it has an `mpi` key, and such a step would hold the CPUs the job's own `srun` needs.
+    The keys depend only on the executor and the kind, so Snakemake can take each value from a
+    function of the wildcards (a speed row's nodes).
     """
     limits = config["resources"][kind]
     resources = {"mem_mb": limits["mem_mb"], "runtime": limits["runtime"]}
@@ -52,8 +54,8 @@ def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 
     resources["cpus_per_task"] = limits["threads"]
     resources["gres"] = f"gpu:{gpus_per_node}" if gpus_per_node else ""
     resources["tasks_per_gpu"] = 0  # no --ntasks-per-gpu: one launcher task per node
-    if nodes > 1 and kind in LAUNCHED_KINDS:
-        resources.update(mpi="srun", tasks=nodes)
+    if kind in LAUNCHED_KINDS:
+        resources.update(mpi="srun" if nodes > 1 else "", tasks=nodes)
     else:
         resources["tasks"] = 1
     return resources

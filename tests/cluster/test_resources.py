@@ -30,8 +30,10 @@ def test_slurm_jobs_ask_for_gres_per_node_and_multi_node_training_runs_its_own_s
     train = job_resources(paper, "train", slurm=True, gpus_per_node=8, nodes=2)
     assert train == {"mem_mb": 200000, "runtime": 1440, "nodes": 2, "cpus_per_task": 16, "gres": "gpu:8",
                      "tasks_per_gpu": 0, "mpi": "srun", "tasks": 2}
+    # On one node the launcher starts the processes itself: an `mpi` key keeps the plugin's step wrapper off.
     single = job_resources(paper, "train", slurm=True, gpus_per_node=8)
-    assert single["nodes"] == 1 and single["tasks"] == 1 and "mpi" not in single
+    assert single["nodes"] == 1 and single["tasks"] == 1 and single["mpi"] == ""
+    assert "mpi" not in job_resources(paper, "evaluate", slurm=True, gpus_per_node=1)
     # A speed row starts as training does: on several nodes, one srun task (torchrun agent) per node.
     benchmark = job_resources(paper, "benchmark", slurm=True, gpus_per_node=8, nodes=2)
     assert (benchmark["mpi"], benchmark["tasks"], benchmark["nodes"]) == ("srun", 2, 2)
