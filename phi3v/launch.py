@@ -196,11 +196,11 @@ def format_command(command: Sequence[str]) -> str:
     return shlex.join(command)
 
 
-def launcher_command(module_args: Sequence[str], *, nodes: int, processes_per_node: int, gpus: int,
+def launcher_command(module_args: Sequence[str | os.PathLike], *, nodes: int, processes_per_node: int, gpus: int,
                      process_group: bool = False, python: str = sys.executable) -> list[str]:
     """`python -m phi3v.launch ... -- <module_args>`: how a workflow job starts its processes."""
     return [python, "-m", "phi3v.launch", "--nodes", str(nodes), "--processes-per-node", str(processes_per_node),
-            "--gpus", str(gpus), *(["--process-group"] if process_group else []), "--", *module_args]
+            "--gpus", str(gpus), *(["--process-group"] if process_group else []), "--", *map(str, module_args)]
 
 
 def run_launched(command: Sequence[str], log: str) -> None:

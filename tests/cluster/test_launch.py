@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,7 @@ def test_a_process_group_for_one_process_uses_torchrun():
 
 
 def test_launcher_command_passes_the_job_shape():
-    command = launcher_command(["phi3v.training.speed", "--out", "x"], nodes=2, processes_per_node=4, gpus=4,
+    command = launcher_command(["phi3v.training.speed", "--out", Path("x")], nodes=2, processes_per_node=4, gpus=4,
                                process_group=True, python="py")
     assert command == ["py", "-m", "phi3v.launch", "--nodes", "2", "--processes-per-node", "4", "--gpus", "4",
                        "--process-group", "--", "phi3v.training.speed", "--out", "x"]
