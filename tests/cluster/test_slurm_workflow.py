@@ -72,12 +72,16 @@ def slurm_profile(folder: Path, logs: Path) -> Path:
 
 
 def run_slice(results: Path, *options: str, env=os.environ) -> subprocess.CompletedProcess:
-    """The slice into `results`; bounded by `timeout`, as a waiting Snakemake ignores SIGTERM."""
+    """The slice into `results`; bounded by `timeout`, as a waiting Snakemake ignores SIGTERM.
+
+    Six jobs one after another, each seen done at the plugin's next status check (its interval
+    grows by 10 s while nothing finishes): about 170 s through SLURM on a busy machine, hence 400.
+    """
     targets = [str(results / target) for target in TARGETS]
-    command = ["timeout", "-k", "10", "170", *SNAKEMAKE, *options, "--config", f"results_dir={results}", *SLICE,
+    command = ["timeout", "-k", "10", "400", *SNAKEMAKE, *options, "--config", f"results_dir={results}", *SLICE,
                "--", *targets]
     env = {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=430)
 
 
 def weights_hash(model_dir: Path) -> str:
