@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Start or stop a single-node SLURM (munged + slurmctld + slurmd) on this machine, for tests and
-# for trying the SLURM profile without a cluster. Needs root and Debian's munge, slurmctld, slurmd
-# and slurm-client packages. Every daemon is stopped by the PID it wrote, nothing else is touched.
+# Start or stop a SLURM (munged + slurmctld + slurmd) on this machine, for tests and for trying the
+# SLURM profile without a cluster. Needs root and Debian's munge, slurmctld, slurmd and slurm-client
+# packages. Every daemon is stopped by the PID it wrote, nothing else is touched.
+# NODES > 1 runs one slurmd per node name (node1, node2, ...) on this one host, each on its own
+# port, so that jobs on several nodes (srun across nodes, one torchrun per node) can be tried.
 #
-#   cluster/local_slurm.sh start [STATE_DIR]   # prints `export SLURM_CONF=... PATH=STATE_DIR/bin:$PATH`
+#   cluster/local_slurm.sh start [STATE_DIR] [NODES]  # prints `export SLURM_CONF=... PATH=STATE_DIR/bin:$PATH`
 #   cluster/local_slurm.sh stop  [STATE_DIR]
 set -euo pipefail
 
@@ -13,9 +15,14 @@ conf="$state_dir/slurm.conf"
 # munged runs as the munge user, who may not reach a private state dir (e.g. pytest's, mode 0700):
 # its files then live in a folder of their own, named after the state dir.
 munge_dir="$state_dir/munge"
+nodes=${3:-1}
 [ -e "$state_dir/munge_dir" ] && munge_dir=$(cat "$state_dir/munge_dir")
 
 die() { echo "local_slurm.sh: $*" >&2; exit 1; }
+
+node_names() {
+  if [ "$nodes" = 1 ]; then hostname -s; else seq -f 'node%g' 1 "$nodes"; fi
+}
 
 start() {
   for tool in munged slurmctld slurmd sinfo; do
@@ -30,7 +37,8 @@ start() {
   fi
   mkdir -p "$munge_dir"
   chown munge: "$munge_dir"; chmod 755 "$munge_dir"  # munged wants its socket folder reachable by all
-  local host cpus mem_mb
+  [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "NODES must be a positive number, not '$nodes'"
+  local host cpus mem_mb node_lines node_names
   host=$(hostname -s)
   cpus=$(nproc)
   mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
@@ -44,6 +52,15 @@ start() {
     --socket="$munge_dir/munge.socket" --pid-file="$munge_dir/munged.pid" \
     --log-file="$munge_dir/munged.log" --seed-file="$munge_dir/munged.seed"
 
+  # One node is this host under its own name; several are node1..nodeN, all on this host.
+  node_lines=""
+  local name port=6818
+  for name in $(node_names); do
+    node_lines+="NodeName=$name NodeHostname=$host NodeAddr=127.0.0.1 Port=$port CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"$'\n'
+    port=$((port + 1))
+  done
+  node_names=$(node_names | paste -sd,)
+
   cat >"$conf" <<CONF
 ClusterName=phi3v-local
 SlurmctldHost=$host(127.0.0.1)
@@ -53,13 +70,12 @@ AuthType=auth/munge
 AuthInfo=socket=$munge_dir/munge.socket
 CredType=cred/munge
 StateSaveLocation=$state_dir/state
-SlurmdSpoolDir=$state_dir/spool
+SlurmdSpoolDir=$state_dir/spool/%n
 SlurmctldPidFile=$state_dir/slurmctld.pid
-SlurmdPidFile=$state_dir/slurmd.pid
+SlurmdPidFile=$state_dir/slurmd-%n.pid
 SlurmctldLogFile=$state_dir/slurmctld.log
-SlurmdLogFile=$state_dir/slurmd.log
+SlurmdLogFile=$state_dir/slurmd-%n.log
 SlurmctldPort=6817
-SlurmdPort=6818
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -70,11 +86,14 @@ ReturnToService=2
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+$node_lines
+PartitionName=debug Nodes=$node_names Default=YES MaxTime=INFINITE State=UP
 CONF
   /usr/sbin/slurmctld -f "$conf"
-  /usr/sbin/slurmd -f "$conf"
+  for name in $(node_names); do
+    mkdir -p "$state_dir/spool/$name"
+    /usr/sbin/slurmd -f "$conf" -N "$name"
+  done
   # Client commands that find this config without SLURM_CONF, which Snakemake's SLURM job step
   # removes (with every SLURM_* variable) before it calls srun; a cluster has /etc/slurm instead.
   mkdir -p "$state_dir/bin"
@@ -85,18 +104,18 @@ CONF
   done
   export SLURM_CONF="$conf"
   for _ in $(seq 1 60); do
-    if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+    if [ "$(sinfo -h -N -o '%T' 2>/dev/null | grep -cE '^(idle|mixed|allocated)')" = "$nodes" ]; then
       echo "export SLURM_CONF=$conf PATH=$state_dir/bin:\$PATH"
       return 0
     fi
     sleep 0.5
   done
-  stop; die "the node did not come up within 30 s; logs in $state_dir"
+  stop; die "the nodes did not come up within 30 s; logs in $state_dir"
 }
 
 stop() {
   local pidfile pid
-  for pidfile in "$state_dir/slurmd.pid" "$state_dir/slurmctld.pid" "$munge_dir/munged.pid"; do
+  for pidfile in "$state_dir"/slurmd-*.pid "$state_dir/slurmctld.pid" "$munge_dir/munged.pid"; do
     [ -s "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if kill "$pid" 2>/dev/null; then

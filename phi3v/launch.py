@@ -59,19 +59,21 @@ def launch_command(
     *,
     processes_per_node: int,
     nodes: int = 1,
+    process_group: bool = False,
     env: Mapping[str, str] = os.environ,
     python: str = sys.executable,
 ) -> list[str]:
     """The command that runs `python -m <module_args...>` on `nodes` x `processes_per_node` processes.
 
-    - 1 process on 1 node: plain python (no launcher to get in the way of debuggers).
+    - 1 process on 1 node: plain python (no launcher to get in the way of debuggers), unless
+      `process_group`: DeepSpeed needs torchrun's environment even for one process.
     - several processes on 1 node: `torchrun --standalone`.
     - several nodes: `srun` starts one torchrun per node; they meet at the first node of the
       allocation (c10d rendezvous), with the SLURM job id as the rendezvous id.
     """
     if processes_per_node < 1 or nodes < 1:
         raise UserError(f"processes_per_node ({processes_per_node}) and nodes ({nodes}) must be >= 1")
-    if nodes == 1 and processes_per_node == 1:
+    if nodes == 1 and processes_per_node == 1 and not process_group:
         return [python, "-m", *module_args]
     torchrun = [python, "-m", "torch.distributed.run", f"--nproc-per-node={processes_per_node}"]
     if nodes == 1:
@@ -89,7 +91,7 @@ def launch_command(
         *torchrun,
         f"--nnodes={nodes}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={first_node(nodelist)}:{RENDEZVOUS_PORT}",
+        f"--rdzv-endpoint={node_address(first_node(nodelist), env)}:{RENDEZVOUS_PORT}",
         f"--rdzv-id={env['SLURM_JOB_ID']}",
         "-m", *module_args,
     ]
@@ -103,6 +105,20 @@ def first_node(nodelist: str) -> str:
         raise UserError(f"cannot read the SLURM node list {nodelist!r}")
     prefix, ranges = match.groups()
     return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def node_address(node: str, env: Mapping[str, str] = os.environ) -> str:
+    """The address SLURM reaches `node` at (its NodeAddr, which defaults to the node name).
+
+    They differ where several node names share a host (cluster/local_slurm.sh with NODES > 1).
+    """
+    try:
+        shown = subprocess.run(["scontrol", "show", "node", "--oneliner", node], capture_output=True,
+                               text=True, env=dict(env), timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return node
+    address = re.search(r"\bNodeAddr=(\S+)", shown.stdout)
+    return address.group(1) if shown.returncode == 0 and address else node
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +196,42 @@ def format_command(command: Sequence[str]) -> str:
     return shlex.join(command)
 
 
+def launcher_command(module_args: Sequence[str | os.PathLike], *, nodes: int, processes_per_node: int, gpus: int,
+                     process_group: bool = False, python: str = sys.executable) -> list[str]:
+    """`python -m phi3v.launch ... -- <module_args>`: how a workflow job starts its processes."""
+    return [python, "-m", "phi3v.launch", "--nodes", str(nodes), "--processes-per-node", str(processes_per_node),
+            "--gpus", str(gpus), *(["--process-group"] if process_group else []), "--", *map(str, module_args)]
+
+
+def error_lines(log_text: str, limit: int = 20) -> list[str]:
+    """The error a child process wrote into the job's log: its last `error: ...` message (with the
+    lines that follow it), else the exception line that ends a traceback, else nothing."""
+    lines = log_text.rstrip().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    if starts:
+        return lines[starts[-1]:][:limit]
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if tracebacks:
+        # The exception line: the first unindented line after the traceback's frames.
+        return next(([line] for line in lines[tracebacks[-1] + 1:] if line and not line[0].isspace()), [])
+    return []
+
+
+def run_launched(command: Sequence[str], log: str) -> int:
+    """Run a launcher command with its output in this job's log (stdout); its exit status.
+
+    On failure the console gets the child's own error line, not only the log's name."""
+    print("$ " + format_command(command), flush=True)
+    completed = subprocess.run(command, stdout=sys.stdout, stderr=subprocess.STDOUT)
+    if completed.returncode:
+        sys.stdout.flush()
+        error = error_lines(Path(log).read_text(errors="replace")) if Path(log).is_file() else []
+        module = command[command.index("--") + 1]
+        print("\n".join([*error, f"{module} failed with exit status {completed.returncode}; full log: {log}"]),
+              file=sys.__stderr__)
+    return completed.returncode
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m phi3v.launch [options] -- MODULE ARGS...`: claim GPUs, then run the module."""
@@ -189,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--processes-per-node", type=int, default=1)
     parser.add_argument("--gpus", type=int, default=0, help="GPUs per node the job uses (0: CPU)")
+    parser.add_argument("--process-group", action="store_true",
+                        help="start torchrun also for one process (DeepSpeed needs its environment)")
     parser.add_argument("--gpus-on-machine", type=int, default=None,
                         help=f"GPUs this machine has, shared by concurrent jobs (default: ${MACHINE_GPUS_VARIABLE}, else all visible)")
     parser.add_argument("--lock-dir", default=DEFAULT_LOCK_DIR)
@@ -197,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_args = args.module_args[1:] if args.module_args[:1] == ["--"] else args.module_args
     if not module_args:
         parser.error("give the module to run after --")
-    command = launch_command(module_args, processes_per_node=args.processes_per_node, nodes=args.nodes)
+    command = launch_command(module_args, processes_per_node=args.processes_per_node, nodes=args.nodes,
+                             process_group=args.process_group)
     with visible_gpus(args.gpus, total=args.gpus_on_machine, lock_dir=args.lock_dir) as env:
         print(f"launch: {format_command(command)}", file=sys.stderr, flush=True)
         if "CUDA_VISIBLE_DEVICES" in env and not under_slurm(env):

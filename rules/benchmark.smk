@@ -23,6 +23,7 @@ rule benchmark_speed:
         weights=config["speed"]["weights"],
         steps=config["speed"]["steps"],
         warmup=config["speed"]["warmup"],
+        launch=speed_row_launch,
     threads: resources_of("benchmark")["threads"]
     resources:
         **speed_row_job_resources(),

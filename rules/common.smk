@@ -79,10 +79,18 @@ def job_resources(kind, gpus_per_node=0, nodes=1):
     """The Snakemake resources of a kind of job, for this executor (see phi3v.workflow.resources.job_resources)."""
     return resources.job_resources(config, kind, slurm=runs_on_slurm(), gpus_per_node=gpus_per_node, nodes=nodes)
 
+def training_job_resources():
+    """Resources of a training job: the configured hardware's nodes and GPUs."""
+    nodes, _, gpus = resources.training_processes(config)
+    return job_resources("train", gpus_per_node=gpus, nodes=nodes)
+
 def speed_row_job_resources():
     """Resources of a speed-table job: one function of the row per resource."""
     def value(key):
-        return lambda wildcards: job_resources("benchmark", *speed_row_resources(wildcards.row))[key]
+        def of_row(wildcards):
+            nodes, _, gpus = resources.speed_row_processes(config, settings.speed_row(config, wildcards.row))
+            return job_resources("benchmark", gpus_per_node=gpus, nodes=nodes)[key]
+        return of_row
     return {key: value(key) for key in job_resources("benchmark")}
 
 def gpus_per_job():
@@ -106,17 +114,19 @@ def model_to_evaluate(wildcards):
 def run_json(wildcards):
     return settings.run_config(config, wildcards.dataset, wildcards.run).to_json()
 
-def training_processes():
-    """(nodes, processes per node, GPUs per node) of a training job."""
-    hardware = config["hardware"]
-    gpus = hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 0
-    return hardware["nodes"], resources.processes_per_node(config), gpus
+def launch_options(nodes, processes_per_node, gpus, process_group):
+    """How a job starts its processes: the options of phi3v.launch.launcher_command."""
+    return dict(nodes=nodes, processes_per_node=processes_per_node, gpus=gpus, process_group=process_group)
 
-def speed_row_resources(row):
-    """GPUs per node and nodes of a speed-table row (its `gpus` count all nodes)."""
-    entry = settings.speed_row(config, row)
-    gpus = entry["gpus"] // entry["nodes"] if config["hardware"]["accelerator"] == "cuda" else 0
-    return gpus, entry["nodes"]
+def training_launch(wildcards):
+    """A training job's processes; DeepSpeed needs torchrun's process group even for one process."""
+    deepspeed = settings.run_config(config, wildcards.dataset, wildcards.run).deepspeed
+    return launch_options(*resources.training_processes(config), process_group=deepspeed)
+
+def speed_row_launch(wildcards):
+    """A speed row's processes, always under torchrun (full rows may use DeepSpeed, see phi3v.training.speed)."""
+    row = settings.speed_row(config, wildcards.row)
+    return launch_options(*resources.speed_row_processes(config, row), process_group=True)
 
 def result_files(wildcards):
     """The result files the tables and figures read, named by run and row (phi3v.layout.ReportInputs)."""

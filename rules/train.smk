@@ -19,10 +19,10 @@ rule train:
         run_json=run_json,
         out_dir=lambda wildcards: layout.run_dir(wildcards.dataset, wildcards.run),
         checkpoint_dir=lambda wildcards: layout.checkpoints(wildcards.dataset, wildcards.run),
-        processes=training_processes(),
+        launch=training_launch,
     threads: resources_of("train")["threads"]
     resources:
-        **job_resources("train", gpus_per_node=training_processes()[2], nodes=training_processes()[0]),
+        **training_job_resources(),
     conda:
         "../envs/train.yaml"
     script:

@@ -1,5 +1,7 @@
-"""One row of the speed table: img/s, tokens/s, peak memory and MFU on the benchmark shape."""
+"""One row of the speed table: img/s, tokens/s, peak memory and MFU on the benchmark shape,
+measured by `python -m phi3v.training.speed` under the launcher, as training runs."""
 
+import json
 import sys
 
 sys.path.insert(0, snakemake.scriptdir)
@@ -7,20 +9,21 @@ from common import run_step  # noqa: E402
 
 
 def benchmark_speed():
-    from phi3v.training.speed import run_speed
+    from phi3v.launch import launcher_command, run_launched
 
-    result = run_speed(
-        dict(snakemake.params.row),
-        base_model=snakemake.input.base_model,
-        data_dir=snakemake.input.data,
-        dataset_name=snakemake.params.dataset,
-        num_crops=snakemake.params.num_crops,
-        weights=snakemake.params.weights,
-        steps=snakemake.params.steps,
-        warmup=snakemake.params.warmup,
-        out_json=snakemake.output[0],
-    )
-    print(f"result: {result}")
+    command = launcher_command([
+        "phi3v.training.speed",
+        "--row-json", json.dumps(dict(snakemake.params.row)),
+        "--base-model", snakemake.input.base_model,
+        "--data-dir", snakemake.input.data,
+        "--dataset", snakemake.params.dataset,
+        "--num-crops", str(snakemake.params.num_crops),
+        "--weights", snakemake.params.weights,
+        "--steps", str(snakemake.params.steps),
+        "--warmup", str(snakemake.params.warmup),
+        "--out", snakemake.output[0],
+    ], **snakemake.params.launch)
+    sys.exit(run_launched(command, log=snakemake.log[0]))  # the child writes to this job's log
 
 
 run_step(snakemake, benchmark_speed)

@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from phi3v.errors import UserError  # noqa: E402
 from phi3v.launch import visible_gpus  # noqa: E402
 
+LAUNCHED_RULES = ("train", "benchmark_speed")  # their jobs start through `python -m phi3v.launch`
+
 
 def run_step(snakemake, step):
     """Run `step()` with stdout, stderr and logging going to the job's log file.
@@ -29,29 +31,15 @@ def run_step(snakemake, step):
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(snakemake.threads)
         try:
-            # Jobs on a shared multi-GPU machine hold disjoint GPUs; training claims its own in
-            # `phi3v.launch`, which also starts its processes.
-            gpus = 0 if snakemake.rule == "train" else snakemake.resources.get("gpu", 0)
+            # Jobs on a shared multi-GPU machine hold disjoint GPUs; training and speed rows claim
+            # their own in `phi3v.launch`, which also starts their processes.
+            gpus = 0 if snakemake.rule in LAUNCHED_RULES else snakemake.resources.get("gpu", 0)
             with visible_gpus(gpus, env=os.environ):
                 return step()
         except UserError as error:
             print(f"error: {error}", file=log)
             print(f"error: {error}", file=sys.__stderr__)
             sys.exit(2)
-
-
-def error_lines(log_text: str, limit: int = 20) -> list[str]:
-    """The error a child process wrote into the job's log: its last `error: ...` message (with the
-    lines that follow it), else the exception line that ends a traceback, else nothing."""
-    lines = log_text.rstrip().splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    if starts:
-        return lines[starts[-1]:][:limit]
-    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
-    if tracebacks:
-        # The exception line: the first unindented line after the traceback's frames.
-        return next(([line] for line in lines[tracebacks[-1] + 1:] if line and not line[0].isspace()), [])
-    return []
 
 
 def source_function(kind: str, task: str):

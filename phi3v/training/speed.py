@@ -1,27 +1,44 @@
 """Speed benchmark: the real training step of one speed-table row, timed at the dataset's shape.
 
-The first `warmup` optimiser steps are excluded; img/s and tokens/s are the medians over the next
-`steps` steps. `weights: random` needs no download: on a GPU the full-size model of the base
-folder's config gets random weights (speed does not depend on weight values); on a CPU the tiny
-base model is used as it is.
+    python -m phi3v.launch --nodes N --processes-per-node P -- phi3v.training.speed \\
+        --row-json ROW --base-model DIR --data-dir DIR --dataset NAME --num-crops C \\
+        --weights random --steps S --warmup W --out results/speed/ROW.json
+
+A row starts as training does (`phi3v.launch`: torchrun for several processes, srun + torchrun
+across nodes) and trains with the recipe's settings: full-parameter and frozen-vision rows under
+DeepSpeed ZeRO-2 wherever DeepSpeed is installed (over gloo on CPUs). The first `warmup` optimiser
+steps are excluded; img/s and tokens/s are the medians over the next `steps` steps. The result
+records what was measured (processes, nodes, GPUs, DeepSpeed), not what the row asks for.
+`weights: random` needs no download: on a GPU the full-size model of the base folder's config gets
+random weights (speed does not depend on weight values); on a CPU the tiny base model is used as it is.
 """
 
 from __future__ import annotations
 
+import argparse
+import fcntl
+import importlib.util
+import json
 import os
+import shutil
+import socket
 import statistics
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
 
-from phi3v.errors import UserError
-from phi3v.files import write_json_atomic
+from phi3v.errors import UserError, entry_point
+from phi3v.files import atomic_output_dir, write_json_atomic
 from .run_config import OPTION_FIELDS, RunConfig, Strategy
 
 WEIGHTS = ("random", "pretrained")
 # run fields a speed row may set (this project's best settings); the recipe's rows set none
 ROW_SETTINGS = ("per_device_batch_size", "gradient_checkpointing", "packing", *OPTION_FIELDS)
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
 
 
 def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
@@ -33,8 +50,8 @@ def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmu
         dataset=dataset_name, run=f"speed-{row['row']}", strategy=strategy, precision=row["precision"],
         attention=row["attention"], learning_rate=1e-5, epochs=1, num_crops=num_crops,
         batch_size=row["effective_batch"], warmup_steps=0, max_steps=warmup + steps, **rank,
-        # ZeRO-2 as the recipe's full fine-tuning, where torchrun launched GPU processes
-        deepspeed=strategy.uses_deepspeed and torch.cuda.is_available() and "WORLD_SIZE" in os.environ,
+        # ZeRO-2 as the recipe's full fine-tuning; without DeepSpeed the result says deepspeed: false
+        deepspeed=strategy.uses_deepspeed and deepspeed_installed(),
         **{key: row[key] for key in ROW_SETTINGS if row.get(key) is not None},  # beyond the recipe
     )
 
@@ -49,24 +66,52 @@ def write_random_weights(base_model: Path, folder: Path) -> Path:
     from phi3v.processing_phi3v import Phi3VProcessor
 
     config = Phi3VConfig.from_pretrained(base_model)
-    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
-    model = Phi3VForCausalLM.random_init(config, device=device, dtype=dtype)
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else torch.device("cpu")
+    model = Phi3VForCausalLM.random_init(config, device=device, dtype=torch.bfloat16 if on_gpu else torch.float32)
     model.save_pretrained(folder)
     Phi3VProcessor.from_pretrained(base_model).save_pretrained(folder)
     del model
-    if device == "cuda":
+    if on_gpu:
         torch.cuda.empty_cache()
     return folder
 
 
-def nodes_used() -> int:
-    """Machines this process group spans (torchrun's world size over its per-node size)."""
-    return max(1, int(os.environ.get("WORLD_SIZE", 1)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+def random_weights_once(base_model: Path, folder: Path) -> Path:
+    """`write_random_weights` into `folder` by the first process of this host; the others wait on a
+    file lock and load the same folder, so a node writes the model once, not once per process."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / "random-weights.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not folder.is_dir():
+            with atomic_output_dir(folder) as partial:
+                write_random_weights(base_model, partial)
+    return folder
+
+
+def work_dir(out_json: Path, row_id: str) -> Path:
+    """Scratch space of one launch of a row on this host, shared by its processes there.
+
+    torchrun gives every process of a launch the same run id (the SLURM job id across nodes); the
+    host name keeps hosts apart, as file locks do not reach across a shared file system.
+    """
+    launch = os.environ.get("TORCHELASTIC_RUN_ID", str(os.getpid()))
+    return out_json.parent / f".{row_id}.{socket.gethostname()}.{launch}"
+
+
+def node_name() -> str:
+    """The SLURM node this process runs on (several may share a host), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: int, weights: str,
               steps: int, warmup: int, out_json) -> dict:
-    """Measure one speed row and write `results/speed/<row>.json`; return what was written."""
+    """Measure one speed row and write `results/speed/<row>.json`; return what was written.
+
+    Every process of the launch calls this (under torchrun); the main process writes the result.
+    """
+    from accelerate.utils import gather_object
+
     from phi3v import provenance
     from .train import fit, mfu_entry
 
@@ -76,18 +121,20 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
         raise UserError(f"speed row {row['row']!r}: steps={steps} and warmup={warmup} must both be >= 1 "
                         "(the first step compiles and allocates)")
     run = speed_run(row, dataset_name=dataset_name, num_crops=num_crops, steps=steps, warmup=warmup)
-    base_model = Path(base_model)
-    with tempfile.TemporaryDirectory(prefix=".speed-", dir=Path(out_json).parent if Path(out_json).parent.exists()
-                                     else None) as work:
-        work = Path(work)
-        model_dir = base_model
-        if weights == "random":
-            model_dir = write_random_weights(base_model, work / "model")
+    base_model, out_json = Path(base_model), Path(out_json)
+    work = work_dir(out_json, row["row"])
+    try:
+        model_dir = random_weights_once(base_model, work / "model") if weights == "random" else base_model
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        # fit ends with a barrier: when it returns, every process has loaded the model
         result = fit(run, base_model=model_dir, data_dir=data_dir, dataset_name=dataset_name,
                      checkpoint_dir=work / "checkpoints")
+    finally:
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            shutil.rmtree(work, ignore_errors=True)
     accelerator = result.accelerator
+    node_names = sorted(set(gather_object([node_name()])))  # one entry per process of the launch
     timed = result.log[warmup:]
     step_s = statistics.median(entry["step_s"] for entry in timed)
     samples_per_s = run.batch_size / step_s
@@ -96,16 +143,18 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
               else f"cpu ({torch.get_num_threads()} threads)")
     speed = {
         "row": row["row"], "strategy": row["strategy"], "precision": row["precision"],
-        # What was measured, not what the row asks for: on a CPU, one process and no GPU.
-        "attention": row["attention"], "nodes": nodes_used(),
+        # What was measured, not what the row asks for: e.g. on a CPU, no GPU.
+        "attention": row["attention"], "nodes": len(node_names), "node_names": node_names,
+        "processes": accelerator.num_processes,
         "gpus": accelerator.num_processes if accelerator.device.type == "cuda" else 0,
+        "deepspeed": result.metrics["deepspeed"],
         "effective_batch": run.batch_size,
         "img_per_s": samples_per_s * images_per_sample,
         "tokens_per_s": statistics.median(entry["tokens"] / entry["step_s"] for entry in timed),
         "peak_mem_gib": result.metrics["peak_mem_gib"],
         **mfu_entry(run, accelerator.unwrap_model(result.model).config, accelerator.device, result.timed,
                     accelerator.num_processes, samples_per_s=samples_per_s),
-        "device": device, "processes": accelerator.num_processes, "weights": weights,
+        "device": device, "weights": weights,
         "steps_measured": len(timed), "warmup_steps": warmup,
         "settings": result.metrics["settings"],
         **({"memory_fit": result.metrics["memory_fit"]} if "memory_fit" in result.metrics else {}),
@@ -115,3 +164,45 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
         write_json_atomic(out_json, speed)
     accelerator.end_training()
     return speed
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m phi3v.training.speed", description=__doc__.split("\n")[0])
+    parser.add_argument("--row-json", required=True, help="the resolved speed row as JSON text")
+    parser.add_argument("--base-model", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--num-crops", type=int, required=True)
+    parser.add_argument("--weights", choices=WEIGHTS, default="random")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--warmup", type=int, required=True)
+    parser.add_argument("--out", required=True, help="the result JSON to write")
+    return parser.parse_args(argv)
+
+
+def read_row_json(text: str) -> dict:
+    """`--row-json`: a resolved speed row (`row`, `strategy`, `precision`, `attention`, `effective_batch`)."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--row-json: not JSON ({exc}): {text[:80]!r}") from None
+    missing = [key for key in ("row", "strategy", "precision", "attention", "effective_batch") if key not in row]
+    if missing:
+        raise UserError(f"--row-json: the speed row lacks {', '.join(missing)}; pass a row of the resolved config")
+    return row
+
+
+@entry_point
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run_speed(read_row_json(args.row_json), base_model=args.base_model, data_dir=args.data_dir,
+                       dataset_name=args.dataset, num_crops=args.num_crops, weights=args.weights,
+                       steps=args.steps, warmup=args.warmup, out_json=args.out)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"result: {json.dumps(result)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,8 +30,8 @@ def hardware_gaps(config: dict, attention: str, nodes: int = 1, gpus: int = 1) -
         gaps.append("needs GPU")
     if nodes > hardware["nodes"]:
         gaps.append(f"needs {nodes} nodes")
-    elif hardware["accelerator"] == "cuda" and gpus > hardware["gpus_per_node"] * hardware["nodes"]:
-        gaps.append(f"needs {gpus} GPUs")
+    elif hardware["accelerator"] == "cuda" and gpus > hardware["gpus_per_node"] * nodes:
+        gaps.append(f"needs {gpus // nodes} GPUs per node")
     return gaps
 
 
@@ -88,6 +88,9 @@ def expand_speed_row(config: dict, index: int, row: dict) -> dict:
     row = {**row, "row": speed_row_id(row)}
     where = f"config key `speed.rows[{index}]` ({row['row']})"
     check_precision_attention(row["precision"], row["attention"], where)
+    if row["gpus"] % row["nodes"]:
+        raise UserError(f"{where}: gpus ({row['gpus']}) counts all nodes and must be a multiple of nodes "
+                        f"({row['nodes']}); each node runs gpus / nodes processes")
     gaps = hardware_gaps(config, row["attention"], row["nodes"], row["gpus"])
     row["skip_reason"] = _skip_or_raise(config, gaps, where, "remove the row or change its attention/strategy")
     return row

@@ -13,7 +13,7 @@ from phi3v.errors import UserError
 
 SLURM_PROFILE = "profiles/slurm/config.yaml"
 # Jobs started through `python -m phi3v.launch`, which runs srun itself on several nodes.
-LAUNCHED_KINDS = ("train",)
+LAUNCHED_KINDS = ("train", "benchmark")
 # A GPU count in a node's generic resources as sinfo prints them: `gpu:8`, `gpu:a100:4(S:0-1)`.
 GPU_GRES = re.compile(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)")
 
@@ -24,6 +24,22 @@ def processes_per_node(config: dict) -> int:
     return hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 1
 
 
+def training_processes(config: dict) -> tuple[int, int, int]:
+    """(nodes, processes per node, GPUs per node) of a training job."""
+    hardware = config["hardware"]
+    gpus = hardware["gpus_per_node"] if hardware["accelerator"] == "cuda" else 0
+    return hardware["nodes"], processes_per_node(config), gpus
+
+
+def speed_row_processes(config: dict, row: dict) -> tuple[int, int, int]:
+    """(nodes, processes per node, GPUs per node) of a speed row: its `gpus` (all nodes together)
+    split over its nodes, one process each; on a CPU one process per node."""
+    if config["hardware"]["accelerator"] != "cuda":
+        return row["nodes"], 1, 0
+    per_node = row["gpus"] // row["nodes"]
+    return row["nodes"], per_node, per_node
+
+
 def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 0, nodes: int = 1) -> dict:
     """Snakemake resources of one kind of job (`data`, `model`, `train`, `evaluate`, `benchmark`,
     `tables`): memory (MB per node) and time limit (minutes) from the config's `resources`, plus
@@ -31,9 +47,11 @@ def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 
 
     On one machine the GPUs are the `gpu` resource, which Snakemake counts against
     `--resources gpu=N`. Under SLURM they are `gres: gpu:G` (G per node, as `--gres` means), and a
-    job of LAUNCHED_KINDS on several nodes runs its own `srun` (the `mpi` resource tells the executor
-    plugin not to wrap the job in a one-task step), one task per node. The keys depend only on the
-    executor and on that, so Snakemake can take each value from a function of the wildcards.
+    job of LAUNCHED_KINDS starts its own processes: on several nodes its own `srun`, one task per
+    node (`mpi: srun`), on one node `mpi: ""`. The job step plugin wraps a job in a one-task `srun`
+    step unless it has an `mpi` key, and such a step would hold the CPUs the job's own `srun` needs.
+    The keys depend only on the executor and the kind, so Snakemake can take each value from a
+    function of the wildcards (a speed row's nodes).
     """
     limits = config["resources"][kind]
     resources = {"mem_mb": limits["mem_mb"], "runtime": limits["runtime"]}
@@ -44,8 +62,8 @@ def job_resources(config: dict, kind: str, *, slurm: bool, gpus_per_node: int = 
     resources["cpus_per_task"] = limits["threads"]
     resources["gres"] = f"gpu:{gpus_per_node}" if gpus_per_node else ""
     resources["tasks_per_gpu"] = 0  # no --ntasks-per-gpu: one launcher task per node
-    if nodes > 1 and kind in LAUNCHED_KINDS:
-        resources.update(mpi="srun", tasks=nodes)
+    if kind in LAUNCHED_KINDS:
+        resources.update(mpi="srun" if nodes > 1 else "", tasks=nodes)
     else:
         resources["tasks"] = 1
     return resources

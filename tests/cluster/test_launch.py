@@ -3,11 +3,12 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from phi3v.errors import UserError
-from phi3v.launch import claim_gpus, first_node, launch_command
+from phi3v.launch import claim_gpus, first_node, launch_command, launcher_command, node_address
 
 SLURM_2_NODES = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]"}
 
@@ -19,6 +20,33 @@ def test_single_process_runs_plain_python():
 def test_one_node_several_processes_uses_standalone_torchrun():
     command = launch_command(["phi3v.training.train"], processes_per_node=4, python="py", env={})
     assert command == ["py", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "phi3v.training.train"]
+
+
+def test_a_process_group_for_one_process_uses_torchrun():
+    # DeepSpeed reads torchrun's environment (RANK, LOCAL_RANK, MASTER_ADDR) even for one process.
+    command = launch_command(["phi3v.training.speed"], processes_per_node=1, process_group=True, python="py", env={})
+    assert command == ["py", "-m", "torch.distributed.run", "--nproc-per-node=1", "--standalone", "-m", "phi3v.training.speed"]
+
+
+def test_launcher_command_passes_the_job_shape():
+    command = launcher_command(["phi3v.training.speed", "--out", Path("x")], nodes=2, processes_per_node=4, gpus=4,
+                               process_group=True, python="py")
+    assert command == ["py", "-m", "phi3v.launch", "--nodes", "2", "--processes-per-node", "4", "--gpus", "4",
+                       "--process-group", "--", "phi3v.training.speed", "--out", "x"]
+    assert "--process-group" not in launcher_command(["m"], nodes=1, processes_per_node=1, gpus=0)
+
+
+def test_rendezvous_goes_to_the_node_address_slurm_knows(tmp_path):
+    # Where several node names share a host (cluster/local_slurm.sh with NODES > 1), the name is no address.
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text("#!/bin/sh\n[ \"$3 $4\" = '--oneliner node1' ] && echo 'NodeName=node1 Arch=x NodeAddr=127.0.0.1 NodeHostName=vm'\n")
+    scontrol.chmod(0o755)
+    env = {"PATH": str(tmp_path), "SLURM_JOB_ID": "9", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[1-2]"}
+    assert node_address("node1", env) == "127.0.0.1"
+    assert node_address("node2", env) == "node2"  # nothing known: the name itself
+    assert node_address("gpu07", {"PATH": str(tmp_path / "none")}) == "gpu07"  # no scontrol
+    command = launch_command(["m"], processes_per_node=1, nodes=2, python="py", env=env)
+    assert "--rdzv-endpoint=127.0.0.1:29500" in command
 
 
 def test_several_nodes_use_srun_and_rendezvous_on_the_first_node():

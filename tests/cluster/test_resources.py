@@ -30,10 +30,13 @@ def test_slurm_jobs_ask_for_gres_per_node_and_multi_node_training_runs_its_own_s
     train = job_resources(paper, "train", slurm=True, gpus_per_node=8, nodes=2)
     assert train == {"mem_mb": 200000, "runtime": 1440, "nodes": 2, "cpus_per_task": 16, "gres": "gpu:8",
                      "tasks_per_gpu": 0, "mpi": "srun", "tasks": 2}
+    # On one node the launcher starts the processes itself: an `mpi` key keeps the plugin's step wrapper off.
     single = job_resources(paper, "train", slurm=True, gpus_per_node=8)
-    assert single["nodes"] == 1 and single["tasks"] == 1 and "mpi" not in single
-    # A benchmark is one process: several nodes are allocated but no srun per node is expected.
-    assert "mpi" not in job_resources(paper, "benchmark", slurm=True, gpus_per_node=8, nodes=2)
+    assert single["nodes"] == 1 and single["tasks"] == 1 and single["mpi"] == ""
+    assert "mpi" not in job_resources(paper, "evaluate", slurm=True, gpus_per_node=1)
+    # A speed row starts as training does: on several nodes, one srun task (torchrun agent) per node.
+    benchmark = job_resources(paper, "benchmark", slurm=True, gpus_per_node=8, nodes=2)
+    assert (benchmark["mpi"], benchmark["tasks"], benchmark["nodes"]) == ("srun", 2, 2)
     data = job_resources(paper, "data", slurm=True)
     assert data["gres"] == "" and data["cpus_per_task"] == 8
     # The keys do not depend on the values, so the benchmark can take each from its row.
@@ -58,10 +61,17 @@ def test_speed_row_wanting_more_gpus_than_the_machine_has_is_refused():
     four = settings.resolve_config({"preset": "paper", "hardware": {"gpus_per_node": 4},
                                     "runs_filter": ["docvqa/lora-bf16-*", "speed/*-1x8"]})
     # The config says 4 GPUs a node, the row wants 8 on one node: listed as not run...
-    assert all(row["skip_reason"] == "needs 8 GPUs" for row in four["speed"]["rows"])
-    with pytest.raises(UserError, match=r"needs 8 GPUs but hardware is"):
+    assert all(row["skip_reason"] == "needs 8 GPUs per node" for row in four["speed"]["rows"])
+    with pytest.raises(UserError, match=r"needs 8 GPUs per node but hardware is"):
         settings.resolve_config({"preset": "paper", "hardware": {"gpus_per_node": 4}, "on_unsupported": "error",
                                  "runs_filter": ["docvqa/lora-bf16-*", "speed/*-1x8"]})
+    # 2 nodes x 4 GPUs hold 8 GPUs, but not 8 on one node.
+    two_by_four = settings.resolve_config({"preset": "paper", "hardware": {"gpus_per_node": 4, "nodes": 2},
+                                           "runs_filter": ["speed/*-1x8", "speed/*-2x16"]})
+    assert {row["skip_reason"] for row in two_by_four["speed"]["rows"]} == {"needs 8 GPUs per node"}
+    with pytest.raises(UserError, match=r"gpus \(6\) counts all nodes and must be a multiple of nodes \(4\)"):
+        settings.resolve_config({"preset": "paper", "speed": {"rows": [
+            {"strategy": "full", "attention": "eager", "precision": "bf16", "nodes": 4, "gpus": 6, "effective_batch": 8}]}})
     eight = settings.resolve_config({"preset": "paper", "runs_filter": ["docvqa/lora-bf16-*", "speed/full-eager-bf16-1x8"]})
     with pytest.raises(UserError, match=r"speed row full-eager-bf16-1x8 asks for 8 GPUs but `--resources gpu=6`"):
         check_cluster({**eight, "hardware": {**eight["hardware"], "gpus_per_node": 2}}, slurm=False,

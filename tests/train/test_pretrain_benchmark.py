@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
+import socket
+import subprocess
 
 import pytest
 
@@ -64,9 +68,48 @@ def test_run_speed_measures_the_training_step(tiny_base, tiny_data, tmp_path):
     assert json.loads(out_json.read_text()) == result
     assert result["steps_measured"] == 3 and result["img_per_s"] > 0 and result["tokens_per_s"] > 0
     assert result["mfu"] is None and "cpu" in result["mfu_reason"] and result["device"].startswith("cpu")
-    assert (result["gpus"], result["nodes"], result["weights"]) == (0, 1, "random")  # what was measured
+    # what was measured: one CPU process on this machine, LoRA without DeepSpeed (as the recipe)
+    assert (result["gpus"], result["nodes"], result["processes"], result["deepspeed"]) == (0, 1, 1, False)
+    assert result["node_names"] == [socket.gethostname()] and result["weights"] == "random"
+    assert not [p for p in out_json.parent.iterdir() if p.name.startswith(".")]  # scratch removed
     assert {"row", "strategy", "precision", "attention", "nodes", "gpus", "effective_batch", "img_per_s",
             "tokens_per_s", "peak_mem_gib", "mfu", "device", "weights", "steps_measured"} <= result.keys()
     with pytest.raises(UserError, match="speed.weights"):
         run_speed(row, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET, num_crops=1,
                   weights="zeros", steps=1, warmup=1, out_json=out_json)
+
+
+@pytest.mark.slow
+def test_a_speed_row_on_two_processes_starts_through_the_launcher(tiny_base, tiny_data, tmp_path):
+    # As the workflow starts it: phi3v.launch -> torchrun (2 CPU processes over gloo) -> phi3v.training.speed
+    from phi3v.launch import launcher_command
+
+    row = {"row": "full-sdpa-bf16-1x2", "strategy": "full", "attention": "sdpa", "precision": "bf16",
+           "nodes": 1, "gpus": 2, "effective_batch": 4, "skip_reason": None}
+    out_json = tmp_path / "speed" / f"{row['row']}.json"
+    command = launcher_command(
+        ["phi3v.training.speed", "--row-json", json.dumps(row), "--base-model", str(tiny_base),
+         "--data-dir", str(tiny_data), "--dataset", DATASET, "--num-crops", "1", "--steps", "2", "--warmup", "1",
+         "--out", str(out_json)], nodes=1, processes_per_node=2, gpus=0, process_group=True)
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=480)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "torch.distributed.run --nproc-per-node=2 --standalone" in done.stderr
+    result = json.loads(out_json.read_text())
+    assert (result["processes"], result["nodes"], result["gpus"], result["steps_measured"]) == (2, 1, 0, 2)
+    # a full-parameter row trains under DeepSpeed ZeRO-2 (on CPUs over gloo) wherever it is installed
+    assert result["deepspeed"] is (importlib.util.find_spec("deepspeed") is not None)
+    assert done.stdout.count("result: ") == 1  # printed by the main process only
+    assert [p.name for p in out_json.parent.iterdir()] == [out_json.name]  # scratch removed
+
+
+def test_speed_row_command_line_refuses_a_bad_row(tmp_path, capsys):
+    from phi3v.training.speed import main
+
+    args = ["--base-model", str(tmp_path), "--data-dir", str(tmp_path), "--dataset", DATASET, "--num-crops", "1",
+            "--steps", "1", "--warmup", "1", "--out", str(tmp_path / "out.json")]
+    assert main(["--row-json", '{"row": "x", "strategy": "full"}', *args]) == 2
+    assert "the speed row lacks precision, attention, effective_batch" in capsys.readouterr().err
+    assert main(["--row-json", "{row", *args]) == 2
+    assert "--row-json: not JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
