@@ -261,7 +261,8 @@ def run_config(config: dict, dataset: str, run: str) -> RunConfig:
     """The RunConfig of a run of the matrix, as `phi3v.training.train.train` receives it."""
     for entry in config["runs"]:
         if entry["dataset"] == dataset and entry["run"] == run:
-            return RunConfig.from_dict({key: value for key, value in entry.items() if key != "skip_reason"})
+            return RunConfig.from_dict({key: value for key, value in entry.items()
+                                        if key not in matrix.ROW_ANNOTATIONS})
     raise UserError(f"no run {dataset}/{run} in this configuration; runs: {[r['run'] for r in config['runs']]}")
 
 
@@ -328,7 +329,8 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
     data = config["datasets"][dataset]
     evaluation = config["evaluation"]
     if run == BASE_RUN:
-        precision, attention, num_crops = evaluation["base_precision"], evaluation["base_attention"], data["num_crops"]
+        precision, num_crops = evaluation["base_precision"], data["num_crops"]
+        attention = matrix.effective_attention(config, evaluation["base_attention"])
     else:
         trained = run_config(config, dataset, run)  # evaluated in the precision the recipe evaluates it in
         precision, attention, num_crops = evaluation_precision(trained), trained.attention, trained.num_crops
