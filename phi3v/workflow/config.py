@@ -329,8 +329,7 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
     data = config["datasets"][dataset]
     evaluation = config["evaluation"]
     if run == BASE_RUN:
-        precision, num_crops = evaluation["base_precision"], data["num_crops"]
-        attention = matrix.effective_attention(config, evaluation["base_attention"])
+        precision, attention, num_crops = evaluation["base_precision"], evaluation["base_attention"], data["num_crops"]
     else:
         trained = run_config(config, dataset, run)  # evaluated in the precision the recipe evaluates it in
         precision, attention, num_crops = evaluation_precision(trained), trained.attention, trained.num_crops

@@ -40,22 +40,14 @@ def hardware_gaps(config: dict, attention: str, nodes: int = 1, gpus: int = 1) -
 ROW_ANNOTATIONS = ("skip_reason", "configured_attention")  # keys of an expanded row that are not run settings
 
 
-def effective_attention(config: dict, attention: str) -> str:
-    """The attention a job runs with: the configured one, or its `attention_fallback` when this
-    hardware cannot run it (flash_attention_2 on a CPU)."""
-    fallback = config["attention_fallback"].get(attention)
-    if fallback is not None and hardware_gaps(config, attention) and not hardware_gaps(config, fallback):
-        return fallback
-    return attention
-
-
 def _apply_fallback(config: dict, row: dict) -> dict:
-    """`row` with its attention replaced by the fallback, the preset's one kept in `configured_attention`."""
+    """`row` (anything with an `attention`) with the `attention_fallback` of an attention this hardware
+    cannot run (flash_attention_2 on a CPU); the preset's attention is kept in `configured_attention`."""
     configured = row.get("configured_attention") or row["attention"]  # set when resolved again
-    attention = effective_attention(config, configured)
+    fallback = config["attention_fallback"].get(configured)
     row = {key: value for key, value in row.items() if key != "configured_attention"}
-    if attention != configured:
-        row.update(attention=attention, configured_attention=configured)
+    if fallback is not None and hardware_gaps(config, configured) and not hardware_gaps(config, fallback):
+        row.update(attention=fallback, configured_attention=configured)
     return row
 
 
@@ -156,7 +148,12 @@ def expand(config: dict) -> None:
     _check_unique([row["row"] for row in config["speed"]["rows"]], "speed.rows")
     evaluation = config["evaluation"]
     check_precision_attention(evaluation["base_precision"], evaluation["base_attention"], "config key `evaluation`")
-    if hardware_gaps(config, effective_attention(config, evaluation["base_attention"])):
+    base = _apply_fallback(config, {"attention": evaluation["base_attention"],
+                                    "configured_attention": evaluation.pop("configured_base_attention", None)})
+    evaluation["base_attention"] = base["attention"]
+    if "configured_attention" in base:
+        evaluation["configured_base_attention"] = base["configured_attention"]
+    if hardware_gaps(config, evaluation["base_attention"]):
         raise UserError("config key `evaluation.base_attention`: flash_attention_2 needs a GPU; use sdpa or eager, "
                         "or set `attention_fallback: {flash_attention_2: sdpa}`")
     _select(config, config["runs_filter"])
