@@ -100,6 +100,9 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
     gaps = hardware_gaps(config, run.attention, config["hardware"]["nodes"])
     fix = ("use attention sdpa or eager, or set `attention_fallback: {flash_attention_2: sdpa}`"
            if run.attention == "flash_attention_2" else "use strategy lora")
+    if run.deepspeed and run.precision == "fp16" and config["hardware"]["accelerator"] == "cpu":
+        gaps.append("DeepSpeed fp16 needs GPU")  # DeepSpeed's CPU accelerator refuses fp16
+        fix = "set `deepspeed: false` (in `train` or `run_overrides`) to train it without ZeRO-2"
     fallback = {"configured_attention": configured_attention} if configured_attention else {}
     return {**run.to_dict(), **fallback, "skip_reason": _skip_or_raise(config, gaps, where, fix)}
 
