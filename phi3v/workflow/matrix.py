@@ -108,7 +108,7 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
 
 
 def expand_speed_row(config: dict, index: int, row: dict) -> dict:
-    row = _apply_fallback(config, row)
+    row = _apply_fallback(config, {**row, **config["speed"]["row_overrides"]})
     row["row"] = speed_row_id(row)
     where = f"config key `speed.rows[{index}]` ({row['row']})"
     check_precision_attention(row["precision"], row["attention"], where)
