@@ -179,3 +179,8 @@ def test_attention_fallback_runs_the_paper_flash_rows_with_sdpa_on_a_cpu():
 def test_converter_options_from_the_command_line_are_typed():
     config = resolve(preset="paper", datasets={"nlvr2": {"convert": {"eval_size": "3", "skip_corrupt": "true"}}})
     assert config["datasets"]["nlvr2"]["convert"] == {"eval_size": 3, "skip_corrupt": True}
+
+
+def test_speed_row_overrides_apply_to_every_row():
+    config = resolve(preset="paper", speed={"row_overrides": {"effective_batch": "2"}})
+    assert {row["effective_batch"] for row in config["speed"]["rows"]} == {2}
