@@ -210,7 +210,15 @@ def option_notes(config: dict, run: dict) -> list[str]:
         notes.append("token embeddings trained (freeze_token_embeddings: false)")
     if run.get("lora_on_vision") is False:
         notes.append("LoRA on the language model only (lora_on_vision: false)")
-    return notes
+    return notes + fallback_notes(run)
+
+
+def fallback_notes(row: dict) -> list[str]:
+    """A run or speed row that `attention_fallback` moved off the preset's attention (no GPU here)."""
+    configured = row.get("configured_attention")
+    if not configured:
+        return []
+    return [f"{row['attention']} instead of the preset's {configured} (attention_fallback: no GPU)"]
 
 
 def warmup_note(run: dict, metrics: dict) -> list[str]:
@@ -327,8 +335,16 @@ def base_lines(config: dict, inputs: ReportInputs, dataset: str, runs: Sequence[
         f"Before fine-tuning (base model): {metric} {format_number(base['score'], decimals)}. "
         f"Majority baseline (always the train split's most frequent answer): "
         f"{format_number(base['majority_baseline'], decimals)}. "
-        f"Evaluated on the `{base.get('split')}` split, n = {base['n']}.",
+        f"Evaluated on the `{base.get('split')}` split, n = {base['n']}."
+        + "".join(f" Attention: {note}." for note in fallback_notes(base_evaluation(config))),
     ]
+
+
+def base_evaluation(config: dict) -> dict:
+    """The base model's evaluation settings as a row (`attention`, `configured_attention`)."""
+    evaluation = config.get("evaluation") or {}
+    return {"attention": evaluation.get("base_attention"),
+            "configured_attention": evaluation.get("configured_base_attention")}
 
 
 def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) -> TableDocument:
@@ -473,10 +489,19 @@ def matches_speed_row(config_row: dict, recipe_row, table: SpeedTable) -> bool:
     return (
         config_row.get("settings", RECIPE_SETTINGS) == RECIPE_SETTINGS
         and config_row["strategy"] == recipe_row.strategy
-        and (config_row["attention"] == FLASH_ATTENTION) == recipe_row.flash_attention
+        and (configured_attention(config_row) == FLASH_ATTENTION) == recipe_row.flash_attention
         and config_row["nodes"] == recipe_row.nodes
         and config_row["precision"] == table.precision
     )
+
+
+def configured_attention(row: dict) -> str:
+    """The attention the preset gave a row (before any `attention_fallback`)."""
+    return row.get("configured_attention") or row["attention"]
+
+
+def speed_row_note(row: dict) -> str:
+    return "; ".join([f"`{row['row']}`", *fallback_notes(row)])
 
 
 def match_speed_rows(config_rows: Sequence[dict], table: SpeedTable, used: set[str]) -> list[dict | None]:
@@ -576,7 +601,7 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
             lines_rows.append([*cells, *reference, skip_note(row)])
             continue
         cells = measured_speed_cells(recipe_row.cells[0], measured, baseline, index == 0)
-        lines_rows.append([*cells, *extra_speed_cells(measured), *reference, f"`{row['row']}`"])
+        lines_rows.append([*cells, *extra_speed_cells(measured), *reference, speed_row_note(row)])
 
     # Rows of the preset with no counterpart in the recipe, in this table's precision.
     for row in extra_rows:
@@ -593,7 +618,7 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
             continue
         cells = measured_speed_cells(method, measured, baseline, False)
         lines_rows.append([*cells, *extra_speed_cells(measured), MISSING, MISSING, MISSING, MISSING,
-                           f"`{row['row']}`"])
+                           speed_row_note(row)])
 
     return [f"## {table.title}", "", *table_lines(split_cells(header), lines_rows, header, separator)]
 

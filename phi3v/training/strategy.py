@@ -73,6 +73,8 @@ def check_run(run: RunConfig, device: torch.device) -> None:
                             f"(this is {device.type}) — use attention sdpa or eager")
     if run.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"run {name!r}: this GPU has no bf16 — use precision fp16 (attention sdpa or eager)")
+    if run.precision == "fp16" and run.deepspeed and device.type != "cuda":
+        raise UserError(f"run {name!r}: DeepSpeed has no fp16 on {device.type} — set deepspeed: false")
     if run.precision == "fp16" and not run.deepspeed and not _fp16_autocast_works(device):
         raise UserError(f"run {name!r}: fp16 mixed precision is not available on {device.type} with "
                         f"torch {torch.__version__} — use precision bf16")

@@ -46,6 +46,20 @@ from .strategy import build_model, check_run, deepspeed_config, parameter_counts
 
 # ---- set-up ------------------------------------------------------------------------------------
 
+def single_process_rendezvous() -> None:
+    """A process started without torchrun (one process: plain python) joins a group of one, the way
+    DeepSpeed's docs run it in a notebook; without these variables DeepSpeed looks for MPI instead."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous of this one process
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
 def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None):
     """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise."""
     from accelerate import Accelerator, DeepSpeedPlugin
@@ -54,6 +68,7 @@ def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None):
     on_cpu = not torch.cuda.is_available()  # without it, torchrun on CPUs would run N lone copies
 
     if run.deepspeed:
+        single_process_rendezvous()
         if on_cpu:  # Accelerate finds no backend for DeepSpeed without GPUs: name gloo
             import deepspeed
             from accelerate import PartialState

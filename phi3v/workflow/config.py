@@ -261,7 +261,8 @@ def run_config(config: dict, dataset: str, run: str) -> RunConfig:
     """The RunConfig of a run of the matrix, as `phi3v.training.train.train` receives it."""
     for entry in config["runs"]:
         if entry["dataset"] == dataset and entry["run"] == run:
-            return RunConfig.from_dict({key: value for key, value in entry.items() if key != "skip_reason"})
+            return RunConfig.from_dict({key: value for key, value in entry.items()
+                                        if key not in matrix.ROW_ANNOTATIONS})
     raise UserError(f"no run {dataset}/{run} in this configuration; runs: {[r['run'] for r in config['runs']]}")
 
 

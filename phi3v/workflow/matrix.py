@@ -3,7 +3,9 @@
 A run row becomes one `RunConfig` (the recipe's defaults, then the preset's `train` section, the
 row, `run_overrides`); the config keeps it as plain data (`RunConfig.to_dict()` plus `skip_reason`),
 because Snakemake's config must stay plain. A row the hardware cannot run gets a `skip_reason`, or
-an error when the preset says `on_unsupported: error`.
+an error when the preset says `on_unsupported: error`, unless `attention_fallback` names an
+attention it can run instead: then the row runs with that one (its id says so) and keeps the preset's
+choice in `configured_attention`, which the tables' notes show.
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ def hardware_gaps(config: dict, attention: str, nodes: int = 1, gpus: int = 1) -
     elif hardware["accelerator"] == "cuda" and gpus > hardware["gpus_per_node"] * nodes:
         gaps.append(f"needs {gpus // nodes} GPUs per node")
     return gaps
+
+
+ROW_ANNOTATIONS = ("skip_reason", "configured_attention")  # keys of an expanded row that are not run settings
+
+
+def _apply_fallback(config: dict, row: dict) -> dict:
+    """`row` (anything with an `attention`) with the `attention_fallback` of an attention this hardware
+    cannot run (flash_attention_2 on a CPU); the preset's attention is kept in `configured_attention`."""
+    configured = row.get("configured_attention") or row["attention"]  # set when resolved again
+    fallback = config["attention_fallback"].get(configured)
+    row = {key: value for key, value in row.items() if key != "configured_attention"}
+    if fallback is not None and hardware_gaps(config, configured) and not hardware_gaps(config, fallback):
+        row.update(attention=fallback, configured_attention=configured)
+    return row
 
 
 def _skip_or_raise(config: dict, gaps: list[str], what: str, fix: str) -> str | None:
@@ -67,6 +83,8 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
               **_applicable(config["train"], strategy),
               **row, **_applicable(config["run_overrides"], strategy)}
     fields.pop("skip_reason", None)  # present when an already expanded config is resolved again
+    fields = _apply_fallback(config, fields)
+    configured_attention = fields.pop("configured_attention", None)
     fields["run"] = run_id(fields["strategy"], fields["precision"], fields["attention"])
     try:
         run = RunConfig(**fields)
@@ -80,12 +98,18 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
             f"{run.per_device_batch_size} x {processes} processes; change batch_size or per_device_batch_size"
         )
     gaps = hardware_gaps(config, run.attention, config["hardware"]["nodes"])
-    fix = "use attention sdpa or eager" if run.attention == "flash_attention_2" else "use strategy lora"
-    return {**run.to_dict(), "skip_reason": _skip_or_raise(config, gaps, where, fix)}
+    fix = ("use attention sdpa or eager, or set `attention_fallback: {flash_attention_2: sdpa}`"
+           if run.attention == "flash_attention_2" else "use strategy lora")
+    if run.deepspeed and run.precision == "fp16" and config["hardware"]["accelerator"] == "cpu":
+        gaps.append("DeepSpeed fp16 needs GPU")  # DeepSpeed's CPU accelerator refuses fp16
+        fix = "set `deepspeed: false` (in `train` or `run_overrides`) to train it without ZeRO-2"
+    fallback = {"configured_attention": configured_attention} if configured_attention else {}
+    return {**run.to_dict(), **fallback, "skip_reason": _skip_or_raise(config, gaps, where, fix)}
 
 
 def expand_speed_row(config: dict, index: int, row: dict) -> dict:
-    row = {**row, "row": speed_row_id(row)}
+    row = _apply_fallback(config, {**row, **config["speed"]["row_overrides"]})
+    row["row"] = speed_row_id(row)
     where = f"config key `speed.rows[{index}]` ({row['row']})"
     check_precision_attention(row["precision"], row["attention"], where)
     if row["gpus"] % row["nodes"]:
@@ -130,6 +154,12 @@ def expand(config: dict) -> None:
     _check_unique([row["row"] for row in config["speed"]["rows"]], "speed.rows")
     evaluation = config["evaluation"]
     check_precision_attention(evaluation["base_precision"], evaluation["base_attention"], "config key `evaluation`")
+    base = _apply_fallback(config, {"attention": evaluation["base_attention"],
+                                    "configured_attention": evaluation.pop("configured_base_attention", None)})
+    evaluation["base_attention"] = base["attention"]
+    if "configured_attention" in base:
+        evaluation["configured_base_attention"] = base["configured_attention"]
     if hardware_gaps(config, evaluation["base_attention"]):
-        raise UserError("config key `evaluation.base_attention`: flash_attention_2 needs a GPU; use sdpa or eager")
+        raise UserError("config key `evaluation.base_attention`: flash_attention_2 needs a GPU; use sdpa or eager, "
+                        "or set `attention_fallback: {flash_attention_2: sdpa}`")
     _select(config, config["runs_filter"])

@@ -198,3 +198,16 @@ def test_best_settings_rows_get_their_own_section(results_dir, tmp_path):
     before = text.split("## This project's best settings")[0]
     assert "lora-sdpa-bf16-1x1-best" not in before  # not matched to a recipe row
     assert generated(results_dir, tmp_path / "plain")["speed.md"].decode().count("best settings") == 0
+
+
+def test_rows_moved_by_attention_fallback_say_so_and_keep_their_recipe_row():
+    from phi3v.reporting.tables import SPEED_TABLES, fallback_notes, matches_speed_row, speed_row_note
+
+    row = {"row": "lora-sdpa-bf16-1x8", "strategy": "lora", "attention": "sdpa", "precision": "bf16",
+           "nodes": 1, "gpus": 8, "configured_attention": "flash_attention_2"}
+    assert fallback_notes(row) == ["sdpa instead of the preset's flash_attention_2 (attention_fallback: no GPU)"]
+    assert speed_row_note(row).startswith("`lora-sdpa-bf16-1x8`; sdpa instead of")
+    a100 = next(table for table in SPEED_TABLES if table.precision == "bf16")
+    flash_lora = [r for r in a100.rows if r.strategy == "lora" and r.flash_attention]
+    assert flash_lora and all(matches_speed_row(row, r, a100) for r in flash_lora)
+    assert fallback_notes({**row, "configured_attention": None}) == []

@@ -152,3 +152,37 @@ def test_lora_runs_are_evaluated_in_the_precision_the_recipe_reloads_them_in():
     assert settings.evaluation_options(config, "docvqa", "lora-fp16-eager")["precision"] == "fp32"
     assert settings.evaluation_options(config, "docvqa", "full-fp16-eager")["precision"] == "fp16"
     assert settings.evaluation_options(config, "docvqa", "qlora-bf16-flash_attention_2")["precision"] == "bf16"
+
+
+def test_attention_fallback_runs_the_paper_flash_rows_with_sdpa_on_a_cpu():
+    config = resolve(preset="paper", hardware={"accelerator": "cpu"}, on_unsupported="skip",
+                     attention_fallback={"flash_attention_2": "sdpa"})
+    docvqa = {run["run"]: run for run in config["runs"] if run["dataset"] == "docvqa"}
+    assert docvqa["full-bf16-sdpa"]["configured_attention"] == "flash_attention_2"
+    assert "configured_attention" not in docvqa["full-fp16-eager"]  # eager rows stay as they are
+    skipped = {f"{r['dataset']}/{r['run']}": r["skip_reason"] for r in config["runs"] if r["skip_reason"]}
+    assert set(skipped.values()) == {"DeepSpeed fp16 needs GPU"}  # full and frozen fp16 rows under ZeRO-2
+    assert "docvqa/full-fp16-eager" in skipped and "docvqa/lora-fp16-eager" not in skipped
+    assert settings.run_config(config, "docvqa", "full-bf16-sdpa").attention == "sdpa"
+    assert settings.evaluation_options(config, "nlvr2", "base")["attention"] == "sdpa"
+    assert config["evaluation"]["configured_base_attention"] == "flash_attention_2"
+    rows = {row["row"]: row for row in config["speed"]["rows"]}
+    assert rows["lora-sdpa-bf16-1x8"]["configured_attention"] == "flash_attention_2"
+    assert rows["full-sdpa-bf16-2x16"]["skip_reason"] == "needs 2 nodes"  # nodes still missing
+    assert settings.resolve_config(config)["runs"] == config["runs"]  # resolving again changes nothing
+    # On GPUs the fallback does nothing; without it a CPU skips the flash rows.
+    on_gpu = resolve(preset="paper", attention_fallback={"flash_attention_2": "sdpa"})
+    assert {run["attention"] for run in on_gpu["runs"]} == {"flash_attention_2", "eager"}
+    without = resolve(preset="paper", hardware={"accelerator": "cpu"}, on_unsupported="skip",
+                      evaluation={"base_attention": "sdpa"})
+    assert {r["skip_reason"] for r in without["runs"] if r["attention"] == "flash_attention_2"} == {"needs GPU"}
+
+
+def test_converter_options_from_the_command_line_are_typed():
+    config = resolve(preset="paper", datasets={"nlvr2": {"convert": {"eval_size": "3", "skip_corrupt": "true"}}})
+    assert config["datasets"]["nlvr2"]["convert"] == {"eval_size": 3, "skip_corrupt": True}
+
+
+def test_speed_row_overrides_apply_to_every_row():
+    config = resolve(preset="paper", speed={"row_overrides": {"effective_batch": "2"}})
+    assert {row["effective_batch"] for row in config["speed"]["rows"]} == {2}
