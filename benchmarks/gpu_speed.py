@@ -17,7 +17,6 @@ Writes `<out>/gpu_speed.jsonl` (one line a row) and `<out>/gpu_speed.md`, and pr
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
 import subprocess
@@ -148,21 +147,21 @@ def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float
 
 def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, steps: int, warmup: int,
             extra: dict) -> dict:
-    """One row through the workflow's speed benchmark, in this process; memory freed after."""
-    import torch
-
-    from phi3v.training.speed import run_speed
-
+    """One row through the workflow's speed benchmark, started by the workflow's launcher in its own
+    process (a fresh CUDA context, DeepSpeed and compile state per row, as a workflow job has)."""
+    result_json = out / f"{row['row']}.json"
+    command = [sys.executable, "-m", "phi3v.launch", "--process-group", "--", "phi3v.training.speed",
+               "--row-json", json.dumps(row), "--base-model", str(base), "--data-dir", str(data),
+               "--dataset", DATASET, "--num-crops", str(num_crops), "--weights", "pretrained",
+               "--steps", str(steps), "--warmup", str(warmup), "--out", str(result_json)]
     start = time.perf_counter()
-    result = run_speed(row, base_model=base, data_dir=data, dataset_name=DATASET, num_crops=num_crops,
-                       weights="pretrained", steps=steps, warmup=warmup, out_json=out / f"{row['row']}.json")
-    result = {**result, "row": row["row"], "settings_kind": row["settings"], "card": result["device"],
-              "row_wall_s": round(time.perf_counter() - start, 1), **extra}
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    torch._dynamo.reset()  # compiled graphs of one row never serve the next
-    return result
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode:
+        lines = (completed.stderr or completed.stdout).strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit status {completed.returncode}")
+    result = json.loads(result_json.read_text())
+    return {**result, "row": row["row"], "settings_kind": row["settings"], "card": result["device"],
+            "row_wall_s": round(time.perf_counter() - start, 1), **extra}
 
 
 def markdown(results: list[dict], notes: list[str]) -> str:
