@@ -77,5 +77,5 @@ def test_failed_training_job_prints_its_error_and_leaves_no_adapter(tmp_path, ti
     assert failed.returncode != 0
     console = failed.stderr
     assert f"error: {results / 'data' / 'docvqa' / 'docvqa_train.jsonl'} does not exist" in console, console[-3000:]
-    assert "training failed with exit status 2" in console
+    assert "phi3v.training.train failed with exit status 2" in console
     assert not (run_dir / "adapter").exists() and not (run_dir / "model").exists()
