@@ -118,7 +118,7 @@ def test_demo_slice_through_slurm_equals_a_local_run(tmp_path, local_slurm):
     assert sorted(path.name for path in logs.iterdir()) == sorted(f"rule_{rule}" for rule in RULES)
     job_logs = sorted(logs.rglob("*.log"))
     # one log per job the local run ran (the demo's base model reads every demo dataset: 4 of some rules)
-    local_jobs = re.findall(r"^rule (\w+):$", local.stdout + local.stderr, flags=re.M)
+    local_jobs = re.findall(r"^(?:local)?rule (\w+):$", local.stdout + local.stderr, flags=re.M)
     assert set(local_jobs) == set(RULES) and len(job_logs) == len(local_jobs)
     job_ids = {path.stem for path in job_logs}
     jobs = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=local_slurm, capture_output=True, text=True)
