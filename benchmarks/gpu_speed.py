@@ -150,7 +150,7 @@ def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, ste
     """One row through the workflow's speed benchmark, started by the workflow's launcher in its own
     process (a fresh CUDA context, DeepSpeed and compile state per row, as a workflow job has)."""
     result_json = out / f"{row['row']}.json"
-    command = [sys.executable, "-m", "phi3v.launch", "--process-group", "--", "phi3v.training.speed",
+    command = [sys.executable, "-m", "phi3v.launch", "--", "phi3v.training.speed",
                "--row-json", json.dumps(row), "--base-model", str(base), "--data-dir", str(data),
                "--dataset", DATASET, "--num-crops", str(num_crops), "--weights", "pretrained",
                "--steps", str(steps), "--warmup", str(warmup), "--out", str(result_json)]

@@ -59,21 +59,20 @@ def launch_command(
     *,
     processes_per_node: int,
     nodes: int = 1,
-    process_group: bool = False,
     env: Mapping[str, str] = os.environ,
     python: str = sys.executable,
 ) -> list[str]:
     """The command that runs `python -m <module_args...>` on `nodes` x `processes_per_node` processes.
 
-    - 1 process on 1 node: plain python (no launcher to get in the way of debuggers), unless
-      `process_group`: DeepSpeed needs torchrun's environment even for one process.
+    - 1 process on 1 node: plain python (no launcher to get in the way of debuggers; DeepSpeed's
+      group of one is made by the trainer, phi3v.training.train.single_process_rendezvous).
     - several processes on 1 node: `torchrun --standalone`.
     - several nodes: `srun` starts one torchrun per node; they meet at the first node of the
       allocation (c10d rendezvous), with the SLURM job id as the rendezvous id.
     """
     if processes_per_node < 1 or nodes < 1:
         raise UserError(f"processes_per_node ({processes_per_node}) and nodes ({nodes}) must be >= 1")
-    if nodes == 1 and processes_per_node == 1 and not process_group:
+    if nodes == 1 and processes_per_node == 1:
         return [python, "-m", *module_args]
     torchrun = [python, "-m", "torch.distributed.run", f"--nproc-per-node={processes_per_node}"]
     if nodes == 1:
@@ -197,10 +196,10 @@ def format_command(command: Sequence[str]) -> str:
 
 
 def launcher_command(module_args: Sequence[str | os.PathLike], *, nodes: int, processes_per_node: int, gpus: int,
-                     process_group: bool = False, python: str = sys.executable) -> list[str]:
+                     python: str = sys.executable) -> list[str]:
     """`python -m phi3v.launch ... -- <module_args>`: how a workflow job starts its processes."""
     return [python, "-m", "phi3v.launch", "--nodes", str(nodes), "--processes-per-node", str(processes_per_node),
-            "--gpus", str(gpus), *(["--process-group"] if process_group else []), "--", *map(str, module_args)]
+            "--gpus", str(gpus), "--", *map(str, module_args)]
 
 
 def error_lines(log_text: str, limit: int = 20) -> list[str]:
@@ -241,8 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--processes-per-node", type=int, default=1)
     parser.add_argument("--gpus", type=int, default=0, help="GPUs per node the job uses (0: CPU)")
-    parser.add_argument("--process-group", action="store_true",
-                        help="start torchrun also for one process (DeepSpeed needs its environment)")
     parser.add_argument("--gpus-on-machine", type=int, default=None,
                         help=f"GPUs this machine has, shared by concurrent jobs (default: ${MACHINE_GPUS_VARIABLE}, else all visible)")
     parser.add_argument("--lock-dir", default=DEFAULT_LOCK_DIR)
@@ -251,8 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_args = args.module_args[1:] if args.module_args[:1] == ["--"] else args.module_args
     if not module_args:
         parser.error("give the module to run after --")
-    command = launch_command(module_args, processes_per_node=args.processes_per_node, nodes=args.nodes,
-                             process_group=args.process_group)
+    command = launch_command(module_args, processes_per_node=args.processes_per_node, nodes=args.nodes)
     with visible_gpus(args.gpus, total=args.gpus_on_machine, lock_dir=args.lock_dir) as env:
         print(f"launch: {format_command(command)}", file=sys.stderr, flush=True)
         if "CUDA_VISIBLE_DEVICES" in env and not under_slurm(env):

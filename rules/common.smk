@@ -114,19 +114,15 @@ def model_to_evaluate(wildcards):
 def run_json(wildcards):
     return settings.run_config(config, wildcards.dataset, wildcards.run).to_json()
 
-def launch_options(nodes, processes_per_node, gpus, process_group):
+def launch_options(nodes, processes_per_node, gpus):
     """How a job starts its processes: the options of phi3v.launch.launcher_command."""
-    return dict(nodes=nodes, processes_per_node=processes_per_node, gpus=gpus, process_group=process_group)
+    return dict(nodes=nodes, processes_per_node=processes_per_node, gpus=gpus)
 
 def training_launch(wildcards):
-    """A training job's processes; DeepSpeed needs torchrun's process group even for one process."""
-    deepspeed = settings.run_config(config, wildcards.dataset, wildcards.run).deepspeed
-    return launch_options(*resources.training_processes(config), process_group=deepspeed)
+    return launch_options(*resources.training_processes(config))
 
 def speed_row_launch(wildcards):
-    """A speed row's processes, always under torchrun (full rows may use DeepSpeed, see phi3v.training.speed)."""
-    row = settings.speed_row(config, wildcards.row)
-    return launch_options(*resources.speed_row_processes(config, row), process_group=True)
+    return launch_options(*resources.speed_row_processes(config, settings.speed_row(config, wildcards.row)))
 
 def result_files(wildcards):
     """The result files the tables and figures read, named by run and row (phi3v.layout.ReportInputs)."""

@@ -22,18 +22,10 @@ def test_one_node_several_processes_uses_standalone_torchrun():
     assert command == ["py", "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "phi3v.training.train"]
 
 
-def test_a_process_group_for_one_process_uses_torchrun():
-    # DeepSpeed reads torchrun's environment (RANK, LOCAL_RANK, MASTER_ADDR) even for one process.
-    command = launch_command(["phi3v.training.speed"], processes_per_node=1, process_group=True, python="py", env={})
-    assert command == ["py", "-m", "torch.distributed.run", "--nproc-per-node=1", "--standalone", "-m", "phi3v.training.speed"]
-
-
 def test_launcher_command_passes_the_job_shape():
-    command = launcher_command(["phi3v.training.speed", "--out", Path("x")], nodes=2, processes_per_node=4, gpus=4,
-                               process_group=True, python="py")
+    command = launcher_command(["phi3v.training.speed", "--out", Path("x")], nodes=2, processes_per_node=4, gpus=4, python="py")
     assert command == ["py", "-m", "phi3v.launch", "--nodes", "2", "--processes-per-node", "4", "--gpus", "4",
-                       "--process-group", "--", "phi3v.training.speed", "--out", "x"]
-    assert "--process-group" not in launcher_command(["m"], nodes=1, processes_per_node=1, gpus=0)
+                       "--", "phi3v.training.speed", "--out", "x"]
 
 
 def test_rendezvous_goes_to_the_node_address_slurm_knows(tmp_path):

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from phi3v.launch import launch_command
 from phi3v.training.train import train
 
 from .conftest import DATASET, base_run
@@ -19,14 +20,18 @@ from .conftest import DATASET, base_run
 DDP_LOSS_TOLERANCE = 1e-3
 # DeepSpeed holds bf16 weights (fp32 master copy) where a plain run holds fp32 weights under autocast
 DEEPSPEED_LOSS_TOLERANCE = 3e-2
+RENDEZVOUS_VARIABLES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+
+
+def train_args(run, base, data, out, ckpt):
+    return ["phi3v.training.train", "--run-json", run.to_json(), "--base-model", str(base), "--data-dir", str(data),
+            "--dataset", DATASET, "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
 
 
 def torchrun(run, base, data, out, ckpt, nproc=2, timeout=480):
     torchrun_bin = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [torchrun_bin, "--standalone", f"--nproc_per_node={nproc}", "-m", "phi3v.training.train",
-               "--run-json", run.to_json(), "--base-model", str(base), "--data-dir", str(data),
-               "--dataset", DATASET, "--out-dir", str(out), "--checkpoint-dir", str(ckpt)]
+    command = [torchrun_bin, "--standalone", f"--nproc_per_node={nproc}", "-m", *train_args(run, base, data, out, ckpt)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads((out / "metrics.json").read_text())
@@ -62,6 +67,21 @@ def test_deepspeed_zero2_on_two_cpu_processes(tiny_base, tiny_data, tmp_path):
         assert abs(a - b) <= DEEPSPEED_LOSS_TOLERANCE * a
     assert losses(tmp_path / "zero2")[-1] < losses(tmp_path / "zero2")[0]
     assert (tmp_path / "zero2" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_deepspeed_in_one_process_started_as_plain_python(tiny_base, tiny_data, tmp_path):
+    # One process is started without torchrun (phi3v.launch); the trainer makes DeepSpeed's group of one.
+    pytest.importorskip("deepspeed")
+    run = base_run(batch_size=2, per_device_batch_size=1, max_steps=2, deepspeed=True)
+    command = launch_command(train_args(run, tiny_base, tiny_data, tmp_path / "out", tmp_path / "ckpt"),
+                             processes_per_node=1)
+    assert command[1:3] == ["-m", "phi3v.training.train"]
+    env = {key: value for key, value in os.environ.items() if key not in RENDEZVOUS_VARIABLES}
+    done = subprocess.run(command, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (metrics["deepspeed"], metrics["processes"], metrics["steps"]) == (True, 1, 2)
 
 
 @pytest.mark.slow

@@ -90,7 +90,7 @@ def test_a_speed_row_on_two_processes_starts_through_the_launcher(tiny_base, tin
     command = launcher_command(
         ["phi3v.training.speed", "--row-json", json.dumps(row), "--base-model", str(tiny_base),
          "--data-dir", str(tiny_data), "--dataset", DATASET, "--num-crops", "1", "--steps", "2", "--warmup", "1",
-         "--out", str(out_json)], nodes=1, processes_per_node=2, gpus=0, process_group=True)
+         "--out", str(out_json)], nodes=1, processes_per_node=2, gpus=0)
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=480)
     assert done.returncode == 0, done.stderr[-4000:]
