@@ -268,8 +268,14 @@ def run_recipe(task: str, args: argparse.Namespace) -> dict:
 
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     run = flags_to_run(task, args, world_size)
-    if not args.tqdm:
-        os.environ["TQDM_DISABLE"] = "1"
+    if not args.tqdm:  # the libraries' own bars too (weight loading, downloads)
+        import datasets
+        import huggingface_hub
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+        datasets.disable_progress_bars()
     state = PartialState()
     output_dir = Path(args.output_dir)
     with state.main_process_first():  # one process downloads and converts, the others then read
@@ -286,7 +292,8 @@ def run_recipe(task: str, args: argparse.Namespace) -> dict:
         return evaluate(model_dir=model_dir, data_dir=data_dir, dataset_name=run.dataset, split=script.eval_split,
                         metric=script.metric, out_dir=output_dir / folder, run_name=run_name,
                         num_crops=run.num_crops, precision=precision, attention=run.attention,
-                        batch_size=eval_batch, max_new_tokens=MAX_NEW_TOKENS, max_samples=args.max_eval_samples)
+                        batch_size=eval_batch, max_new_tokens=MAX_NEW_TOKENS, max_samples=args.max_eval_samples,
+                        progress=args.tqdm)
 
     scores = {}
     if not args.skip_eval:
@@ -296,7 +303,7 @@ def run_recipe(task: str, args: argparse.Namespace) -> dict:
         if state.is_main_process:
             print(report_score(task, scores["before"], "before"))
     train(run, base_model=base_model, data_dir=data_dir, dataset_name=run.dataset, out_dir=output_dir,
-          checkpoint_dir=output_dir / "checkpoints")
+          checkpoint_dir=output_dir / "checkpoints", progress=args.tqdm)
     if not args.skip_eval:
         scores["after"] = evaluate_model(output_dir / MODEL, run.run, "eval_after", evaluation_precision(run))
         if state.is_main_process:

@@ -201,6 +201,7 @@ def evaluate(
     batch_size: int,
     max_new_tokens: int = 64,
     max_samples: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Answer every sample of `<data_dir>/<dataset_name>_<split>.jsonl` and score the answers.
 
@@ -228,7 +229,7 @@ def evaluate(
         predictions = generate_answers(model, processor, mine, num_crops=num_crops,
                                        max_new_tokens=max_new_tokens, batch_size=batch_size,
                                        precision=precision, device=state.device,
-                                       progress=state.is_main_process)
+                                       progress=progress and state.is_main_process)
         rows = scored_predictions([e.id for e in mine], predictions, [e.answers for e in mine], metric)
 
     # Every process gets every row, so each returns the same scores; the main process writes them.

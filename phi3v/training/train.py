@@ -152,10 +152,11 @@ def peak_memory_gib(device: torch.device) -> float:
 
 # ---- the loop ----------------------------------------------------------------------------------
 
-def train(run: RunConfig, *, base_model, data_dir, dataset_name: str, out_dir, checkpoint_dir) -> dict:
+def train(run: RunConfig, *, base_model, data_dir, dataset_name: str, out_dir, checkpoint_dir,
+          progress: bool = True) -> dict:
     """Train one run; resume from the newest checkpoint if any; write model/adapter, logs, metrics."""
     result = fit(run, base_model=base_model, data_dir=data_dir, dataset_name=dataset_name,
-                 checkpoint_dir=checkpoint_dir, tracker_dir=Path(out_dir) / TRACKERS)
+                 checkpoint_dir=checkpoint_dir, tracker_dir=Path(out_dir) / TRACKERS, progress=progress)
     accelerator = result.accelerator
     if accelerator.is_main_process:
         write_outputs(accelerator.unwrap_model(result.model), run, base_model=Path(base_model),
@@ -175,7 +176,8 @@ class FitResult:
     run: RunConfig  # as trained: a memory fit's per-device batch and checkpointed layers filled in
 
 
-def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_dir, tracker_dir=None) -> FitResult:
+def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_dir, tracker_dir=None,
+        progress: bool = True) -> FitResult:
     """The training loop: set up, resume, train `total_steps` optimiser steps, measure."""
     from accelerate.utils import DistributedType, set_seed
 
@@ -246,8 +248,8 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     model.train()
     wall_start = time.perf_counter()
     timed = Throughput()
-    progress = tqdm(total=total_steps, initial=start_step, disable=not accelerator.is_main_process,
-                    desc=run.run)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
+               desc=run.run)
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(accumulation)]  # kept on the host until their turn
@@ -286,11 +288,11 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
         log.append({"step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 4), "loss": loss,
                     "lr": lr, "tokens": int(tokens), "img_per_s": images / seconds, "step_s": seconds})
         trackers.log_step(accelerator, run, log[-1])
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss:.4f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
         if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < total_steps:
             save_checkpoint(accelerator, checkpoint_dir, step + 1, {"step": step + 1, "log": log}, fingerprint)
-    progress.close()
+    bar.close()
 
     metrics = {
         "img_per_s": timed.per_second(timed.images),

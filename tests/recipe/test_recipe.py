@@ -207,7 +207,8 @@ def test_a_run_evaluates_before_and_after(offline_hub, cache, tmp_path, capsys):
     before = json.loads((out / "eval_before" / "scores.json").read_text())
     after = json.loads((out / "eval_after" / "scores.json").read_text())
     assert (before["run"], after["run"], before["n"], after["n"]) == ("base", "lora-fp16-eager", 1, 1)
-    printed = capsys.readouterr().out
+    printed, errors = capsys.readouterr()
+    assert "%|" not in errors  # --no-tqdm: neither the training nor the evaluation bar
     assert f"Accuracy before finetuning: {before['score'] / 100:.4f}" in printed
     assert f"Accuracy after finetuning: {after['score'] / 100:.4f}" in printed
     assert list((out / "trackers").rglob("events.out.tfevents.*"))
