@@ -147,13 +147,15 @@ def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float
 
 def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, steps: int, warmup: int,
             extra: dict) -> dict:
-    """One row through the workflow's speed benchmark, started by the workflow's launcher in its own
+    """One row through the workflow's speed benchmark, started as the workflow's launcher starts one
     process (a fresh CUDA context, DeepSpeed and compile state per row, as a workflow job has)."""
+    from phi3v.launch import launch_command
+
     result_json = out / f"{row['row']}.json"
-    command = [sys.executable, "-m", "phi3v.launch", "--", "phi3v.training.speed",
-               "--row-json", json.dumps(row), "--base-model", str(base), "--data-dir", str(data),
-               "--dataset", DATASET, "--num-crops", str(num_crops), "--weights", "pretrained",
-               "--steps", str(steps), "--warmup", str(warmup), "--out", str(result_json)]
+    command = launch_command(["phi3v.training.speed", "--row-json", json.dumps(row), "--base-model", str(base),
+                              "--data-dir", str(data), "--dataset", DATASET, "--num-crops", str(num_crops),
+                              "--weights", "pretrained", "--steps", str(steps), "--warmup", str(warmup),
+                              "--out", str(result_json)], processes_per_node=1)
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,3 +38,21 @@ def offline_hub(test_hub, monkeypatch) -> HubCache:
     """`HF_HOME` = the test hub and `HF_HUB_OFFLINE=1` for this test: hub ids resolve from the cache alone."""
     use_hub_cache(monkeypatch, test_hub.hf_home)
     return test_hub
+
+
+@dataclass(frozen=True)
+class DemoSlice:
+    results: Path
+    config: list[str]           # its `--config` values
+    run: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def local_demo_slice(tmp_path_factory) -> DemoSlice:
+    """The demo slice (tests/workflow/helpers.py) run once a session with `--cores 2`, for the tests
+    of the workflow on one machine and as the reference of the SLURM run."""
+    from workflow.helpers import demo_slice_config, run_snakemake
+
+    results = tmp_path_factory.mktemp("demo-slice") / "results"
+    config = demo_slice_config(results)
+    return DemoSlice(results, config, run_snakemake("--cores", "2", "--config", *config, timeout=600))

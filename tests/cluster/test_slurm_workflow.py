@@ -1,6 +1,6 @@
-"""The workflow through a real SLURM (cluster/local_slurm.sh) with profiles/slurm: the demo slice
-on one node gives the same results as a local run; a speed row on two nodes runs one torchrun agent
-per SLURM node, as training on several nodes does."""
+"""The workflow through a real SLURM (cluster/local_slurm.sh, two nodes on this host) with
+profiles/slurm: the demo slice gives the same results as a local run; a speed row on two nodes runs
+one torchrun agent per SLURM node, as training on several nodes does."""
 
 import contextlib
 import hashlib
@@ -15,16 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow.helpers import REPO, SNAKEMAKE
+from workflow.helpers import REPO, SNAKEMAKE, demo_slice_config
 
 RUN = "full-bf16-sdpa"
-SLICE = [
-    f"runs_filter=[docvqa/{RUN}]",
-    "datasets={docvqa: {sizes: {train: 16, test: 8}}}",
-    "pretrain={corpus_size: 16, steps: 4}",
-    "run_overrides={max_steps: 3, epochs: 1}",
-    "evaluation={batch_size: 4, max_samples: 4, max_new_tokens: 4}",
-]
 TARGETS = [f"eval/docvqa/{RUN}/scores.json", f"runs/docvqa/{RUN}/metrics.json"]
 RULES = ["synthesize_raw", "convert", "pretrain_corpus", "build_demo_model", "train", "evaluate"]
 SLURM_TOOLS = ["munged", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue"]
@@ -48,12 +41,6 @@ def running_slurm(state: Path, nodes: int = 1):
 
 
 @pytest.fixture
-def local_slurm(tmp_path):
-    with running_slurm(tmp_path / "slurm") as env:
-        yield env
-
-
-@pytest.fixture
 def two_node_slurm(tmp_path):
     """Two SLURM nodes (node1, node2), each its own slurmd, on this one host."""
     with running_slurm(tmp_path / "slurm", nodes=2) as env:
@@ -72,15 +59,14 @@ def slurm_profile(folder: Path, logs: Path) -> Path:
     return folder
 
 
-def run_slice(results: Path, *options: str, env=os.environ) -> subprocess.CompletedProcess:
-    """The slice into `results`; bounded by `timeout`, as a waiting Snakemake ignores SIGTERM.
+def run_through_slurm(profile: Path, env: dict, *config: str, targets: list[Path]) -> subprocess.CompletedProcess:
+    """Snakemake with the SLURM profile; bounded by `timeout`, as a waiting Snakemake ignores SIGTERM.
 
-    Twelve jobs one after another, each seen done at the plugin's next status check (its interval
-    grows by 10 s while nothing finishes): about 170 s through SLURM on a busy machine, hence 400.
+    Jobs are seen done at the plugin's next status check (its interval grows by 10 s while nothing
+    finishes): the demo slice's twelve jobs take about 170 s through SLURM on a busy machine.
     """
-    targets = [str(results / target) for target in TARGETS]
-    command = ["timeout", "-k", "10", "400", *SNAKEMAKE, *options, "--config", f"results_dir={results}", *SLICE,
-               "--", *targets]
+    command = ["timeout", "-k", "10", "400", *SNAKEMAKE, "--workflow-profile", str(profile), "--config", *config,
+               "--", *map(str, targets)]
     env = {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=430)
 
@@ -101,65 +87,54 @@ def results_of(results: Path) -> dict:
     }
 
 
+SPEED_ROW = "full-sdpa-bf16-2x2"  # on CPUs one process per node: 2 processes on 2 nodes
+SPEED_ROWS = "speed={steps: 2, warmup: 1, rows: [{strategy: full, attention: sdpa, precision: bf16, nodes: 2, gpus: 2, effective_batch: 4}]}"
+
+
+def slurm_jobs(job_ids, env) -> dict[str, dict]:
+    """`scontrol show job` of each job id: {id: {field: value}}."""
+    jobs = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True)
+    fields = [dict(part.split("=", 1) for part in line.split() if "=" in part) for line in jobs.stdout.splitlines()]
+    return {job["JobId"]: job for job in fields if job.get("JobId") in set(job_ids)}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="the local SLURM runs its daemons as root")
 @pytest.mark.skipif(not slurm_installed(), reason="SLURM is not installed (.ci/run installs it with apt-get)")
-def test_demo_slice_through_slurm_equals_a_local_run(tmp_path, local_slurm):
-    local = run_slice(tmp_path / "local", "--cores", "2")
-    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
-
-    logs = tmp_path / "slurm_logs"
+def test_the_workflow_through_slurm(tmp_path, local_demo_slice, two_node_slurm):
+    """1. the demo slice, every job a SLURM job, gives the local run's results (weights, predictions,
+    scores); 2. then a speed row on two nodes runs as one SLURM job in which srun starts one torchrun
+    agent per node, as training on several nodes does."""
+    assert local_demo_slice.run.returncode == 0, local_demo_slice.run.stderr[-3000:]
+    results, logs = tmp_path / "results", tmp_path / "slurm_logs"
     profile = slurm_profile(tmp_path / "profile", logs)
-    through_slurm = run_slice(tmp_path / "slurm", "--workflow-profile", str(profile), env=local_slurm)
+    config = demo_slice_config(results, runs=[RUN])
+    through_slurm = run_through_slurm(profile, two_node_slurm, *config, targets=[results / t for t in TARGETS])
     output = through_slurm.stdout + through_slurm.stderr
     assert through_slurm.returncode == 0, output[-6000:]
 
     # Every job was a SLURM job: the plugin kept one SLURM log per job, and slurmctld knows them.
     assert sorted(path.name for path in logs.iterdir()) == sorted(f"rule_{rule}" for rule in RULES)
     job_logs = sorted(logs.rglob("*.log"))
-    # one log per job the local run ran (the demo's base model reads every demo dataset: 4 of some rules)
-    local_jobs = re.findall(r"^(?:local)?rule (\w+):$", local.stdout + local.stderr, flags=re.M)
-    assert set(local_jobs) == set(RULES) and len(job_logs) == len(local_jobs)
-    job_ids = {path.stem for path in job_logs}
-    jobs = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=local_slurm, capture_output=True, text=True)
-    states = {fields["JobId"]: fields for fields in (dict(part.split("=", 1) for part in line.split() if "=" in part)
-                                                    for line in jobs.stdout.splitlines())}
-    assert job_ids <= set(states)
-    assert all(states[job]["JobState"] == "COMPLETED" and states[job]["Partition"] == "debug" for job in job_ids)
+    jobs_run = re.findall(r"^rule (\w+):$", output, flags=re.M)  # (a localrule would print `localrule`)
+    assert set(jobs_run) == set(RULES) and len(job_logs) == len(jobs_run)
+    states = slurm_jobs([path.stem for path in job_logs], two_node_slurm)
+    assert len(states) == len(job_logs)
+    assert all(job["JobState"] == "COMPLETED" and job["Partition"] == "debug" for job in states.values())
+    assert results_of(results) == results_of(local_demo_slice.results)
 
-    assert results_of(tmp_path / "slurm") == results_of(tmp_path / "local")
-
-
-SPEED_ROW = "full-sdpa-bf16-2x2"  # on CPUs one process per node: 2 processes on 2 nodes
-SPEED_SLICE = [
-    "hardware={nodes: 2}",
-    "runs_filter=[speed/*]",
-    "datasets={docvqa: {sizes: {train: 16, test: 8}}}",
-    "pretrain={corpus_size: 16, steps: 4}",
-    "speed={steps: 2, warmup: 1, rows: [{strategy: full, attention: sdpa, precision: bf16, nodes: 2, gpus: 2, effective_batch: 4}]}",
-]
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="the local SLURM runs its daemons as root")
-@pytest.mark.skipif(not slurm_installed(), reason="SLURM is not installed (.ci/run installs it with apt-get)")
-def test_a_two_node_speed_row_runs_one_torchrun_agent_per_slurm_node(tmp_path, two_node_slurm):
-    results = tmp_path / "results"
-    profile = slurm_profile(tmp_path / "profile", tmp_path / "slurm_logs")
+    # The speed row, on the data and base model already built: the only job is the row.
     out = results / "speed" / f"{SPEED_ROW}.json"
-    command = ["timeout", "-k", "10", "400", *SNAKEMAKE, "--workflow-profile", str(profile),
-               "--config", f"results_dir={results}", *SPEED_SLICE, "--", str(out)]
-    env = {**two_node_slurm, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=430)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-
-    # One SLURM job on both nodes; in it srun starts one torchrun agent per node (`--nnodes=2`).
+    speed = run_through_slurm(profile, two_node_slurm, *config, "hardware={nodes: 2}", "runs_filter=[speed/*]",
+                              SPEED_ROWS, targets=[out])
+    output = speed.stdout + speed.stderr
+    assert speed.returncode == 0, output[-6000:]
+    assert re.findall(r"^rule (\w+):$", output, flags=re.M) == ["benchmark_speed"]
     log = (results / "logs" / "speed" / f"{SPEED_ROW}.log").read_text()
     assert "launch: srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in log and "--nnodes=2" in log
-    [job_log] = (tmp_path / "slurm_logs").rglob(f"rule_benchmark_speed/{SPEED_ROW}/*.log")
-    job = subprocess.run(["scontrol", "show", "job", "--oneliner", job_log.stem], env=two_node_slurm,
-                         capture_output=True, text=True).stdout
-    assert "JobState=COMPLETED" in job and "NumNodes=2" in job and "NumTasks=2" in job
+    [job_log] = logs.rglob(f"rule_benchmark_speed/{SPEED_ROW}/*.log")
+    job = slurm_jobs([job_log.stem], two_node_slurm)[job_log.stem]
+    assert (job["JobState"], job["NumNodes"], job["NumTasks"]) == ("COMPLETED", "2", "2")
 
     # The result says what ran: a process on each SLURM node, under DeepSpeed where it is installed.
     result = json.loads(out.read_text())

@@ -28,3 +28,20 @@ def job_counts(output: str) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+# The demo slice: DocVQA with tiny sizes, full fine-tuning and LoRA (tests/workflow/test_demo_slice.py;
+# tests/cluster runs its full-parameter run through SLURM and compares it with this local run).
+DEMO_SLICE_RUNS = ["full-bf16-sdpa", "lora-bf16-sdpa"]
+DEMO_SLICE_CONFIG = [
+    "datasets={docvqa: {sizes: {train: 16, test: 8}}}",
+    "pretrain={corpus_size: 16, steps: 4}",
+    "run_overrides={max_steps: 3, epochs: 1}",
+    "evaluation={batch_size: 4, max_samples: 4, max_new_tokens: 4}",
+]
+
+
+def demo_slice_config(results: Path, runs=DEMO_SLICE_RUNS) -> list[str]:
+    """`--config` values of the demo slice of `runs` into `results`."""
+    return [f"results_dir={results}", f"runs_filter=[{', '.join(f'docvqa/{run}' for run in runs)}]",
+            *DEMO_SLICE_CONFIG]

@@ -4,30 +4,19 @@ import json
 
 import pytest
 
-from .helpers import run_snakemake
-
-RUNS = ["full-bf16-sdpa", "lora-bf16-sdpa"]
+from .helpers import DEMO_SLICE_RUNS, run_snakemake
 
 
 @pytest.mark.slow
-def test_demo_slice_runs_end_to_end(tmp_path):
-    results = tmp_path / "results"
-    config = [
-        f"results_dir={results}",
-        "runs_filter=[docvqa/full-bf16-sdpa, docvqa/lora-bf16-sdpa]",
-        "datasets={docvqa: {sizes: {train: 16, test: 8}}}",
-        "pretrain={corpus_size: 16, steps: 4}",
-        "run_overrides={max_steps: 3, epochs: 1}",
-        "evaluation={batch_size: 4, max_samples: 4, max_new_tokens: 4}",
-    ]
-    result = run_snakemake("--cores", "2", "--config", *config, timeout=600)
+def test_demo_slice_runs_end_to_end(local_demo_slice, tmp_path):
+    result, results, config = local_demo_slice.run, local_demo_slice.results, local_demo_slice.config
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
-    for run in ["base", *RUNS]:
+    for run in ["base", *DEMO_SLICE_RUNS]:
         scores = json.loads((results / "eval" / "docvqa" / run / "scores.json").read_text())
         assert scores["dataset"] == "docvqa" and scores["run"] == run and scores["metric"] == "anls"
         assert 0 <= scores["score"] <= 100 and scores["n"] == 4
-    for run in RUNS:
+    for run in DEMO_SLICE_RUNS:
         metrics = json.loads((results / "runs" / "docvqa" / run / "metrics.json").read_text())
         assert metrics["steps"] == 3
         assert (results / "runs" / "docvqa" / run / "model" / "config.json").is_file()
