@@ -167,7 +167,7 @@ def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, ste
 
 
 def markdown(results: list[dict], notes: list[str]) -> str:
-    from phi3v.reporting.tables import BEST_SETTINGS_TITLE, settings_speed_lines
+    from phi3v.reporting.speed_table import BEST_SETTINGS_TITLE, settings_speed_lines
 
     lines = []
     for kind, title in (("recipe", "The recipe's settings"), ("best", BEST_SETTINGS_TITLE)):

@@ -16,15 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 
 from phi3v.files import atomic_path  # noqa: E402
 from phi3v.layout import ReportInputs, read_scores, read_train_log  # noqa: E402
+from phi3v.reporting.accuracy_tables import configured_runs, recipe_references  # noqa: E402
 from phi3v.reporting.recipe_tables import ACCURACY_TABLES  # noqa: E402
-from phi3v.reporting.tables import (  # noqa: E402
-    ResultSources,
-    configured_runs,
-    read_base_result,
-    read_speed_result,
-    recipe_references,
-    speed_references,
-)
+from phi3v.reporting.results import ResultSources, read_base_result, read_speed_result  # noqa: E402
+from phi3v.reporting.speed_table import speed_references  # noqa: E402
 
 # Fixed metadata keeps the PNG bytes a function of the data alone.
 PNG_METADATA = {"Software": None}

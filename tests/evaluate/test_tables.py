@@ -10,7 +10,8 @@ from .conftest import FIXTURES, GOLDEN, demo_config, report_files
 from phi3v.errors import UserError
 from phi3v.reporting import recipe_tables
 from phi3v.reporting.recipe_tables import parse_accuracy_table, parse_speed_table, split_cells
-from phi3v.reporting.tables import format_learning_rate, table_file_names, write_tables
+from phi3v.reporting.table_format import format_learning_rate
+from phi3v.reporting.tables import table_file_names, write_tables
 
 
 def generated(results_dir, out_dir, config=None):
@@ -201,7 +202,9 @@ def test_best_settings_rows_get_their_own_section(results_dir, tmp_path):
 
 
 def test_rows_moved_by_attention_fallback_say_so_and_keep_their_recipe_row():
-    from phi3v.reporting.tables import SPEED_TABLES, fallback_notes, matches_speed_row, speed_row_note
+    from phi3v.reporting.recipe_tables import SPEED_TABLES
+    from phi3v.reporting.speed_table import matches_speed_row, speed_row_note
+    from phi3v.reporting.table_format import fallback_notes
 
     row = {"row": "lora-sdpa-bf16-1x8", "strategy": "lora", "attention": "sdpa", "precision": "bf16",
            "nodes": 1, "gpus": 8, "configured_attention": "flash_attention_2"}
