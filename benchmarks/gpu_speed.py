@@ -132,8 +132,10 @@ def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float
     attention = "sdpa" if unavailable["flash_attention_2"] else "flash_attention_2"
     recipe, best = [], []
     for strategy in STRATEGIES:
+        # full-parameter rows under DeepSpeed ZeRO-2, as the recipe's (the paper preset's train.deepspeed)
+        deepspeed = strategy in ("full", "frozen_vision") and importlib.util.find_spec("deepspeed") is not None
         base = {"strategy": strategy, "precision": "bf16", "attention": attention, "nodes": 1, "gpus": 1,
-                "effective_batch": effective_batch}
+                "effective_batch": effective_batch, "deepspeed": deepspeed}
         recipe.append({**base, "row": f"{strategy}-recipe", "settings": "recipe",
                        "per_device_batch_size": 1, "gradient_checkpointing": True})
         budget = 64 if tiny else min(GPU_BUDGETS[strategy], 0.9 * (card_gib or GPU_BUDGETS[strategy]))

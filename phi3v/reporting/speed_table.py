@@ -27,6 +27,7 @@ from phi3v.reporting.table_format import (
 )
 
 FLASH_ATTENTION = "flash_attention_2"
+DEEPSPEED = "DeepSpeed ZeRO-2"  # the Row cell of a row measured under it
 RECIPE_SETTINGS, BEST_SETTINGS = "recipe", "best"  # a speed row's `settings`
 BEST_SETTINGS_TITLE = "This project's best settings"
 
@@ -54,7 +55,7 @@ def settings_speed_lines(measured_rows: Sequence[tuple[str, dict]]) -> list[str]
     for name, measured in measured_rows:
         cells = measured_speed_cells(METHOD_OF_STRATEGY[measured["strategy"]], measured, None, False)
         lines.append([*cells, *extra_speed_cells(measured), settings_summary(measured.get("settings")),
-                      f"`{name}`"])
+                      speed_row_note({"row": name}, measured)])
     return table_lines(columns, lines)
 
 
@@ -73,8 +74,10 @@ def configured_attention(row: dict) -> str:
     return row.get("configured_attention") or row["attention"]
 
 
-def speed_row_note(row: dict) -> str:
-    return "; ".join([f"`{row['row']}`", *fallback_notes(row)])
+def speed_row_note(row: dict, measured: dict | None = None) -> str:
+    """The Row cell: the row's id, its attention fallback, and DeepSpeed where the measurement ran under it."""
+    deepspeed = [DEEPSPEED] if measured and measured.get("deepspeed") else []
+    return "; ".join([f"`{row['row']}`", *fallback_notes(row), *deepspeed])
 
 
 def match_speed_rows(config_rows: Sequence[dict], table: SpeedTable, used: set[str]) -> list[dict | None]:
@@ -164,7 +167,7 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
             lines_rows.append([*cells, *reference, skip_note(row)])
             continue
         cells = measured_speed_cells(recipe_row.cells[0], measured, baseline, index == 0)
-        lines_rows.append([*cells, *extra_speed_cells(measured), *reference, speed_row_note(row)])
+        lines_rows.append([*cells, *extra_speed_cells(measured), *reference, speed_row_note(row, measured)])
 
     # Rows of the preset with no counterpart in the recipe, in this table's precision.
     for row in extra_rows:
@@ -181,7 +184,7 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
             continue
         cells = measured_speed_cells(method, measured, baseline, False)
         lines_rows.append([*cells, *extra_speed_cells(measured), MISSING, MISSING, MISSING, MISSING,
-                           speed_row_note(row)])
+                           speed_row_note(row, measured)])
 
     return [f"## {table.title}", "", *table_lines(split_cells(header), lines_rows, header, separator)]
 
@@ -215,7 +218,8 @@ def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
         "The recipe does not say in which precision its A100 rows without flash attention ran; its "
         "script loads fp32 weights with eager attention when flash attention is off, and its guide "
         "recommends bf16 wherever the GPU has it. Those rows run here in bf16 (fp32-loaded weights, "
-        "eager attention; full-parameter rows cast to bf16 by DeepSpeed). The V100 rows run in fp16 "
+        f"eager attention, bf16 autocast; rows marked {DEEPSPEED} hold bf16 weights, as DeepSpeed casts "
+        "them). The V100 rows run in fp16 "
         "mixed precision with eager attention, as the guide says.",
     ]
     return TableDocument("speed.md", "Speed benchmarking", body, sources)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import importlib.util
 import json
 import os
 import shutil
@@ -37,10 +36,6 @@ WEIGHTS = ("random", "pretrained")
 ROW_SETTINGS = ("per_device_batch_size", "gradient_checkpointing", "packing", *OPTION_FIELDS)
 
 
-def deepspeed_installed() -> bool:
-    return importlib.util.find_spec("deepspeed") is not None
-
-
 def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
               lora_rank: int = 64) -> RunConfig:
     """The run config a speed row trains with: recipe settings, effective batch of the row."""
@@ -50,8 +45,7 @@ def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmu
         dataset=dataset_name, run=f"speed-{row['row']}", strategy=strategy, precision=row["precision"],
         attention=row["attention"], learning_rate=1e-5, epochs=1, num_crops=num_crops,
         batch_size=row["effective_batch"], warmup_steps=0, max_steps=warmup + steps, **rank,
-        # ZeRO-2 as the recipe's full fine-tuning; without DeepSpeed the result says deepspeed: false
-        deepspeed=strategy.uses_deepspeed and deepspeed_installed(),
+        deepspeed=row["deepspeed"],  # resolved by the workflow: the preset's `train.deepspeed`
         **{key: row[key] for key in ROW_SETTINGS if row.get(key) is not None},  # beyond the recipe
     )
 
@@ -183,12 +177,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_row_json(text: str) -> dict:
-    """`--row-json`: a resolved speed row (`row`, `strategy`, `precision`, `attention`, `effective_batch`)."""
+    """`--row-json`: a resolved speed row (`row`, `strategy`, `precision`, `attention`, `effective_batch`,
+    `deepspeed`)."""
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"--row-json: not JSON ({exc}): {text[:80]!r}") from None
-    missing = [key for key in ("row", "strategy", "precision", "attention", "effective_batch") if key not in row]
+    missing = [key for key in ("row", "strategy", "precision", "attention", "effective_batch", "deepspeed")
+               if key not in row]
     if missing:
         raise UserError(f"--row-json: the speed row lacks {', '.join(missing)}; pass a row of the resolved config")
     return row

@@ -100,23 +100,36 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
     gaps = hardware_gaps(config, run.attention, config["hardware"]["nodes"])
     fix = ("use attention sdpa or eager, or set `attention_fallback: {flash_attention_2: sdpa}`"
            if run.attention == "flash_attention_2" else "use strategy lora")
-    if run.deepspeed and run.precision == "fp16" and config["hardware"]["accelerator"] == "cpu":
-        gaps.append("DeepSpeed fp16 needs GPU")  # DeepSpeed's CPU accelerator refuses fp16
+    if gap := deepspeed_gap(config, run.deepspeed, run.precision):
+        gaps.append(gap)
         fix = "set `deepspeed: false` (in `train` or `run_overrides`) to train it without ZeRO-2"
     fallback = {"configured_attention": configured_attention} if configured_attention else {}
     return {**run.to_dict(), **fallback, "skip_reason": _skip_or_raise(config, gaps, where, fix)}
 
 
+def deepspeed_gap(config: dict, deepspeed: bool, precision: str) -> str | None:
+    """DeepSpeed's CPU accelerator refuses fp16."""
+    if deepspeed and precision == "fp16" and config["hardware"]["accelerator"] == "cpu":
+        return "DeepSpeed fp16 needs GPU"
+    return None
+
+
 def expand_speed_row(config: dict, index: int, row: dict) -> dict:
     row = _apply_fallback(config, {**row, **config["speed"]["row_overrides"]})
     row["row"] = speed_row_id(row)
+    # A row trains as the preset's runs of its strategy: under ZeRO-2 where `train.deepspeed` says so.
+    row["deepspeed"] = Strategy(row["strategy"]).uses_deepspeed and config["train"].get("deepspeed", False)
     where = f"config key `speed.rows[{index}]` ({row['row']})"
     check_precision_attention(row["precision"], row["attention"], where)
     if row["gpus"] % row["nodes"]:
         raise UserError(f"{where}: gpus ({row['gpus']}) counts all nodes and must be a multiple of nodes "
                         f"({row['nodes']}); each node runs gpus / nodes processes")
     gaps = hardware_gaps(config, row["attention"], row["nodes"], row["gpus"])
-    row["skip_reason"] = _skip_or_raise(config, gaps, where, "remove the row or change its attention/strategy")
+    fix = "remove the row or change its attention/strategy"
+    if gap := deepspeed_gap(config, row["deepspeed"], row["precision"]):
+        gaps.append(gap)
+        fix = "set `train.deepspeed: false` to measure it without ZeRO-2"
+    row["skip_reason"] = _skip_or_raise(config, gaps, where, fix)
     return row
 
 

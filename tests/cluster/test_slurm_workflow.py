@@ -125,8 +125,9 @@ def test_the_workflow_through_slurm(tmp_path, local_demo_slice, two_node_slurm):
 
     # The speed row, on the data and base model already built: the only job is the row.
     out = results / "speed" / f"{SPEED_ROW}.json"
+    deepspeed = importlib.util.find_spec("deepspeed") is not None  # the full-parameter row under ZeRO-2 if installed
     speed = run_through_slurm(profile, two_node_slurm, *config, "hardware={nodes: 2}", "runs_filter=[speed/*]",
-                              SPEED_ROWS, targets=[out])
+                              SPEED_ROWS, f"train={{deepspeed: {str(deepspeed).lower()}}}", targets=[out])
     output = speed.stdout + speed.stderr
     assert speed.returncode == 0, output[-6000:]
     assert re.findall(r"^rule (\w+):$", output, flags=re.M) == ["benchmark_speed"]
@@ -139,6 +140,6 @@ def test_the_workflow_through_slurm(tmp_path, local_demo_slice, two_node_slurm):
     # The result says what ran: a process on each SLURM node, under DeepSpeed where it is installed.
     result = json.loads(out.read_text())
     assert (result["nodes"], result["node_names"], result["processes"]) == (2, ["node1", "node2"], 2)
-    assert result["deepspeed"] is (importlib.util.find_spec("deepspeed") is not None)
+    assert result["deepspeed"] is deepspeed
     assert result["img_per_s"] > 0 and result["steps_measured"] == 2
     assert not [path for path in (results / "speed").iterdir() if path.name.startswith(".")]  # no scratch left

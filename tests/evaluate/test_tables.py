@@ -86,6 +86,8 @@ def test_speed_rows_show_the_fixture_measurements(results_dir, tmp_path):
         assert cells[7] == (f"~{gib:.0f}" if gib >= 1 else f"~{gib:.2f}")
         gb = gib * 2**30 / 1e9
         assert cells[8] == (f"~{gb:.0f}" if gb >= 1 else f"~{gb:.2f}")
+        # the Row cell says which measurements ran under DeepSpeed (the fixture's full bf16 row)
+        assert cells[-1].endswith("; DeepSpeed ZeRO-2") is bool(result.get("deepspeed")), name
     assert "Peak GPU mem (GiB) | Peak GPU mem (GB)" in text
     assert "not run: flash attention needs a GPU" in text
 

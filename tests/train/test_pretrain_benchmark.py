@@ -57,7 +57,7 @@ def test_run_speed_measures_the_training_step(tiny_base, tiny_data, tmp_path):
     from phi3v.training.speed import run_speed
 
     row = {"row": "lora-sdpa-bf16-1x1", "strategy": "lora", "attention": "sdpa", "precision": "bf16",
-           "nodes": 1, "gpus": 1, "effective_batch": 2, "skip_reason": None}
+           "nodes": 1, "gpus": 1, "effective_batch": 2, "deepspeed": False, "skip_reason": None}
     out_json = tmp_path / "speed" / f"{row['row']}.json"
     out_json.parent.mkdir()
     # Random weights need the model's config and tokenizer only: measure from a folder without weights.
@@ -85,7 +85,8 @@ def test_a_speed_row_on_two_processes_starts_through_the_launcher(tiny_base, tin
     from phi3v.launch import launcher_command
 
     row = {"row": "full-sdpa-bf16-1x2", "strategy": "full", "attention": "sdpa", "precision": "bf16",
-           "nodes": 1, "gpus": 2, "effective_batch": 4, "skip_reason": None}
+           "nodes": 1, "gpus": 2, "effective_batch": 4, "skip_reason": None,
+           "deepspeed": importlib.util.find_spec("deepspeed") is not None}
     out_json = tmp_path / "speed" / f"{row['row']}.json"
     command = launcher_command(
         ["phi3v.training.speed", "--row-json", json.dumps(row), "--base-model", str(tiny_base),
@@ -97,7 +98,7 @@ def test_a_speed_row_on_two_processes_starts_through_the_launcher(tiny_base, tin
     assert "torch.distributed.run --nproc-per-node=2 --standalone" in done.stderr
     result = json.loads(out_json.read_text())
     assert (result["processes"], result["nodes"], result["gpus"], result["steps_measured"]) == (2, 1, 0, 2)
-    # a full-parameter row trains under DeepSpeed ZeRO-2 (on CPUs over gloo) wherever it is installed
+    # a full-parameter row asked to train under DeepSpeed ZeRO-2 does (on CPUs over gloo)
     assert result["deepspeed"] is (importlib.util.find_spec("deepspeed") is not None)
     assert done.stdout.count("result: ") == 1  # printed by the main process only
     assert [p.name for p in out_json.parent.iterdir()] == [out_json.name]  # scratch removed

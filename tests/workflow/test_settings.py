@@ -186,3 +186,20 @@ def test_converter_options_from_the_command_line_are_typed():
 def test_speed_row_overrides_apply_to_every_row():
     config = resolve(preset="paper", speed={"row_overrides": {"effective_batch": "2"}})
     assert {row["effective_batch"] for row in config["speed"]["rows"]} == {2}
+
+
+def test_speed_rows_use_deepspeed_as_the_presets_runs_do():
+    paper = settings.resolve_config({"preset": "paper"})
+    for row in paper["speed"]["rows"]:  # train.deepspeed: true in the paper preset
+        assert row["deepspeed"] is (row["strategy"] in ("full", "frozen_vision")), row["row"]
+    assert not any(row["deepspeed"] for row in resolve()["speed"]["rows"])  # the demo trains without it
+    # DeepSpeed's CPU accelerator has no fp16: such a row is listed as not run, with the fix
+    on_cpu = {"preset": "paper", "hardware": {"accelerator": "cpu", "gpus_per_node": 1, "nodes": 4},
+              "attention_fallback": {"flash_attention_2": "sdpa"}}
+    reasons = {row["row"]: row["skip_reason"] for row in resolve(**on_cpu, on_unsupported="skip")["speed"]["rows"]}
+    assert reasons["full-eager-fp16-1x8"] == "DeepSpeed fp16 needs GPU"
+    assert reasons["lora-eager-fp16-1x8"] is None and reasons["full-eager-bf16-1x8"] is None
+    with pytest.raises(UserError, match=r"speed.rows\[\d+\]` \(full-eager-fp16-1x8\).*set `train.deepspeed: false`"):
+        resolve(**on_cpu, on_unsupported="error", runs=[])
+    without = resolve(**on_cpu, train={"deepspeed": False}, runs_filter="speed/*-fp16-1x8")["speed"]["rows"]
+    assert without and not any(row["skip_reason"] or row["deepspeed"] for row in without)
