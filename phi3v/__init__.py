@@ -3,7 +3,11 @@
 Importing the package registers model type `phi3_v` with transformers' Auto classes, so `AutoConfig`,
 `AutoModelForCausalLM`, `AutoModelForImageTextToText`, `AutoProcessor` and `AutoImageProcessor` load a folder
 (or hub id) in the release's layout with the code here, never with the release's remote code.
+A process that never loads a model (Snakemake reading the workflow) may set PHI3V_AUTO_CLASSES=0
+before the import: the registration imports torch and transformers, about 4 s.
 """
+
+import os
 
 from phi3v import numerics
 
@@ -33,4 +37,5 @@ def _register_with_auto_classes() -> None:
     AutoProcessor.register(Phi3VConfig, Phi3VProcessor, exist_ok=True)
 
 
-_register_with_auto_classes()
+if os.environ.get("PHI3V_AUTO_CLASSES", "1") != "0":
+    _register_with_auto_classes()

@@ -1,6 +1,7 @@
 """transformers' own API on the release's file set: Auto classes, save/load round trips, overrides, chat template."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -127,3 +128,19 @@ def test_image_processor_keeps_transformers_file_format(tmp_path):
                        "image_processor_type": "Phi3VImageProcessor", "image_std": written["image_std"],
                        "num_crops": 16, "num_img_tokens": 4, "processor_class": "Phi3VProcessor"}
     assert Phi3VImageProcessor.from_pretrained(tmp_path).num_crops == 16
+
+
+def test_a_process_that_loads_no_model_may_skip_the_registration():
+    # Snakemake reading the workflow sets PHI3V_AUTO_CLASSES=0: neither torch nor transformers is imported.
+    import subprocess
+    import sys
+
+    probe = "import sys, phi3v.workflow.config; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    skipped = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PHI3V_AUTO_CLASSES": "0"},
+                             capture_output=True, text=True, check=True)
+    assert skipped.stdout.strip() == "[]"
+    registered = subprocess.run([sys.executable, "-c", probe + "; from transformers import CONFIG_MAPPING; "
+                                 "print(CONFIG_MAPPING['phi3_v'].__module__)"],
+                                env={k: v for k, v in os.environ.items() if k != "PHI3V_AUTO_CLASSES"},
+                                capture_output=True, text=True, check=True)
+    assert registered.stdout.split() == ["['torch',", "'transformers']", "phi3v.configuration_phi3v"]
