@@ -3,8 +3,7 @@
 `paper_rehearsal.yaml` shrinks only sizes (steps, samples, converted eval sets, evaluation lengths,
 speed steps), sets this machine as the hardware and maps the flash-attention rows to SDPA
 (`attention_fallback`). With it, the dry run below must list every job of the paper DAG; the whole
-DAG takes well over half an hour on 2 cores (a training step at num_crops 16 takes 20-60 s), so CI
-runs a slice of it (about 6 minutes on 2 busy cores, 30 jobs) that still runs
+DAG takes about 17 minutes on 2 cores (README), so CI runs a slice of it (about 6 minutes on 2 busy cores, 30 jobs) that still runs
 every rule of the paper DAG, every downloader (4 datasets, the model and its config), every strategy
 (full, frozen vision, LoRA, QLoRA) and both precisions, and a speed row, with one more shrink:
 num_crops 1 instead of 16 (4 for UCF-101). DeepSpeed is off (its CPU accelerator has no fp16).
