@@ -253,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"launch: {format_command(command)}", file=sys.stderr, flush=True)
         if "CUDA_VISIBLE_DEVICES" in env and not under_slurm(env):
             print(f"launch: GPUs {env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
+        env.pop("PHI3V_AUTO_CLASSES", None)  # the module loads models: phi3v registers its Auto classes
         return subprocess.run(command, env=env).returncode
 
 

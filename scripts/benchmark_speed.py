@@ -2,8 +2,10 @@
 measured by `python -m phi3v.training.speed` under the launcher, as training runs."""
 
 import json
+import os
 import sys
 
+os.environ["PHI3V_AUTO_CLASSES"] = "0"  # a launching process, as in scripts/train.py
 sys.path.insert(0, snakemake.scriptdir)
 from common import run_step  # noqa: E402
 

@@ -1,10 +1,14 @@
 """One training run: `python -m phi3v.training.train` under the launcher (torchrun for several processes)."""
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
+# This process and the launcher it starts load no model: no Auto-class registration (torch +
+# transformers, ~4 s each); the launcher gives the training process the usual import.
+os.environ["PHI3V_AUTO_CLASSES"] = "0"
 sys.path.insert(0, snakemake.scriptdir)
 from common import run_step  # noqa: E402
 from phi3v.layout import ADAPTER  # noqa: E402

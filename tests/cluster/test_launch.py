@@ -1,5 +1,6 @@
 """Process launching and GPU claiming for training/evaluation jobs."""
 
+import os
 import subprocess
 import sys
 import time
@@ -96,3 +97,13 @@ def test_a_killed_job_releases_its_gpus(tmp_path):
     start = time.monotonic()
     with claim_gpus(1, tmp_path, total=1, timeout_s=5) as gpus:
         assert gpus == [0] and time.monotonic() - start < 5
+
+
+def test_the_launched_module_registers_the_auto_classes_the_launching_processes_skip(tmp_path):
+    # scripts/train.py sets PHI3V_AUTO_CLASSES=0 for itself and the launcher; the module it runs loads models.
+    (tmp_path / "probe.py").write_text("import os\nprint('PHI3V_AUTO_CLASSES' in os.environ)\n")
+    env = {**os.environ, "PHI3V_AUTO_CLASSES": "0", "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "phi3v.launch", "--", "probe"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
