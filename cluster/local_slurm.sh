@@ -17,6 +17,10 @@ conf="$state_dir/slurm.conf"
 munge_dir="$state_dir/munge"
 nodes=${3:-1}
 [ -e "$state_dir/munge_dir" ] && munge_dir=$(cat "$state_dir/munge_dir")
+# slurmstepd makes a Unix socket <spool>/<node>/<node>_<job id>.<step id>, at most 108 bytes, and a
+# job whose socket path is longer hangs: under a deep state dir the spool gets a short folder.
+spool_dir="$state_dir/spool"
+[ -e "$state_dir/spool_dir" ] && spool_dir=$(cat "$state_dir/spool_dir")
 
 die() { echo "local_slurm.sh: $*" >&2; exit 1; }
 
@@ -30,7 +34,13 @@ start() {
       || die "$tool not found: install Debian's munge slurmctld slurmd slurm-client (apt-get install munge slurmctld slurmd slurm-client)"
   done
   [ "$(id -u)" = 0 ] || die "must run as root (slurmd starts job steps as their users)"
-  mkdir -p "$state_dir"/{state,spool}
+  mkdir -p "$state_dir/state"
+  local name longest=0
+  for name in $(node_names); do (( ${#name} > longest )) && longest=${#name}; done
+  if (( ${#spool_dir} + 2 * longest + 24 > 107 )); then  # ids of up to 10 digits each
+    spool_dir="${TMPDIR:-/tmp}/phi3v-spool-$(printf %s "$state_dir" | md5sum | cut -c1-12)"
+    echo "$spool_dir" >"$state_dir/spool_dir"
+  fi
   if ! runuser -u munge -- test -x "$state_dir"; then
     munge_dir="${TMPDIR:-/tmp}/phi3v-munge-$(printf %s "$state_dir" | md5sum | cut -c1-12)"
     echo "$munge_dir" >"$state_dir/munge_dir"
@@ -54,7 +64,7 @@ start() {
 
   # One node is this host under its own name; several are node1..nodeN, all on this host.
   node_lines=""
-  local name port=6818
+  local port=6818
   for name in $(node_names); do
     node_lines+="NodeName=$name NodeHostname=$host NodeAddr=127.0.0.1 Port=$port CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"$'\n'
     port=$((port + 1))
@@ -70,7 +80,7 @@ AuthType=auth/munge
 AuthInfo=socket=$munge_dir/munge.socket
 CredType=cred/munge
 StateSaveLocation=$state_dir/state
-SlurmdSpoolDir=$state_dir/spool/%n
+SlurmdSpoolDir=$spool_dir/%n
 SlurmctldPidFile=$state_dir/slurmctld.pid
 SlurmdPidFile=$state_dir/slurmd-%n.pid
 SlurmctldLogFile=$state_dir/slurmctld.log
@@ -91,7 +101,7 @@ PartitionName=debug Nodes=$node_names Default=YES MaxTime=INFINITE State=UP
 CONF
   /usr/sbin/slurmctld -f "$conf"
   for name in $(node_names); do
-    mkdir -p "$state_dir/spool/$name"
+    mkdir -p "$spool_dir/$name"
     /usr/sbin/slurmd -f "$conf" -N "$name"
   done
   # Client commands that find this config without SLURM_CONF, which Snakemake's SLURM job step
@@ -125,6 +135,7 @@ stop() {
     rm -f "$pidfile"
   done
   if [ -e "$state_dir/munge_dir" ]; then rm -rf "$munge_dir" "$state_dir/munge_dir"; fi
+  if [ -e "$state_dir/spool_dir" ]; then rm -rf "$spool_dir" "$state_dir/spool_dir"; fi
 }
 
 case "$action" in

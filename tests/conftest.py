@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -49,10 +51,20 @@ class DemoSlice:
 
 @pytest.fixture(scope="session")
 def local_demo_slice(tmp_path_factory) -> DemoSlice:
-    """The demo slice (tests/workflow/helpers.py) run once a session with `--cores 2`, for the tests
-    of the workflow on one machine and as the reference of the SLURM run."""
+    """The demo slice (tests/workflow/helpers.py) run once with `--cores 2`, for the tests of the
+    workflow on one machine and as the reference of the SLURM run. Under pytest-xdist the workers
+    share it: the first to take the lock runs it, the others read its result."""
+    from filelock import FileLock
+
     from workflow.helpers import demo_slice_config, run_snakemake
 
-    results = tmp_path_factory.mktemp("demo-slice") / "results"
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    results, record = shared / "demo-slice" / "results", shared / "demo-slice.json"
     config = demo_slice_config(results)
-    return DemoSlice(results, config, run_snakemake("--cores", "2", "--config", *config, timeout=600))
+    with FileLock(str(shared / "demo-slice.lock")):
+        if not record.exists():
+            done = run_snakemake("--cores", "2", "--config", *config, timeout=600)
+            record.write_text(json.dumps({"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}))
+    run = subprocess.CompletedProcess(["snakemake"], **json.loads(record.read_text()))
+    return DemoSlice(results, config, run)
