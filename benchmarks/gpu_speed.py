@@ -17,6 +17,7 @@ Writes `<out>/gpu_speed.jsonl` (one line a row) and `<out>/gpu_speed.md`, and pr
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib.util
 import json
 import subprocess
@@ -208,7 +209,6 @@ def main(argv=None) -> int:
     card_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if device == "cuda" else None
     num_crops = 4 if args.tiny else 16
     started = time.perf_counter()
-    results = []
     with tempfile.TemporaryDirectory(prefix="gpu-speed-") as work:
         work = Path(work)
         write_base(work / "model", tiny=args.tiny, device=device)
@@ -219,22 +219,28 @@ def main(argv=None) -> int:
         rows = [row for row in rows if not args.rows or row["row"] in args.rows]
         extra = {"versions": versions(), "not_used": {**kernels_available(device), **skipped}}
         args.out.mkdir(parents=True, exist_ok=True)
-        for row in rows:
+
+        def measured(row: dict) -> dict:
             try:
-                results.append(measure(row, base=work / "model", data=work / "data", out=work,
-                                       num_crops=num_crops, steps=args.steps, warmup=args.warmup, extra=extra))
+                result = measure(row, base=work / "model", data=work / "data", out=work, num_crops=num_crops,
+                                 steps=args.steps, warmup=args.warmup, extra=extra)
             except Exception as error:  # one failing row (a kernel, out of memory) must not lose the others
-                results.append({"row": row["row"], "settings_kind": row["settings"], "error": repr(error)[:500],
-                                "settings": row, **extra})
                 print(f"{row['row']}: FAILED {error!r}", flush=True)
-                continue
-            print(f"{row['row']}: {results[-1]['img_per_s']:.3f} img/s, "
-                  f"{results[-1]['peak_mem_gib']:.2f} GiB", flush=True)
+                return {"row": row["row"], "settings_kind": row["settings"], "error": repr(error)[:500],
+                        "settings": row, **extra}
+            print(f"{row['row']}: {result['img_per_s']:.3f} img/s, {result['peak_mem_gib']:.2f} GiB", flush=True)
+            return result
+
+        # One GPU measures one row at a time; on a CPU (one thread a row) a row a core.
+        at_once = 1 if device == "cuda" else max(1, os.cpu_count() or 1)
+        with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
+            results = list(pool.map(measured, rows))
     wall = time.perf_counter() - started
     unused = {key: reason for key, reason in extra["not_used"].items() if reason}
     failed = [f"{r['row']}: {r['error']}" for r in results if "error" in r]
     notes = [f"Shape: num_crops {num_crops}, effective batch {args.effective_batch}, {args.steps} measured "
-             f"steps after {args.warmup} warm-up; random weights; {wall:.0f} s in all.",
+             f"steps after {args.warmup} warm-up; random weights; {wall:.0f} s in all"
+             + (f", {at_once} rows at a time (a CPU check: the rows share the cores)." if at_once > 1 else "."),
              "Not used here: " + ("; ".join(f"{k}: {v}" for k, v in unused.items()) or "nothing") + ".",
              *([f"Failed rows: {'; '.join(failed)}."] if failed else [])]
     table = markdown([r for r in results if "error" not in r], notes)

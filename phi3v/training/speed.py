@@ -134,7 +134,7 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
     samples_per_s = run.batch_size / step_s
     images_per_sample = result.timed.images / max(1, result.timed.steps * run.batch_size)
     device = (torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda"
-              else f"cpu ({torch.get_num_threads()} threads)")
+              else f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})")
     speed = {
         "row": row["row"], "strategy": row["strategy"], "precision": row["precision"],
         # What was measured, not what the row asks for: e.g. on a CPU, no GPU.
