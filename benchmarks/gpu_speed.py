@@ -129,12 +129,14 @@ def kernels_available(device: str) -> dict:
 def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float | None) -> list[dict]:
     """The recipe's row and the best-settings row of every strategy (recipe rows first: Liger patches
     transformers' Phi-3 classes process-wide once applied)."""
+    from phi3v.training.run_config import Strategy
+
     unavailable = kernels_available(device)
     attention = "sdpa" if unavailable["flash_attention_2"] else "flash_attention_2"
     recipe, best = [], []
     for strategy in STRATEGIES:
         # full-parameter rows under DeepSpeed ZeRO-2, as the recipe's (the paper preset's train.deepspeed)
-        deepspeed = strategy in ("full", "frozen_vision") and importlib.util.find_spec("deepspeed") is not None
+        deepspeed = Strategy(strategy).uses_deepspeed and importlib.util.find_spec("deepspeed") is not None
         base = {"strategy": strategy, "precision": "bf16", "attention": attention, "nodes": 1, "gpus": 1,
                 "effective_batch": effective_batch, "deepspeed": deepspeed}
         recipe.append({**base, "row": f"{strategy}-recipe", "settings": "recipe",

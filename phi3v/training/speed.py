@@ -5,9 +5,9 @@
         --weights random --steps S --warmup W --out results/speed/ROW.json
 
 A row starts as training does (`phi3v.launch`: torchrun for several processes, srun + torchrun
-across nodes) and trains with the recipe's settings: full-parameter and frozen-vision rows under
-DeepSpeed ZeRO-2 wherever DeepSpeed is installed (over gloo on CPUs). The first `warmup` optimiser
-steps are excluded; img/s and tokens/s are the medians over the next `steps` steps. The result
+across nodes) and trains with the recipe's settings: under DeepSpeed ZeRO-2 where the row says so
+(the workflow sets it from the preset's `train.deepspeed` for full-parameter rows; over gloo on
+CPUs). The first `warmup` optimiser steps are excluded; img/s and tokens/s are the medians over the next `steps` steps. The result
 records what was measured (processes, nodes, GPUs, DeepSpeed), not what the row asks for.
 `weights: random` needs no download: on a GPU the full-size model of the base folder's config gets
 random weights (speed does not depend on weight values); on a CPU the tiny base model is used as it is.
