@@ -255,9 +255,13 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, attn_implementation: str = "sdpa",
                         **kwargs) -> "Phi3VForCausalLM":
         """Load a folder (or hub id) in the release's layout; every checkpoint key must be used and none missing."""
+        from .model_files import check_weight_files
+        from .processing_phi3v import model_folder
+
         check_attention_implementation(attn_implementation)
         kwargs.pop("trust_remote_code", None)  # never needed: the model code is here
         kwargs.pop("output_loading_info", None)
+        check_weight_files(model_folder(pretrained_model_name_or_path, kwargs.get("revision"), kwargs.get("cache_dir")))
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, attn_implementation=attn_implementation,
             output_loading_info=True, **kwargs,

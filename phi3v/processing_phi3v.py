@@ -188,12 +188,23 @@ def is_hub_id(name: str) -> bool:
     return True
 
 
-def check_source(source) -> str:
-    """A local model folder or hub id, as a string; a local path that does not exist is refused here."""
+def model_folder(source, revision: str | None = None, cache_dir=None) -> Path:
+    """The local folder of a model folder or hub id (the hub cache's snapshot, its config.json fetched or found
+    there offline); a local path that does not exist, or a hub model that cannot be had, is refused here."""
+    from phi3v.model_files import hub_model_folder
+
     source = str(source)
-    if not os.path.isdir(source) and not is_hub_id(source):
+    if os.path.isdir(source):
+        return Path(source)
+    if not is_hub_id(source):
         raise UserError(f"model folder {source} does not exist: build or download the model first (or give a hub id).")
-    return source
+    return hub_model_folder(source, revision=revision, cache_dir=cache_dir)
+
+
+def check_source(source, revision: str | None = None, cache_dir=None) -> str:
+    """A local model folder or hub id, as a string, once `model_folder` found it."""
+    model_folder(source, revision, cache_dir)
+    return str(source)
 
 
 class Phi3VImageProcessorKwargs(ImagesKwargs, total=False):
@@ -264,7 +275,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "Phi3VImageProcessor":
         """A folder or hub id (`revision=` too); keyword settings (e.g. `num_crops=16`) override the file's."""
-        source = check_source(pretrained_model_name_or_path)
+        source = check_source(pretrained_model_name_or_path, kwargs.get("revision"), kwargs.get("cache_dir"))
         path = f"{source.rstrip('/')}/{IMAGE_PROCESSOR_FILE}"
         kwargs.pop("trust_remote_code", None)  # nothing remote to trust: the code is here
         try:
@@ -411,7 +422,7 @@ class Phi3VProcessor(ProcessorMixin):
                         **kwargs) -> "Phi3VProcessor":
         """A folder or hub id (`revision=`, `cache_dir=` ...) through transformers' loader, never remote code;
         image-processor settings given here (e.g. `num_crops=16`) override the folder's."""
-        source = check_source(pretrained_model_name_or_path)
+        source = check_source(pretrained_model_name_or_path, kwargs.get("revision"), kwargs.get("cache_dir"))
         settings = {key: kwargs.pop(key) for key in IMAGE_PROCESSOR_SETTINGS if key in kwargs}
         kwargs["trust_remote_code"] = False
         try:

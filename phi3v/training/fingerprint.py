@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 
 import phi3v
+from phi3v.model_files import safetensors_header
 from phi3v.provenance import package_versions, sha256_file
 
 from .run_config import RunConfig
@@ -60,11 +60,11 @@ def safetensors_digest(path: Path) -> str:
     """sha256 over the file size, the header and both ends of every tensor's bytes."""
     # By hand: the safetensors library reads tensors whole and decoded, not a few raw bytes of each.
     digest = hashlib.sha256(str(path.stat().st_size).encode())
+    header_size, header = safetensors_header(path)  # checked: a damaged file is a clear error
     with open(path, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))  # the format: u64 header length, JSON header, data
-        header = f.read(header_size)
-        digest.update(header)
-        for name, entry in sorted(json.loads(header).items()):
+        f.seek(8)
+        digest.update(f.read(header_size))
+        for name, entry in sorted(header.items()):
             if name == "__metadata__":
                 continue
             begin, end = entry["data_offsets"]
