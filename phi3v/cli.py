@@ -97,11 +97,14 @@ def merge_lora(args) -> str:
     """The adapter merged into the base weights, saved in the release's layout with the processor files."""
     from phi3v.files import atomic_output_dir
     from phi3v.processing_phi3v import Phi3VProcessor
+    from phi3v.training.lora_adapter import adapter_config, check_adapter_base
     from phi3v.training.train import export_merged_lora
 
     adapter = Path(args.adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{adapter}: no adapter_config.json — give the folder a LoRA run wrote (its adapter/).")
+    if args.other_base:
+        adapter_config(adapter)
+    else:
+        check_adapter_base(adapter, args.base_model)
     settings = {} if args.num_crops is None else {"num_crops": args.num_crops}
     processor = Phi3VProcessor.from_pretrained(args.base_model, **settings)
     with atomic_output_dir(args.out_dir) as folder:
@@ -146,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapter", help="the adapter folder (adapter_config.json + weights)")
     merge.add_argument("out_dir", help="where to write the merged model folder (replaced if it exists)")
     merge.add_argument("--num-crops", type=positive_int, help="num_crops to save with it (default: the base's)")
+    merge.add_argument("--other-base", action="store_true",
+                       help="merge even though adapter_config.json names another base (the same model under "
+                            "another name or path); the tensor shapes are still checked")
     merge.set_defaults(handler=merge_lora)
     return parser
 

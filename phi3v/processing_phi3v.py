@@ -120,6 +120,7 @@ def to_rgb(image: Image.Image, name: str, composite_alpha: bool = True) -> Image
         raise UserError(f"{name} has zero size ({image.width}x{image.height}): replace or remove it.")
     try:
         image.load()
+        image = eight_bit(image, name)
         if image.mode == "RGB" and "transparency" not in image.info:
             return image
         if not composite_alpha:
@@ -127,6 +128,22 @@ def to_rgb(image: Image.Image, name: str, composite_alpha: bool = True) -> Image
         return Image.fromarray(convert_to_rgb(image, return_numpy=True))
     except (OSError, SyntaxError, ValueError) as error:
         raise UserError(f"{name} cannot be decoded or converted to RGB ({error}): replace or remove it.") from error
+
+
+def eight_bit(image: Image.Image, name: str) -> Image.Image:
+    """A 16-bit greyscale image (PNG, TIFF) scaled to 8 bits; 32-bit integer or float images refused.
+
+    By hand: PIL's conversion to RGB clips 16-bit values at 255 instead of scaling them, which turns a
+    16-bit scan almost entirely white; 32-bit modes carry no range to scale from.
+    """
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)  # (H, W) in 0..65535
+        return Image.fromarray(np.round(values / 257).astype(np.uint8))  # mode L
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "32-bit floating-point"
+        raise UserError(f"{name} is a {kind} greyscale image (mode {image.mode}), whose range cannot be known: "
+                        "save it as an 8-bit or 16-bit image (PNG) or as RGB.")
+    return image
 
 
 def image_name(image, default: str) -> str:

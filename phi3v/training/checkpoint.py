@@ -27,6 +27,7 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 FINGERPRINT = "fingerprint.json"
 STALE_SUFFIX = ".stale"
+DAMAGED_SUFFIX = ".damaged"
 
 
 def complete_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
@@ -140,9 +141,34 @@ class ResumePlan:
             self.checkpoint_dir.rename(self.stale_dir)
 
 
+def set_damaged_aside(checkpoint_dir: str | Path, run_name: str) -> None:
+    """Move the newest checkpoints while one is damaged (a file cut short or unreadable, see
+    `model_files.folder_damage`) to `<checkpoint_dir>.damaged/`, saying so, so the run resumes from the
+    newest sound one or from step 0.
+
+    Set aside rather than refused: an unattended rerun or requeue would otherwise fail the same way
+    until someone moves the folder by hand, and a rename keeps the files to look at.
+    """
+    from phi3v.model_files import folder_damage
+
+    checkpoint_dir = Path(checkpoint_dir)
+    damaged_dir = checkpoint_dir.with_name(checkpoint_dir.name + DAMAGED_SUFFIX)
+    while (newest := latest_checkpoint(checkpoint_dir)) is not None:
+        why = folder_damage(newest)
+        if why is None:
+            return
+        damaged_dir.mkdir(parents=True, exist_ok=True)
+        target = damaged_dir / newest.name
+        shutil.rmtree(target, ignore_errors=True)
+        newest.rename(target)
+        print(f"warning: run {run_name!r}: checkpoint {newest} is damaged ({why}); moved it to {target} "
+              "(delete it when done looking) and resuming from the newest sound checkpoint, if any", flush=True)
+
+
 def resume_point(accelerator, checkpoint_dir: str | Path, fingerprint: dict, run_name: str) -> Path | None:
-    """The checkpoint this run resumes from, if it wrote one; another run's are set aside first."""
+    """The checkpoint this run resumes from, if it wrote one; damaged ones and another run's are set aside first."""
     if accelerator.is_main_process:
+        set_damaged_aside(checkpoint_dir, run_name)
         plan = ResumePlan.of(checkpoint_dir, fingerprint)
         plan.set_stale_aside()
         if plan.message(run_name):

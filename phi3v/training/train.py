@@ -95,11 +95,15 @@ def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7)
 
 
-def step_plan(num_samples: int, run: RunConfig) -> tuple[int, int]:
+def step_plan(num_samples: int, run: RunConfig, train_jsonl: Path) -> tuple[int, int]:
     """(optimiser steps per epoch, total optimiser steps); an incomplete last batch is dropped."""
+    if num_samples == 0:
+        raise UserError(f"{train_jsonl} holds no records: the training split is empty — write the training "
+                        "records into it (a custom dataset), or delete it and rerun the workflow to convert the "
+                        "dataset again")
     steps_per_epoch = num_samples // run.batch_size
     if steps_per_epoch == 0:
-        raise UserError(f"run {run.run!r}: the training split has {num_samples} samples, fewer than "
+        raise UserError(f"run {run.run!r}: the training split {train_jsonl} has {num_samples} samples, fewer than "
                         f"batch_size={run.batch_size} — lower batch_size or raise max_train_samples")
     total = run.max_steps if run.max_steps is not None else run.epochs * steps_per_epoch
     return steps_per_epoch, total
@@ -195,7 +199,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
         raise UserError(f"{train_jsonl} does not exist — build the dataset {dataset_name!r} first")
     dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run.num_crops,
                                   run.max_train_samples, train_turns=run.train_turns, seed=run.seed)
-    steps_per_epoch, total_steps = step_plan(len(dataset), run)
+    steps_per_epoch, total_steps = step_plan(len(dataset), run, train_jsonl)
     fingerprint = run_fingerprint(run, base_model=base_model, train_jsonl=train_jsonl, processes=world_size)
 
     set_seed(run.seed)  # same LoRA init and data order on every process
@@ -406,9 +410,12 @@ def export_merged_lora(base_model: Path, adapter_dir: Path, folder: Path) -> Non
 
     from phi3v.modeling_phi3v import Phi3VForCausalLM
 
+    from .lora_adapter import check_adapter_fits
+
     base = Phi3VForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     saved_dtype = base.config.dtype or torch.float32  # the base checkpoint's own dtype
     base.drop_unused_vision_layers()  # as in training: the adapter has nothing there; saving restores them
+    check_adapter_fits(adapter_dir, base, str(base_model))
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.to(getattr(torch, str(saved_dtype).removeprefix("torch.")))
     merged.save_pretrained(folder)

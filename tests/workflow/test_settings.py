@@ -155,7 +155,7 @@ def test_lora_runs_are_evaluated_in_the_precision_the_recipe_reloads_them_in():
 
 
 def test_attention_fallback_runs_the_paper_flash_rows_with_sdpa_on_a_cpu():
-    config = resolve(preset="paper", hardware={"accelerator": "cpu"}, on_unsupported="skip",
+    config = resolve(preset="paper", hardware={"accelerator": "cpu", "gpus_per_node": 1}, on_unsupported="skip",
                      attention_fallback={"flash_attention_2": "sdpa"})
     docvqa = {run["run"]: run for run in config["runs"] if run["dataset"] == "docvqa"}
     assert docvqa["full-bf16-sdpa"]["configured_attention"] == "flash_attention_2"
@@ -173,7 +173,7 @@ def test_attention_fallback_runs_the_paper_flash_rows_with_sdpa_on_a_cpu():
     # On GPUs the fallback does nothing; without it a CPU skips the flash rows.
     on_gpu = resolve(preset="paper", attention_fallback={"flash_attention_2": "sdpa"})
     assert {run["attention"] for run in on_gpu["runs"]} == {"flash_attention_2", "eager"}
-    without = resolve(preset="paper", hardware={"accelerator": "cpu"}, on_unsupported="skip",
+    without = resolve(preset="paper", hardware={"accelerator": "cpu", "gpus_per_node": 1}, on_unsupported="skip",
                       evaluation={"base_attention": "sdpa"})
     assert {r["skip_reason"] for r in without["runs"] if r["attention"] == "flash_attention_2"} == {"needs GPU"}
 
