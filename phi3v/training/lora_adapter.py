@@ -103,6 +103,9 @@ def tensor_misfit(key: str, shape: list[int], base: nn.Module) -> str | None:
     try:
         module = base.get_submodule(module_name)
     except AttributeError:
+        dropped = getattr(base, "_dropped_vision_weights", {})  # CLIP layers that never reach the output
+        if any(name.startswith(module_name + ".") for name in dropped):
+            return None
         return f"{key} adapts {module_name}, which the base does not have"
     if isinstance(module, nn.Linear):
         needed = {"A": (1, module.in_features), "B": (0, module.out_features)}.get(part)
