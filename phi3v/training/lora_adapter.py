@@ -24,7 +24,6 @@ from phi3v.provenance import MODEL_SOURCE_FILE
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # peft's name of the wrapped model in saved keys
-OVERRIDE_FLAG = "--other-base"
 
 
 def adapter_config(adapter_dir: Path) -> dict:
@@ -49,7 +48,7 @@ def check_adapter_base(adapter_dir: str | os.PathLike, base_model: str | os.Path
     raise UserError(
         f"{adapter_dir / ADAPTER_CONFIG} says the adapter was trained on {recorded!r} (base_model_name_or_path), "
         f"not on {str(base_model)!r}: merge it into the base it was trained on. If {str(base_model)!r} is that "
-        f"model under another name or path, pass {OVERRIDE_FLAG}."
+        "model under another name or path, pass --other-base."
     )
 
 
