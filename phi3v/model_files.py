@@ -129,7 +129,7 @@ def folder_damage(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def hub_model_folder(repo_id: str, *, revision: str | None = None, cache_dir=None) -> Path:
+def hub_model_folder(repo_id: str, *, revision: str | None = None, cache_dir=None, **hub_options) -> Path:
     """The cache folder of hub model `repo_id` at `revision`, its config.json fetched (or found in the cache
     when offline); a model that cannot be had is one UserError saying why and what to do."""
     from huggingface_hub import constants, hf_hub_download
@@ -138,10 +138,11 @@ def hub_model_folder(repo_id: str, *, revision: str | None = None, cache_dir=Non
 
     at = f" at revision {revision!r}" if revision else ""
     try:
-        return Path(hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir)).parent
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir, **hub_options)).parent
     except LocalEntryNotFoundError:
         cache = cache_dir or constants.HF_HUB_CACHE
-        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached")
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "local_files_only is set"
+               if hub_options.get("local_files_only") else "the hub cannot be reached")
         raise UserError(
             f"model {repo_id}{at} is not in the Hugging Face cache ({cache}, HF_HOME={constants.HF_HOME}) and {why}: "
             f"download it while online (`hf download {repo_id}{' --revision ' + revision if revision else ''}` fills "

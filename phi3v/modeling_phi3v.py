@@ -261,7 +261,7 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         check_attention_implementation(attn_implementation)
         kwargs.pop("trust_remote_code", None)  # never needed: the model code is here
         kwargs.pop("output_loading_info", None)
-        check_weight_files(model_folder(pretrained_model_name_or_path, kwargs.get("revision"), kwargs.get("cache_dir")))
+        check_weight_files(model_folder(pretrained_model_name_or_path, **kwargs))
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, attn_implementation=attn_implementation,
             output_loading_info=True, **kwargs,

@@ -205,9 +205,13 @@ def is_hub_id(name: str) -> bool:
     return True
 
 
-def model_folder(source, revision: str | None = None, cache_dir=None) -> Path:
+HUB_OPTIONS = ("revision", "cache_dir", "token", "local_files_only")  # from_pretrained keywords that find a hub model
+
+
+def model_folder(source, **options) -> Path:
     """The local folder of a model folder or hub id (the hub cache's snapshot, its config.json fetched or found
-    there offline); a local path that does not exist, or a hub model that cannot be had, is refused here."""
+    there offline); a local path that does not exist, or a hub model that cannot be had, is refused here.
+    `options`: from_pretrained's keywords; those in `HUB_OPTIONS` are used."""
     from phi3v.model_files import hub_model_folder
 
     source = str(source)
@@ -215,12 +219,12 @@ def model_folder(source, revision: str | None = None, cache_dir=None) -> Path:
         return Path(source)
     if not is_hub_id(source):
         raise UserError(f"model folder {source} does not exist: build or download the model first (or give a hub id).")
-    return hub_model_folder(source, revision=revision, cache_dir=cache_dir)
+    return hub_model_folder(source, **{key: options[key] for key in HUB_OPTIONS if options.get(key) is not None})
 
 
-def check_source(source, revision: str | None = None, cache_dir=None) -> str:
+def check_source(source, **options) -> str:
     """A local model folder or hub id, as a string, once `model_folder` found it."""
-    model_folder(source, revision, cache_dir)
+    model_folder(source, **options)
     return str(source)
 
 
@@ -292,7 +296,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "Phi3VImageProcessor":
         """A folder or hub id (`revision=` too); keyword settings (e.g. `num_crops=16`) override the file's."""
-        source = check_source(pretrained_model_name_or_path, kwargs.get("revision"), kwargs.get("cache_dir"))
+        source = check_source(pretrained_model_name_or_path, **kwargs)
         path = f"{source.rstrip('/')}/{IMAGE_PROCESSOR_FILE}"
         kwargs.pop("trust_remote_code", None)  # nothing remote to trust: the code is here
         try:
@@ -439,7 +443,7 @@ class Phi3VProcessor(ProcessorMixin):
                         **kwargs) -> "Phi3VProcessor":
         """A folder or hub id (`revision=`, `cache_dir=` ...) through transformers' loader, never remote code;
         image-processor settings given here (e.g. `num_crops=16`) override the folder's."""
-        source = check_source(pretrained_model_name_or_path, kwargs.get("revision"), kwargs.get("cache_dir"))
+        source = check_source(pretrained_model_name_or_path, **kwargs)
         settings = {key: kwargs.pop(key) for key in IMAGE_PROCESSOR_SETTINGS if key in kwargs}
         kwargs["trust_remote_code"] = False
         try:
