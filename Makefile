@@ -18,7 +18,7 @@ $(PYTHON):
 
 # torch and the build tools first: DeepSpeed's setup imports torch, so it builds without isolation.
 $(INSTALLED): $(PYTHON) pyproject.toml $(LOCK)
-	$(PYTHON) -m pip install -c $(LOCK) torch setuptools wheel
+	$(PYTHON) -m pip install -c $(LOCK) torch setuptools
 	$(PYTHON) -m pip install -c $(LOCK) -e '.[test,qlora,slurm]'
 	$(PYTHON) -m pip install -c $(LOCK) --no-build-isolation deepspeed
 	touch $@
@@ -28,7 +28,7 @@ install: $(INSTALLED)
 # Recompile the lock from pyproject.toml (newest versions its bounds allow, torch at $(TORCH)),
 # pin the conda envs from it, then reinstall.
 lock: $(PYTHON)
-	$(PYTHON) -m pip install -q $(PIP_TOOLS) 'torch==$(TORCH)' setuptools wheel
+	$(PYTHON) -m pip install -q $(PIP_TOOLS) 'torch==$(TORCH)' setuptools
 	printf 'torch==$(TORCH)\n' > $(VENV)/torch.in
 	$(VENV)/bin/pip-compile --quiet --no-build-isolation --allow-unsafe --strip-extras --no-emit-index-url \
 	  --no-emit-find-links --extra $(subst $(comma), --extra ,$(EXTRAS)) --constraint $(VENV)/torch.in \
