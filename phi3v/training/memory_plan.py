@@ -17,6 +17,7 @@ Bytes per GPU, with P the parameters of the model as it trains, T the trainable 
   and a 16-bit copy, the MLP 4 i-wide tensors), eager attention also saves the fp32 softmax and its
   16-bit copy (6 heads T bytes) but not the kernels' log-sum-exp. A CLIP layer saves 16c + 6i + 4 heads + 8.
   With activation checkpointing a layer keeps only its input (2h) and one layer is recomputed at a time.
+  Eager attention's backward also holds the fp32 gradient of one layer's softmax (4 heads T^2 a sample).
   CLIP saves nothing where no vision weight trains (frozen_vision, LoRA on the LM only).
 
 Peak = weights + gradients + optimiser state + buckets + the larger of (activations, step temporaries).
@@ -139,15 +140,18 @@ def stack_bytes(layers: int, checkpointed: int, layer: int, layer_input: int) ->
 
 
 def activation_bytes(sizes: ModelSizes, run: RunConfig, sample: SampleShape, micro_batch: int,
-                     checkpointing: bool) -> int:
-    """Activations saved for backward by one micro-batch (checkpointing: every layer, or `checkpointed_layers`)."""
+                     checkpointing: bool, answer_tokens: int = ANSWER_TOKENS) -> int:
+    """Activations saved for backward by one micro-batch (checkpointing: every layer, or `checkpointed_layers`);
+    the LM head runs on the `answer_tokens` supervised tokens of a sample only."""
     eager = run.attention == "eager"
     tokens = sample.tokens
     decoder_checkpointed = (sizes.layers if run.checkpointed_layers is None
                             else min(run.checkpointed_layers, sizes.layers)) if checkpointing else 0
     lm = stack_bytes(sizes.layers, decoder_checkpointed, decoder_layer_bytes(sizes, tokens, eager),
                      2 * sizes.hidden * tokens)
-    head = ANSWER_TOKENS * sizes.vocab * (2 + 4 + 4)  # 16-bit logits, their fp32 copy and its gradient
+    head = answer_tokens * sizes.vocab * (2 + 4 + 4)  # 16-bit logits, their fp32 copy and its gradient
+    # backward of one eager layer at a time holds the fp32 gradient of its softmax; flash kernels tile it
+    lm += 4 * sizes.heads * tokens**2 if eager else 0
     vision = 0
     if run.strategy.trains_vision and not (run.strategy.is_lora and not run.lora_on_vision):
         clip_input = 2 * sizes.clip_hidden * sizes.clip_tokens_per_crop * sample.crops
