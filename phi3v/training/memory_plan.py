@@ -195,7 +195,7 @@ class PlanRow:
         peak = self.estimate.peak / GIB
         verdict = "fits" if self.fits else f"does not fit: {self.fix}"
         return (f"{self.name}: {peak:.1f} GiB a GPU at per-device batch {self.run.per_device_batch_size} on "
-                f"{self.world_size} x {card_gib:g} GiB — {verdict}")
+                f"{self.world_size} x {card_gib:.4g} GiB — {verdict}")
 
 
 def _fits(estimate: MemoryEstimate, card_gib: float) -> bool:
@@ -258,4 +258,4 @@ def markdown_table(rows: list[PlanRow], card_gib: float) -> str:
             f"| {e['weights']} | {e['gradients']} | {e['optimizer']} | {e['buckets']} | {e['step_temporaries']} "
             f"| {e['activations'] if row.run.gradient_checkpointing else '-'} / {no_ckpt['activations']} "
             f"| {e['peak']} (ckpt {checkpointing}) | {row.largest_micro_batch or 'none'} | {verdict} |")
-    return "\n".join(lines) + f"\n\nGiB per GPU on {card_gib:g} GiB cards, {CARD_RESERVE_GIB} GiB kept for the CUDA context.\n"
+    return "\n".join(lines) + f"\n\nGiB per GPU on {card_gib:.4g} GiB cards, {CARD_RESERVE_GIB} GiB kept for the CUDA context.\n"

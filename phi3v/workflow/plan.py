@@ -61,7 +61,7 @@ def check_memory(config: dict, card_gib: float) -> None:
     too_big = [row for row in plan_rows(config, card_gib) if not row.fits]
     if too_big:
         lines = "\n  ".join(row.line(card_gib) for row in too_big)
-        raise UserError(f"{len(too_big)} run(s) cannot fit on {card_gib:g} GiB GPUs (`phi3v plan` shows the "
-                        f"whole table):\n  {lines}\n  Apply each fix in that run's entry (`run_overrides` for every run), "
-                        "`hardware`), leave the run out with `runs_filter`, or set `hardware.gpu_memory_gib` if "
-                        "the cards are larger")
+        raise UserError(f"{len(too_big)} run(s) cannot fit on {card_gib:.4g} GiB GPUs (`phi3v plan` shows the "
+                        f"whole table):\n  {lines}\n  Apply each fix to that run's entry (`run_overrides`: every "
+                        "run; `hardware`: the GPUs), leave the run out with `runs_filter`, or set "
+                        "`hardware.gpu_memory_gib` if the cards are larger")
