@@ -261,3 +261,12 @@ def test_plan_command_prints_one_row_per_run_and_speed_row(capsys):
     assert all(line.rstrip().endswith("| fits |") for line in rows)
     with pytest.raises(SystemExit, match="2"):
         cli_main(["plan", "--preset", "paper", "--gpu-memory-gib", "0"])
+
+
+def test_the_card_budget_leaves_out_what_other_processes_hold(monkeypatch):
+    """A benchmark's parent keeping a model on the card: a row's process reaches only what it holds plus the free part."""
+    from phi3v.training import memory_fit
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * GIB, 141 * GIB))  # 41 GiB in use
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 9 * GIB)  # 9 of them this process's
+    assert memory_fit.usable_card_gib(torch.device("cuda", 0)) == 109
