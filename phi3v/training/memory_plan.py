@@ -205,7 +205,8 @@ def _fits(estimate: MemoryEstimate, card_gib: float) -> bool:
 def _fix(sizes: ModelSizes, run: RunConfig, sample: SampleShape, world_size: int, card_gib: float,
          gpus_per_node: int) -> str:
     # more GPUs: up to 8 on one machine, beyond that whole nodes of `gpus_per_node`
-    """The smallest change that makes a run fit: checkpointing, a smaller micro-batch, more GPUs, QLoRA."""
+    """The smallest change that makes a run fit: checkpointing, a smaller micro-batch, more GPUs, a fused
+    attention kernel, LoRA or QLoRA; else the card it needs."""
     if not run.gradient_checkpointing and _fits(estimate(sizes, run, sample, world_size, checkpointing=True), card_gib):
         return "set gradient_checkpointing: true"
     for batch in candidate_batches(run.batch_size, world_size, run.per_device_batch_size - 1):
@@ -219,6 +220,10 @@ def _fix(sizes: ModelSizes, run: RunConfig, sample: SampleShape, world_size: int
                 where = (f"gpus_per_node: {gpus}" if gpus <= max(gpus_per_node, 8)
                          else f"gpus_per_node: {gpus_per_node}, nodes: {-(-gpus // gpus_per_node)}")
                 return f"{gpus} GPUs, over which ZeRO-2 partitions the optimiser state (`hardware={{{where}}}`)"
+    if run.attention == "eager":
+        kernel = dataclasses.replace(run, attention="sdpa")
+        if _fits(estimate(sizes, kernel, sample, world_size, micro_batch=1, checkpointing=True), card_gib):
+            return "set attention: sdpa (its fused kernels never hold the tokens x tokens attention scores)"
     for strategy in ("lora", "qlora"):
         if run.strategy is Strategy.QLORA or (strategy == "lora" and run.strategy is Strategy.LORA):
             continue

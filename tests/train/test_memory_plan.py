@@ -250,6 +250,10 @@ def test_a_smaller_micro_batch_or_checkpointing_is_the_fix_when_it_suffices():
                                       "hardware": {"gpus_per_node": 1}, "run_overrides": {"gradient_checkpointing": False}})
     (row,) = [row for row in workflow_plan.plan_rows(config, 40) if row.name.startswith("docvqa/")]
     assert not row.fits and row.fix == "set gradient_checkpointing: true"
+    # UCF-101 (8 frames, 6504 tokens) in fp16 with eager attention on 8 V100s of 32 GiB
+    config = settings.resolve_config({"preset": "paper", "runs_filter": ["ucf101/*"]})
+    (row,) = workflow_plan.plan_rows(config, 32)
+    assert not row.fits and row.fix.startswith("set attention: sdpa")
 
 
 def test_plan_command_prints_one_row_per_run_and_speed_row(capsys):
