@@ -3,6 +3,7 @@
     phi3v generate MODEL --image page.png --prompt "What is the total?"
     phi3v validate DATASET_FOLDER NAME
     phi3v merge-lora BASE_MODEL ADAPTER_DIR OUT_DIR
+    phi3v plan --preset paper --gpu-memory-gib 80 --gpus-per-node 8
 
 A mistake in the arguments or the inputs prints one line on stderr and exits with status 2.
 """
@@ -34,6 +35,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not positive")
     return value
 
 
@@ -113,6 +124,35 @@ def merge_lora(args) -> str:
     return f"merged {adapter} into {args.base_model}: {args.out_dir}"
 
 
+# ---- plan --------------------------------------------------------------------------------------
+
+def plan(args) -> str:
+    """The memory plan of a configuration on the given GPUs, as a Markdown table."""
+    from phi3v.training.memory_plan import markdown_table
+    from phi3v.workflow import config as settings
+    from phi3v.workflow import plan as memory_plan
+    from phi3v.workflow.resources import local_gpu_memory_gib
+
+    config = {}
+    configfile = args.configfile or ("config.yaml" if args.preset is None and Path("config.yaml").is_file() else None)
+    if configfile:
+        config = settings.load_yaml(configfile)
+    if args.preset:
+        config["preset"] = args.preset
+    hardware = {"accelerator": "cuda", **{key: value for key, value in (
+        ("gpus_per_node", args.gpus_per_node), ("nodes", args.nodes), ("gpu_memory_gib", args.gpu_memory_gib))
+        if value is not None}}
+    config["hardware"] = {**(config.get("hardware") or {}), **hardware}
+    resolved = settings.resolve_config(config)
+    card_gib = memory_plan.card_memory_gib(resolved, local_gpu_memory_gib())
+    if card_gib is None:
+        raise UserError("no GPU memory to plan for: give --gpu-memory-gib (e.g. 80), or run on the GPU machine")
+    hardware = resolved["hardware"]
+    title = (f"Memory plan of preset {resolved['preset']!r}" + (f" + {configfile}" if configfile else "")
+             + f": {hardware['nodes']} node(s) x {hardware['gpus_per_node']} GPU(s) of {card_gib:g} GiB\n\n")
+    return title + markdown_table(memory_plan.plan_rows(resolved, card_gib), card_gib)
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="merge even though adapter_config.json names another base (the same model under "
                             "another name or path); the tensor shapes are still checked")
     merge.set_defaults(handler=merge_lora)
+
+    plan_ = commands.add_parser("plan", help="per-GPU peak memory of every run before anything runs",
+                                description="A Markdown table: for each training run and speed row of the "
+                                            "configuration, the per-GPU peak memory from the model's shapes (weights, "
+                                            "gradients, optimiser state, ZeRO-2 buckets, activations with and without "
+                                            "checkpointing), the largest per-device batch, and whether it fits, with "
+                                            "the change that would make it fit.")
+    plan_.add_argument("--preset", help="a preset of presets/ (default: the one config.yaml names, else demo)")
+    plan_.add_argument("--configfile", help="a config file as Snakemake's --configfile (default: ./config.yaml "
+                                            "without --preset)")
+    plan_.add_argument("--gpu-memory-gib", type=positive_float,
+                       help="memory of one GPU in GiB (default: hardware.gpu_memory_gib, else this machine's cards)")
+    plan_.add_argument("--gpus-per-node", type=positive_int, help="GPUs a node (default: the config's)")
+    plan_.add_argument("--nodes", type=positive_int, help="nodes (default: the config's)")
+    plan_.set_defaults(handler=plan)
     return parser
 
 

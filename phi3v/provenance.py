@@ -10,7 +10,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from phi3v import numerics
+from phi3v import lockfile, numerics
 
 PACKAGES = ("phi3v", "torch", "transformers", "tokenizers", "accelerate", "peft", "datasets",
             "safetensors", "huggingface-hub", "bitsandbytes", "deepspeed", "flash-attn", "pillow",
@@ -106,6 +106,7 @@ def collect(run: dict, *, model_dir: str | os.PathLike, data_dir: str | os.PathL
     record = {
         "git": git_state(),
         "packages": package_versions(),
+        "lock": lockfile.provenance(),
         "model": model_source(model_dir),
         "dataset": {"path": str(data_dir), "files": dataset_hashes(data_dir)} if data_dir else None,
         "hardware": hardware(),

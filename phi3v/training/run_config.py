@@ -229,3 +229,21 @@ def check_precision_attention(precision: str, attention: str, where: str) -> Non
     if precision == "fp16" and attention == "flash_attention_2":
         raise UserError(f"{where}: flash_attention_2 does not support fp16; use precision bf16, or "
                         "attention eager or sdpa for fp16 (the recipe uses eager)")
+
+
+# run fields a speed row may set (this project's best settings); the recipe's rows set none
+ROW_SETTINGS = ("per_device_batch_size", "gradient_checkpointing", "packing", *OPTION_FIELDS)
+
+
+def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
+              lora_rank: int = 64) -> RunConfig:
+    """The run config a speed row (`phi3v.training.speed`) trains with: recipe settings, effective batch of the row."""
+    strategy = Strategy(row["strategy"])
+    rank = dict(lora_rank=lora_rank, lora_alpha=2 * lora_rank) if strategy.needs_rank else {}
+    return RunConfig(
+        dataset=dataset_name, run=f"speed-{row['row']}", strategy=strategy, precision=row["precision"],
+        attention=row["attention"], learning_rate=1e-5, epochs=1, num_crops=num_crops,
+        batch_size=row["effective_batch"], warmup_steps=0, max_steps=warmup + steps, **rank,
+        deepspeed=row["deepspeed"],  # resolved by the workflow: the preset's `train.deepspeed`
+        **{key: row[key] for key in ROW_SETTINGS if row.get(key) is not None},  # beyond the recipe
+    )

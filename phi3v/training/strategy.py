@@ -11,6 +11,7 @@ import importlib.util
 import torch
 
 from ..errors import UserError
+from .memory_plan import ZERO2_BUCKET_ELEMENTS, ZERO2_OVERLAP_COMM
 from .run_config import RunConfig, Strategy, loads_bf16
 
 VISION_PREFIX = "model.vision_embed_tokens."
@@ -174,7 +175,7 @@ def parameter_counts(model) -> tuple[int, int]:
 
 def deepspeed_config(run: RunConfig, accumulation_steps: int) -> dict:
     """The recipe's ZeRO-2 settings with every `auto` field filled from the run."""
-    bucket = int(5e8)
+    bucket = ZERO2_BUCKET_ELEMENTS
     return {
         "train_batch_size": run.batch_size,
         "train_micro_batch_size_per_gpu": run.per_device_batch_size,
@@ -184,7 +185,7 @@ def deepspeed_config(run: RunConfig, accumulation_steps: int) -> dict:
         "fp16": {"enabled": run.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "zero_optimization": {"stage": 2, "allgather_partitions": True, "allgather_bucket_size": bucket,
-                              "overlap_comm": True, "reduce_scatter": True, "reduce_bucket_size": bucket,
+                              "overlap_comm": ZERO2_OVERLAP_COMM, "reduce_scatter": True, "reduce_bucket_size": bucket,
                               "contiguous_gradients": True, "round_robin_gradients": True},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

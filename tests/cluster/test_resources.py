@@ -13,6 +13,7 @@ from phi3v.errors import UserError
 from phi3v.launch import MACHINE_GPUS_VARIABLE, launch_command, slurm_allocation
 from phi3v.workflow.resources import Partition, check_cluster, job_resources, read_partition
 
+from cluster.fake_slurm import fake_slurm, install_tools
 from workflow.helpers import run_snakemake
 
 
@@ -76,25 +77,6 @@ def test_speed_row_wanting_more_gpus_than_the_machine_has_is_refused():
     with pytest.raises(UserError, match=r"speed row full-eager-bf16-1x8 asks for 8 GPUs but `--resources gpu=6`"):
         check_cluster({**eight, "hardware": {**eight["hardware"], "gpus_per_node": 2}}, slurm=False,
                       partition=None, machine_gpus=6)
-
-
-# What `scontrol show partition --oneliner` and `sinfo --Node --format "%N %G"` print on a cluster
-# with a one-node GPU partition (MaxNodes unlimited) and a CPU partition.
-SCONTROL_PARTITIONS = (
-    "PartitionName=gpu AllowGroups=ALL Default=NO MaxNodes=UNLIMITED MaxTime=2-00:00:00 Nodes=g01 TotalCPUs=64 TotalNodes=1\n"
-    "PartitionName=cpu AllowGroups=ALL Default=YES MaxNodes=4 MaxTime=UNLIMITED Nodes=c[01-08] TotalCPUs=256 TotalNodes=8\n"
-)
-SINFO_NODES = {"gpu": "g01 gpu:a100:4(S:0-1)\n", "cpu": "".join(f"c0{i} (null)\n" for i in range(1, 9))}
-
-
-def fake_slurm(*command):
-    if command[0] == "scontrol":
-        name = command[4] if len(command) > 4 else None
-        lines = [line for line in SCONTROL_PARTITIONS.splitlines() if name is None or line.startswith(f"PartitionName={name} ")]
-        if not lines:
-            return subprocess.CompletedProcess(command, 1, "", f"slurm_load_partitions: Partition {name} not found\n")
-        return subprocess.CompletedProcess(command, 0, "\n".join(lines) + "\n", "")
-    return subprocess.CompletedProcess(command, 0, SINFO_NODES[command[2]], "")
 
 
 def test_partition_limits_are_read_from_scontrol_and_sinfo():
@@ -178,11 +160,7 @@ def test_workflow_refuses_before_submitting(tmp_path):
 
 def test_workflow_refuses_a_job_the_partition_can_never_run(tmp_path, monkeypatch):
     """The SLURM profile on a cluster whose `gpu` partition has one node with 4 GPUs."""
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool, output in [("scontrol", SCONTROL_PARTITIONS.splitlines()[0]), ("sinfo", SINFO_NODES["gpu"].strip())]:
-        (tools / tool).write_text(f"#!/bin/sh\necho '{output}'\n")
-        (tools / tool).chmod(0o755)
+    tools = install_tools(tmp_path / "bin")  # every tool the SLURM plugin probes, SLURM installed or not
     monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
     two_nodes = run_snakemake("-n", "--workflow-profile", "profiles/slurm", "--default-resources", "slurm_partition=gpu",
                               "--config", "preset=paper", "hardware={nodes: 2, gpus_per_node: 4}",

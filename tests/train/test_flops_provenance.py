@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from phi3v import provenance
+from phi3v import lockfile, provenance
 from phi3v.configuration_phi3v import RELEASE_CONFIG_FILE, Phi3VConfig
 from phi3v.training import flops
 from phi3v.errors import UserError
@@ -88,6 +88,8 @@ def test_provenance_records_code_data_and_run(tmp_path):
     assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
     assert record["packages"]["torch"] == torch.__version__.split("+")[0] or record["packages"]["torch"] == torch.__version__
     assert record["seed"] == 7 and record["run"] == run
+    assert record["lock"] == {"file": "requirements.lock", "sha256": lockfile.lock_sha256(), "differs": {}}
+    assert len(record["lock"]["sha256"]) == 64
     assert record["model"]["revision"] == provenance.sha256_file(model / "config.json")
     before = record["dataset"]["files"]
     (data / "images" / "a" / "1.jpg").write_bytes(b"other")

@@ -1,5 +1,5 @@
-"""The conda environments of the rule groups list every dependency their code imports, with the
-same version bounds as pyproject.toml."""
+"""The locked environment: requirements.lock agrees with pyproject.toml, and the conda environments
+of the rule groups list every dependency their code imports, at the lock's exact versions."""
 
 import ast
 import re
@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+
+from phi3v import lockfile
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,13 +100,53 @@ def test_env_lists_every_imported_dependency(group):
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
-def test_env_requirements_match_pyproject(group):
+def test_env_pins_are_the_locked_versions(group):
+    text = (REPO / "envs" / f"{group}.yaml").read_text()
+    lock = lockfile.read_lock()
     project = pyproject_requirements()
-    for name, spec in env_requirements(group).items():
-        assert name in project, f"envs/{group}.yaml: {name} is not a dependency in pyproject.toml"
-        assert spec.replace(" ", "") == project[name].replace(" ", ""), (
-            f"envs/{group}.yaml has {spec!r}, pyproject.toml has {project[name]!r}"
-        )
+    for spec in lockfile.env_direct_requirements(text):
+        assert requirement_name(spec) in project, f"envs/{group}.yaml: {spec} is not a dependency in pyproject.toml"
+    assert text == lockfile.pinned_env(text, lock), f"envs/{group}.yaml is not pinned to {lockfile.LOCK_FILE.name}: run `make lock`"
+
+
+def test_lock_holds_every_dependency_of_pyproject_at_a_version_it_allows():
+    """`make install` installs pyproject's dependencies and extras (flash-attn aside) from the lock."""
+    lock = lockfile.read_lock()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra, extra_specs in project["optional-dependencies"].items():
+        specs += [] if extra == "flash" else extra_specs
+    problems = []
+    for spec in map(Requirement, specs):
+        entry = lock.get(lockfile.normalize(spec.name))
+        if entry is None:
+            problems.append(f"{spec.name} is not in the lock")
+        elif not spec.specifier.contains(entry["version"], prereleases=True):
+            problems.append(f"{spec} but the lock has {entry['version']}")
+    # pip-compile marks what the project itself asked for: nothing there that pyproject dropped.
+    asked = {name for name, entry in lock.items() if "phi3v" in entry["needed_by"]}
+    dropped = asked - {lockfile.normalize(Requirement(spec).name) for spec in specs}
+    problems += [f"{name} is locked for pyproject.toml, which no longer asks for it" for name in sorted(dropped)]
+    assert not problems, "requirements.lock disagrees with pyproject.toml (run `make lock`): " + "; ".join(problems)
+
+
+def test_lock_closure_follows_what_each_package_needs(tmp_path):
+    lock_file = tmp_path / "requirements.lock"
+    lock_file.write_text("a==1.0\n    # via phi3v (pyproject.toml)\nb==2.0\n    # via\n    #   a\n    #   c\n"
+                         "c==3.0\n    # via d\nd==4.0+cpu\n    # via phi3v (pyproject.toml)\n")
+    lock = lockfile.read_lock(lock_file)
+    assert lock["b"]["needed_by"] == {"a", "c"} and lock["d"]["version"] == "4.0+cpu"
+    assert lockfile.closure({"a"}, lock) == {"a", "b"}
+    assert lockfile.closure({"D"}, lock) == {"b", "c", "d"}
+    env = "# x\ndependencies:\n  - pip\n  - pip:\n      - a>=0.5\n"
+    pinned = lockfile.pinned_env(env, lock)
+    assert pinned.endswith(f"      - a==1.0\n      {lockfile.PINNED_MARKER}\n      - b==2.0\n")
+    assert lockfile.pinned_env(pinned, lock) == pinned  # idempotent: the lines above the marker stay the group's own
+
+
+def test_installed_environment_is_the_lock():
+    """The suite runs in what `make install` made; provenance records any difference."""
+    assert lockfile.installed_differences() == {}
 
 
 def test_every_script_belongs_to_a_group():
