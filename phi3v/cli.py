@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from phi3v.errors import entry_point
+from phi3v.errors import UserError, entry_point
 
 PRECISION_CHOICES = ("bf16", "fp16", "fp32")
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
