@@ -152,8 +152,11 @@ def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation
 
 
 def collate_for(run: RunConfig, pad_token_id: int):
-    """One row per micro-batch without padding (packing), or a padded (B, T) batch."""
-    return collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
+    """One row per micro-batch without padding (packing; under flash attention with the varlen
+    kernel's sample boundaries), or a padded (B, T) batch."""
+    if run.packing:
+        return functools.partial(collate_packed, flash_attention=run.attention == "flash_attention_2")
+    return functools.partial(collate_padded, pad_token_id=pad_token_id)
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
@@ -349,8 +352,10 @@ def check_same_fit(accelerator, run: RunConfig) -> None:
 
 
 def to_device(batch: dict, device: torch.device, pixel_dtype: torch.dtype | None) -> dict:
-    """Move a collated batch; DeepSpeed runs without autocast, so pixels take the weights' dtype."""
-    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if v is not None}
+    """Move a collated batch (tensors; plain numbers stay); DeepSpeed runs without autocast, so
+    pixels take the weights' dtype."""
+    moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+             for k, v in batch.items() if v is not None}
     if pixel_dtype is not None and "pixel_values" in moved:
         moved["pixel_values"] = moved["pixel_values"].to(pixel_dtype)
     return moved

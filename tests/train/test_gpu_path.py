@@ -146,3 +146,41 @@ def test_the_process_group_ends_before_the_main_process_writes_the_outputs(monke
     assert train_module.train(base_run(), base_model=tmp_path, data_dir=tmp_path, dataset_name=DATASET,
                               out_dir=tmp_path, checkpoint_dir=tmp_path) == {"m": 1}
     assert events == ["end_training", "write_outputs"]
+
+
+def text_examples(lengths):
+    return [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in lengths]
+
+
+def test_packed_batches_carry_the_flash_kernels_sample_boundaries_only_under_flash_attention():
+    flash = train_module.collate_for(base_run(attention="flash_attention_2", packing=True), pad_token_id=0)
+    batch = flash(text_examples([3, 5, 2]))
+    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [0, 3, 8, 10]
+    assert batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == batch["max_length_k"] == 5 and isinstance(batch["max_length_q"], int)
+    sdpa = train_module.collate_for(base_run(attention="sdpa", packing=True), pad_token_id=0)
+    assert not {"cu_seq_lens_q", "max_length_q"} & set(sdpa(text_examples([3, 5, 2])))
+    moved = train_module.to_device(batch, torch.device("cpu"), None)  # plain ints pass through
+    assert moved["max_length_k"] == 5
+
+
+def test_the_sample_boundaries_reach_every_language_model_attention_layer(monkeypatch):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from phi3v.configuration_phi3v import Phi3VConfig
+
+    config = Phi3VConfig.tiny(vocab_size=64)
+    model = Phi3VForCausalLM.random_init(config)
+    seen = []
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def recording(module, *args, **kwargs):
+        seen.append((type(module).__name__, kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")))
+        return sdpa(module, *args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", recording)
+    batch = train_module.collate_for(base_run(attention="flash_attention_2", packing=True), 0)(text_examples([3, 5]))
+    model(**train_module.to_device(batch, torch.device("cpu"), None))
+    language = [entry for entry in seen if entry[0] == "Phi3Attention"]
+    assert len(language) == config.num_hidden_layers
+    assert all(cu.tolist() == [0, 3, 8] and longest == 5 for _, cu, longest in language)
