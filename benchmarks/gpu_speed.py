@@ -2,16 +2,20 @@
 
     python benchmarks/gpu_speed.py [--out DIR] [--no-install]    # a fresh GPU machine, only the repo
     python benchmarks/gpu_speed.py --tiny                        # the same code path on a CPU, tiny shapes
+    python benchmarks/gpu_speed.py --install-only [--no-kernels] # install, then show the package imports
 
-Installs what it needs (`pip install -e .[qlora,deepspeed]`; flash-attn and liger-kernel only where
-a wheel installs, else the row says why they are off), builds the full-size model with random
-weights from the release's config in the repo (phi3v/configs/phi35v_config.json; no hub), writes
-DocVQA-shaped square pages (num_crops 16: 17 crops of 336 px, 2509 image tokens + the text ~ 2560
-tokens), then measures full fine-tuning, frozen vision, LoRA and QLoRA, each with the recipe's
+Installs what it needs (`pip install --no-build-isolation -e .[qlora,deepspeed]`; flash-attn the way
+it is meant to be installed, `pip install --no-build-isolation flash-attn`, whose setup fetches the
+prebuilt wheel matching torch and CUDA, within a time limit; liger-kernel), then runs itself again in
+a fresh interpreter, the first that can import the editable install. It builds the full-size model
+with random weights from the release's config in the repo (phi3v/configs/phi35v_config.json; no hub),
+writes DocVQA-shaped square pages (num_crops 16: 17 crops of 336 px, 2509 image tokens + the text
+~ 2560 tokens), then measures full fine-tuning, frozen vision, LoRA and QLoRA, each with the recipe's
 settings (per-device batch 1, gradient checkpointing, bf16, flash attention where installed) and with
-this project's best settings (a memory-fitted batch, packing, compiled layers, fused kernels, frozen
-vision without autograd). Every row is `phi3v.training.speed.run_speed` (the workflow's speed rule).
-Writes `<out>/gpu_speed.jsonl` (one line a row) and `<out>/gpu_speed.md`, and prints the table.
+this project's best settings (a memory-fitted batch, packing where flash attention runs, compiled
+layers, fused kernels, frozen vision without autograd). Every row is `phi3v.training.speed.run_speed`
+(the workflow's speed rule). Writes `<out>/gpu_speed.jsonl` (one line a row) and `<out>/gpu_speed.md`,
+and prints the table; what was not installed or not used is said in the table.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import argparse
 import concurrent.futures
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,29 +35,63 @@ REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
 # memory budgets of the best settings (GiB), from the goals on one 141 GB H200; capped by the card
 GPU_BUDGETS = {"full": 120, "frozen_vision": 120, "lora": 40, "qlora": 16}
-OPTIONAL_WHEELS = ("flash-attn", "liger-kernel")
 DATASET = "docvqa_pages"
+# What `--no-build-isolation` builds need here: setuptools for this package, torch (installed with the
+# package) for DeepSpeed's source distribution and flash-attn's setup.py, which also imports these.
+BUILD_TOOLS = ("setuptools>=68", "wheel", "packaging", "psutil", "ninja")
+# flash-attn's setup downloads a prebuilt wheel in seconds when one matches torch/CUDA/Python; without
+# one it compiles CUDA kernels for hours, so the install is given this long and then stopped.
+KERNEL_INSTALL_S = {"flash-attn": 300, "liger-kernel": 120}
+# the reasons an optional package did not install, handed to the re-started interpreter
+NOT_INSTALLED_VARIABLE = "PHI3V_GPU_SPEED_NOT_INSTALLED"
 
 
 # ---- installation ------------------------------------------------------------------------------
 
-def pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *args], cwd=REPO,
-                          capture_output=True, text=True)
+def pip_install(*args: str, timeout_s: float | None = None) -> tuple[int | None, str]:
+    """`pip install ARGS` in this interpreter's environment: (exit status, or None when stopped at
+    `timeout_s`; the output's last lines). A stopped install ends with its whole process group (a
+    source build's compilers too)."""
+    env = {**os.environ, "DS_BUILD_OPS": "0", "MAX_JOBS": os.environ.get("MAX_JOBS", "8")}  # no op builds
+    process = subprocess.Popen([sys.executable, "-m", "pip", "install", "--quiet", *args], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return None, output[-2000:]
+    return process.returncode, output[-2000:]
 
 
-def install() -> dict:
-    """The package with QLoRA and DeepSpeed; optional kernels from wheels only (no source builds)."""
-    done = pip("-e", ".[qlora,deepspeed]")
-    if done.returncode:
-        sys.exit(f"pip install -e .[qlora,deepspeed] failed:\n{done.stderr[-2000:]}")
-    skipped = {}
-    for wheel in OPTIONAL_WHEELS:
-        result = pip("--only-binary=:all:", wheel)
-        if result.returncode:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            skipped[wheel] = f"no wheel installs here ({last[:200]})"
-    return skipped
+def install(kernels: bool = True) -> dict:
+    """This package with QLoRA and DeepSpeed (or exit), then the optional kernels; returns
+    {package: why it is not installed}."""
+    # torch before the extras: DeepSpeed ships only a source distribution whose setup imports torch
+    for what in (BUILD_TOOLS, ("--no-build-isolation", "-e", "."), ("--no-build-isolation", "-e", ".[qlora,deepspeed]")):
+        status, output = pip_install(*what)
+        if status != 0:
+            sys.exit(f"pip install {' '.join(what)} failed:\n{output}")
+    if not kernels:
+        return {name: "not installed (--no-kernels)" for name in KERNEL_INSTALL_S}
+    not_installed = {}
+    for name, limit in KERNEL_INSTALL_S.items():
+        status, output = pip_install("--no-build-isolation", name, timeout_s=limit)
+        if status is None:
+            not_installed[name] = (f"did not install within {limit} s: no prebuilt wheel matched this torch/CUDA/"
+                                   "Python, and a source build takes far longer")
+        elif status:
+            last = (output.strip().splitlines() or ["no output"])[-1]
+            not_installed[name] = f"pip install failed ({last[:200]})"
+    return not_installed
+
+
+def restart_installed(argv: list[str], not_installed: dict) -> None:
+    """Run this script again in a fresh interpreter (never returns): an editable install is importable
+    only from interpreters started after it."""
+    env = {**os.environ, NOT_INSTALLED_VARIABLE: json.dumps(not_installed)}
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv, "--no-install"], env)
 
 
 def versions() -> dict:
@@ -85,6 +125,8 @@ def write_base(folder: Path, *, tiny: bool, device: str):
     model = Phi3VForCausalLM.random_init(config, device=device, dtype=dtype)
     model.save_pretrained(folder)
     del model
+    if device == "cuda":  # the rows' processes need the card; this one keeps no model on it
+        torch.cuda.empty_cache()
     Phi3VProcessor(Phi3VImageProcessor(num_crops=1, crop_size=config.crop_size), tokenizer).save_pretrained(folder)
     return config
 
@@ -110,28 +152,34 @@ def write_pages(folder: Path, *, samples: int, side: int) -> None:
 
 # ---- rows --------------------------------------------------------------------------------------
 
-def kernels_available(device: str) -> dict:
+def kernels_available(device: str, not_installed: dict) -> dict:
     """Which optional kernels this machine can use, and why not where it cannot."""
     import torch
 
     from phi3v.training.optimizations import fused_kernels_unavailable
+    from phi3v.training.strategy import FLASH_MIN_CAPABILITY
 
     flash = None
     if device != "cuda":
         flash = "flash-attn needs a CUDA GPU"
     elif importlib.util.find_spec("flash_attn") is None:
-        flash = "flash-attn is not installed"
+        flash = f"flash-attn is not installed ({not_installed.get('flash-attn', 'not asked for: --no-install')})"
+    elif torch.cuda.get_device_capability(0) < FLASH_MIN_CAPABILITY:
+        flash = "flash-attn needs compute capability 8.0 or newer; this card has {}.{}".format(
+            *torch.cuda.get_device_capability(0))
     fused = fused_kernels_unavailable(torch.device(device))
     compiled = None if device == "cuda" else "inductor's CPU code generation takes minutes on tiny shapes"
     return {"flash_attention_2": flash, "fused_kernels": fused, "compile_layers": compiled}
 
 
-def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float | None) -> list[dict]:
+def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float | None,
+               unavailable: dict) -> list[dict]:
     """The recipe's row and the best-settings row of every strategy (recipe rows first: Liger patches
-    transformers' Phi-3 classes process-wide once applied)."""
+    transformers' Phi-3 classes process-wide once applied). Best rows pack their micro-batches only
+    under flash attention (its varlen kernel); SDPA would attend through a dense block-diagonal mask,
+    several times the work of padding."""
     from phi3v.training.run_config import Strategy
 
-    unavailable = kernels_available(device)
     attention = "sdpa" if unavailable["flash_attention_2"] else "flash_attention_2"
     recipe, best = [], []
     for strategy in STRATEGIES:
@@ -143,7 +191,7 @@ def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float
                        "per_device_batch_size": 1, "gradient_checkpointing": True})
         budget = 64 if tiny else min(GPU_BUDGETS[strategy], 0.9 * (card_gib or GPU_BUDGETS[strategy]))
         best.append({**base, "row": f"{strategy}-best", "settings": "best", "gradient_checkpointing": True,
-                     "memory_budget_gib": budget, "packing": True,
+                     "memory_budget_gib": budget, "packing": attention == "flash_attention_2",
                      "compile_layers": unavailable["compile_layers"] is None,
                      "fused_kernels": unavailable["fused_kernels"] is None,
                      "frozen_vision_no_grad": strategy == "frozen_vision"})
@@ -187,17 +235,30 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on a CPU (the same code path)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "gpu_speed")
     parser.add_argument("--no-install", action="store_true", help="use the environment as it is")
+    parser.add_argument("--install-only", action="store_true",
+                        help="install, then show that a fresh interpreter imports the package; measure nothing")
+    parser.add_argument("--no-kernels", action="store_true", help="install without flash-attn and liger-kernel")
     parser.add_argument("--steps", type=int, help="measured optimiser steps a row (2; --tiny: 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed first steps (compile, allocate)")
     parser.add_argument("--effective-batch", type=int, help="samples an optimiser step (8; --tiny: 2)")
     parser.add_argument("--rows", nargs="*", help="only these rows, e.g. lora-recipe lora-best")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.steps = args.steps or (1 if args.tiny else 2)
     args.effective_batch = args.effective_batch or (2 if args.tiny else 8)
 
-    skipped = {} if args.tiny or args.no_install else install()
-    import os
+    if not args.no_install and (args.install_only or not args.tiny):  # --tiny: the CPU check installs nothing
+        started = time.perf_counter()
+        not_installed = install(kernels=not args.no_kernels)
+        print(f"installed in {time.perf_counter() - started:.0f} s", flush=True)
+        restart_installed(argv, not_installed)
+    not_installed = json.loads(os.environ.get(NOT_INSTALLED_VARIABLE, "{}"))
+    if args.install_only:
+        import phi3v
 
+        print(f"phi3v imports from {Path(phi3v.__file__).parent}; not installed: "
+              + ("; ".join(f"{k}: {v}" for k, v in not_installed.items()) or "nothing"))
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import tempfile
 
@@ -216,10 +277,12 @@ def main(argv=None) -> int:
         write_base(work / "model", tiny=args.tiny, device=device)
         # tiny crops are 56 px: a 112 px page is 2x2 crops + global, as 1344 px is 4x4 at 336 px
         write_pages(work / "data", samples=args.effective_batch, side=112 if args.tiny else 1344)
+        unavailable = kernels_available(device, not_installed)
         rows = speed_rows(tiny=args.tiny, device=device, effective_batch=args.effective_batch,
-                          card_gib=card_gib)
+                          card_gib=card_gib, unavailable=unavailable)
         rows = [row for row in rows if not args.rows or row["row"] in args.rows]
-        extra = {"versions": versions(), "not_used": {**kernels_available(device), **skipped}}
+        extra = {"versions": versions(), "not_used": {**unavailable, **not_installed}}
+        inputs_s = time.perf_counter() - started
         args.out.mkdir(parents=True, exist_ok=True)
 
         def measured(row: dict) -> dict:
@@ -241,7 +304,8 @@ def main(argv=None) -> int:
     unused = {key: reason for key, reason in extra["not_used"].items() if reason}
     failed = [f"{r['row']}: {r['error']}" for r in results if "error" in r]
     notes = [f"Shape: num_crops {num_crops}, effective batch {args.effective_batch}, {args.steps} measured "
-             f"steps after {args.warmup} warm-up; random weights; {wall:.0f} s in all"
+             f"steps after {args.warmup} warm-up; random weights; {wall:.0f} s in all "
+             f"(model and pages {inputs_s:.0f} s, rows {wall - inputs_s:.0f} s)"
              + (f", {at_once} rows at a time (a CPU check: the rows share the cores)." if at_once > 1 else "."),
              "Not used here: " + ("; ".join(f"{k}: {v}" for k, v in unused.items()) or "nothing") + ".",
              *([f"Failed rows: {'; '.join(failed)}."] if failed else [])]
