@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,8 +40,8 @@ DATASET = "docvqa_pages"
 # What `--no-build-isolation` builds need here: setuptools for this package, torch (installed with the
 # package) for DeepSpeed's source distribution and flash-attn's setup.py, which also imports these.
 BUILD_TOOLS = ("setuptools>=68", "wheel", "packaging", "psutil", "ninja")
-# flash-attn's setup downloads a prebuilt wheel in seconds when one matches torch/CUDA/Python; without
-# one it compiles CUDA kernels for hours, so the install is given this long and then stopped.
+# flash-attn's setup downloads a prebuilt wheel (~250 MB) when one matches torch/CUDA/Python; without one
+# it compiles CUDA kernels for hours, so that build is stopped, and any install at this limit.
 KERNEL_INSTALL_S = {"flash-attn": 300, "liger-kernel": 120}
 # the reasons an optional package did not install, handed to the re-started interpreter
 NOT_INSTALLED_VARIABLE = "PHI3V_GPU_SPEED_NOT_INSTALLED"
@@ -48,20 +49,32 @@ NOT_INSTALLED_VARIABLE = "PHI3V_GPU_SPEED_NOT_INSTALLED"
 
 # ---- installation ------------------------------------------------------------------------------
 
-def pip_install(*args: str, timeout_s: float | None = None) -> tuple[int | None, str]:
-    """`pip install ARGS` in this interpreter's environment: (exit status, or None when stopped at
-    `timeout_s`; the output's last lines). A stopped install ends with its whole process group (a
-    source build's compilers too)."""
-    env = {**os.environ, "DS_BUILD_OPS": "0", "MAX_JOBS": os.environ.get("MAX_JOBS", "8")}  # no op builds
-    process = subprocess.Popen([sys.executable, "-m", "pip", "install", "--quiet", *args], cwd=REPO, env=env,
+def pip_install(*args: str, timeout_s: float | None = None, stop_at: str | None = None) -> tuple[int | None, str]:
+    """`pip install ARGS` in this interpreter's environment: (exit status, or None when stopped;
+    the output's last lines). It is stopped at `timeout_s` or at an output line holding `stop_at`,
+    with its whole process group (a source build's compilers too)."""
+    # DeepSpeed's ops build on first use (none here), not at install; build scripts' prints unbuffered
+    env = {**os.environ, "DS_BUILD_OPS": "0", "PYTHONUNBUFFERED": "1"}
+    verbose = ["--verbose"] if stop_at else ["--quiet"]  # a build's own lines show only with --verbose
+    process = subprocess.Popen([sys.executable, "-m", "pip", "install", *verbose, *args], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    stop = lambda: os.killpg(process.pid, signal.SIGKILL)  # noqa: E731
+    timer = threading.Timer(timeout_s, stop) if timeout_s else None
+    lines, stopped = [], False
     try:
-        output, _ = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        return None, output[-2000:]
-    return process.returncode, output[-2000:]
+        if timer:
+            timer.start()
+        for line in process.stdout:
+            lines = [*lines[-40:], line.rstrip()]
+            if stop_at and stop_at in line:
+                stopped = True
+                stop()
+                break
+        process.wait()
+    finally:
+        if timer:
+            timer.cancel()
+    return (None if stopped or process.returncode == -signal.SIGKILL else process.returncode), "\n".join(lines)
 
 
 def install(kernels: bool = True) -> dict:
@@ -74,12 +87,23 @@ def install(kernels: bool = True) -> dict:
             sys.exit(f"pip install {' '.join(what)} failed:\n{output}")
     if not kernels:
         return {name: "not installed (--no-kernels)" for name in KERNEL_INSTALL_S}
+    return install_kernels(KERNEL_INSTALL_S)
+
+
+def install_kernels(limits: dict) -> dict:
+    """Each optional package `pip install --no-build-isolation NAME` within its time limit; returns
+    {package: why it is not installed}."""
     not_installed = {}
-    for name, limit in KERNEL_INSTALL_S.items():
-        status, output = pip_install("--no-build-isolation", name, timeout_s=limit)
-        if status is None:
-            not_installed[name] = (f"did not install within {limit} s: no prebuilt wheel matched this torch/CUDA/"
-                                   "Python, and a source build takes far longer")
+    for name, limit in limits.items():
+        # flash-attn's setup prints this when no prebuilt wheel matches, then compiles for hours
+        status, output = pip_install("--no-build-isolation", name, timeout_s=limit,
+                                     stop_at="Building from source" if name == "flash-attn" else None)
+        guessed = [line.split("URL:", 1)[1].strip() for line in output.splitlines() if "Guessing wheel URL" in line]
+        if status is None and "Building from source" in output:
+            not_installed[name] = (f"no prebuilt wheel for this torch/CUDA/Python ({guessed[-1] if guessed else 'none'}); "
+                                   "its source build takes hours, so it was stopped")
+        elif status is None:
+            not_installed[name] = f"did not install within {limit} s"
         elif status:
             last = (output.strip().splitlines() or ["no output"])[-1]
             not_installed[name] = f"pip install failed ({last[:200]})"

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
+import time
 import venv
 from pathlib import Path
 
@@ -71,3 +73,21 @@ def test_the_benchmark_installs_the_package_and_a_fresh_interpreter_imports_it(t
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"phi3v imports from {REPO / 'phi3v'}; not installed: flash-attn: not installed (--no-kernels)" \
         in done.stdout
+
+    # flash-attn as its setup behaves without a matching prebuilt wheel: it says so, then compiles for hours
+    sdist = tmp_path / "index" / "flash_attn-2.9.9"
+    sdist.mkdir(parents=True)
+    (sdist / "setup.py").write_text(
+        "import time\nprint('Guessing wheel URL:  https://example.org/flash_attn-2.9.9+cu12.whl')\n"
+        "print('Precompiled wheel not found. Building from source...')\ntime.sleep(600)\n")
+    with tarfile.open(tmp_path / "index" / "flash_attn-2.9.9.tar.gz", "w:gz") as archive:
+        archive.add(sdist, arcname=sdist.name)
+    env["PIP_FIND_LINKS"] = str(tmp_path / "index")
+    code = (f"import importlib.util as u; s = u.spec_from_file_location('g', {str(SCRIPT)!r}); "
+            "g = u.module_from_spec(s); s.loader.exec_module(g); print(g.install_kernels({'flash-attn': 300}))")
+    started = time.monotonic()
+    kernels = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert kernels.returncode == 0, kernels.stderr
+    assert time.monotonic() - started < 120  # stopped at the build, not at the time limit
+    assert ("{'flash-attn': 'no prebuilt wheel for this torch/CUDA/Python (https://example.org/flash_attn-2.9.9+cu12.whl); "
+            "its source build takes hours, so it was stopped'}") in kernels.stdout
