@@ -43,8 +43,13 @@ BUILD_TOOLS = ("setuptools>=68", "wheel", "packaging", "psutil", "ninja")
 # flash-attn's setup downloads a prebuilt wheel (~250 MB) when one matches torch/CUDA/Python; without one
 # it compiles CUDA kernels for hours, so that build is stopped, and any install at this limit.
 KERNEL_INSTALL_S = {"flash-attn": 300, "liger-kernel": 120}
-# the reasons an optional package did not install, handed to the re-started interpreter
+# the reasons an optional package did not install, and the start, handed to the re-started interpreter
 NOT_INSTALLED_VARIABLE = "PHI3V_GPU_SPEED_NOT_INSTALLED"
+STARTED_VARIABLE = "PHI3V_GPU_SPEED_STARTED"
+# On a GPU the whole call, install included, ends within this; a row needs at least MIN_ROW_S (start,
+# load, probe, steps), so one that cannot have it is left out and said so, one still running is stopped.
+TIME_LIMIT_S = 480
+MIN_ROW_S = 45
 
 
 # ---- installation ------------------------------------------------------------------------------
@@ -110,10 +115,10 @@ def install_kernels(limits: dict) -> dict:
     return not_installed
 
 
-def restart_installed(argv: list[str], not_installed: dict) -> None:
+def restart_installed(argv: list[str], not_installed: dict, started: float) -> None:
     """Run this script again in a fresh interpreter (never returns): an editable install is importable
     only from interpreters started after it."""
-    env = {**os.environ, NOT_INSTALLED_VARIABLE: json.dumps(not_installed)}
+    env = {**os.environ, NOT_INSTALLED_VARIABLE: json.dumps(not_installed), STARTED_VARIABLE: repr(started)}
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv, "--no-install"], env)
 
@@ -222,10 +227,15 @@ def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float
     return recipe + best
 
 
+class OutOfTime(Exception):
+    """A row not measured because the time limit came first."""
+
+
 def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, steps: int, warmup: int,
-            extra: dict) -> dict:
+            extra: dict, timeout_s: float | None = None) -> dict:
     """One row through the workflow's speed benchmark, started as the workflow's launcher starts one
-    process (a fresh CUDA context, DeepSpeed and compile state per row, as a workflow job has)."""
+    process (a fresh CUDA context, DeepSpeed and compile state per row, as a workflow job has);
+    stopped after `timeout_s`."""
     from phi3v.launch import launch_command
 
     result_json = out / f"{row['row']}.json"
@@ -234,7 +244,10 @@ def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, ste
                               "--weights", "pretrained", "--steps", str(steps), "--warmup", str(warmup),
                               "--out", str(result_json)], processes_per_node=1)
     start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True)
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise OutOfTime(f"stopped at the time limit after {timeout_s:.0f} s") from None
     if completed.returncode:
         lines = (completed.stderr or completed.stdout).strip().splitlines()
         raise RuntimeError(lines[-1] if lines else f"exit status {completed.returncode}")
@@ -266,17 +279,22 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed first steps (compile, allocate)")
     parser.add_argument("--effective-batch", type=int, help="samples an optimiser step (8; --tiny: 2)")
     parser.add_argument("--rows", nargs="*", help="only these rows, e.g. lora-recipe lora-best")
+    parser.add_argument("--time-limit-s", type=float,
+                        help=f"end the whole call within this, install included ({TIME_LIMIT_S} on a GPU; "
+                             "--tiny: none); rows that do not fit are left out and listed")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.steps = args.steps or (1 if args.tiny else 2)
     args.effective_batch = args.effective_batch or (2 if args.tiny else 8)
 
+    called = float(os.environ.get(STARTED_VARIABLE) or time.time())  # wall clock: it spans the restart
     if not args.no_install and (args.install_only or not args.tiny):  # --tiny: the CPU check installs nothing
-        started = time.perf_counter()
         not_installed = install(kernels=not args.no_kernels)
-        print(f"installed in {time.perf_counter() - started:.0f} s", flush=True)
-        restart_installed(argv, not_installed)
+        print(f"installed in {time.time() - called:.0f} s", flush=True)
+        restart_installed(argv, not_installed, called)
     not_installed = json.loads(os.environ.get(NOT_INSTALLED_VARIABLE, "{}"))
+    time_limit_s = args.time_limit_s if args.time_limit_s is not None else (None if args.tiny else TIME_LIMIT_S)
+    deadline = called + time_limit_s if time_limit_s else None
     if args.install_only:
         import phi3v
 
@@ -293,12 +311,13 @@ def main(argv=None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not args.tiny and device != "cuda":
         sys.exit("no CUDA GPU here: the full-size benchmark needs one (use --tiny for the CPU check)")
-    card_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if device == "cuda" else None
     num_crops = 4 if args.tiny else 16
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     with tempfile.TemporaryDirectory(prefix="gpu-speed-") as work:
         work = Path(work)
         write_base(work / "model", tiny=args.tiny, device=device)
+        # the budgets' ceiling: what the card has free for a row (this process keeps its CUDA context)
+        card_gib = torch.cuda.mem_get_info(0)[0] / 2**30 if device == "cuda" else None
         # tiny crops are 56 px: a 112 px page is 2x2 crops + global, as 1344 px is 4x4 at 336 px
         write_pages(work / "data", samples=args.effective_batch, side=112 if args.tiny else 1344)
         unavailable = kernels_available(device, not_installed)
@@ -310,9 +329,16 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
 
         def measured(row: dict) -> dict:
+            left = deadline - time.time() if deadline else None
             try:
+                if left is not None and left < MIN_ROW_S:
+                    raise OutOfTime(f"not started: {left:.0f} s of the {time_limit_s:.0f} s time limit left")
                 result = measure(row, base=work / "model", data=work / "data", out=work, num_crops=num_crops,
-                                 steps=args.steps, warmup=args.warmup, extra=extra)
+                                 steps=args.steps, warmup=args.warmup, extra=extra, timeout_s=left)
+            except OutOfTime as reason:
+                print(f"{row['row']}: {reason}", flush=True)
+                return {"row": row["row"], "settings_kind": row["settings"], "not_measured": str(reason),
+                        "settings": row, **extra}
             except Exception as error:  # one failing row (a kernel, out of memory) must not lose the others
                 print(f"{row['row']}: FAILED {error!r}", flush=True)
                 return {"row": row["row"], "settings_kind": row["settings"], "error": repr(error)[:500],
@@ -327,13 +353,15 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - started
     unused = {key: reason for key, reason in extra["not_used"].items() if reason}
     failed = [f"{r['row']}: {r['error']}" for r in results if "error" in r]
+    out_of_time = [f"{r['row']} ({r['not_measured']})" for r in results if "not_measured" in r]
     notes = [f"Shape: num_crops {num_crops}, effective batch {args.effective_batch}, {args.steps} measured "
-             f"steps after {args.warmup} warm-up; random weights; {wall:.0f} s in all "
-             f"(model and pages {inputs_s:.0f} s, rows {wall - inputs_s:.0f} s)"
+             f"steps after {args.warmup} warm-up; random weights; {time.time() - called:.0f} s in all "
+             f"(install and start {started_wall - called:.0f} s, model and pages {inputs_s:.0f} s, rows {wall - inputs_s:.0f} s)"
              + (f", {at_once} rows at a time (a CPU check: the rows share the cores)." if at_once > 1 else "."),
              "Not used here: " + ("; ".join(f"{k}: {v}" for k, v in unused.items()) or "nothing") + ".",
-             *([f"Failed rows: {'; '.join(failed)}."] if failed else [])]
-    table = markdown([r for r in results if "error" not in r], notes)
+             *([f"Failed rows: {'; '.join(failed)}."] if failed else []),
+             *([f"Not measured within the time limit: {'; '.join(out_of_time)}."] if out_of_time else [])]
+    table = markdown([r for r in results if "error" not in r and "not_measured" not in r], notes)
     write_text_atomic(args.out / "gpu_speed.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in results))
     write_text_atomic(args.out / "gpu_speed.md", table)
     print(table)

@@ -91,3 +91,15 @@ def test_the_benchmark_installs_the_package_and_a_fresh_interpreter_imports_it(t
     assert time.monotonic() - started < 120  # stopped at the build, not at the time limit
     assert ("{'flash-attn': 'no prebuilt wheel for this torch/CUDA/Python (https://example.org/flash_attn-2.9.9+cu12.whl); "
             "its source build takes hours, so it was stopped'}") in kernels.stdout
+
+
+def test_rows_that_cannot_finish_within_the_time_limit_are_left_out_and_listed(tmp_path, capsys):
+    gpu_speed = load_script()
+    assert gpu_speed.main(["--tiny", "--out", str(tmp_path), "--rows", "lora-recipe", "lora-best",
+                           "--time-limit-s", "1"]) == 0  # not a failure: the table says what is missing
+    rows = [json.loads(line) for line in (tmp_path / "gpu_speed.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["not_measured"].split(":")[0]) for r in rows] == [("lora-recipe", "not started"),
+                                                                           ("lora-best", "not started")]
+    table = (tmp_path / "gpu_speed.md").read_text()
+    assert "Not measured within the time limit: lora-recipe (not started: " in table
+    assert "of the 1 s time limit left); lora-best" in table
