@@ -37,9 +37,9 @@ STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
 # memory budgets of the best settings (GiB), from the goals on one 141 GB H200; capped by the card
 GPU_BUDGETS = {"full": 120, "frozen_vision": 120, "lora": 40, "qlora": 16}
 DATASET = "docvqa_pages"
-# What `--no-build-isolation` builds need here: setuptools for this package, torch (installed with the
-# package) for DeepSpeed's source distribution and flash-attn's setup.py, which also imports these.
-BUILD_TOOLS = ("setuptools>=68", "wheel", "packaging", "psutil", "ninja")
+# What `--no-build-isolation` builds need here: setuptools for this package; torch (installed with the
+# package) and these for DeepSpeed's source distribution (py-cpuinfo: its op checks) and flash-attn's setup.
+BUILD_TOOLS = ("setuptools>=68", "wheel", "packaging", "psutil", "ninja", "py-cpuinfo")
 # flash-attn's setup downloads a prebuilt wheel (~250 MB) when one matches torch/CUDA/Python; without one
 # it compiles CUDA kernels for hours, so that build is stopped, and any install at this limit.
 KERNEL_INSTALL_S = {"flash-attn": 300, "liger-kernel": 120}
