@@ -203,8 +203,8 @@ def kernels_available(device: str, not_installed: dict) -> dict:
 
 def speed_rows(*, tiny: bool, device: str, effective_batch: int, card_gib: float | None,
                unavailable: dict) -> list[dict]:
-    """The recipe's row and the best-settings row of every strategy (recipe rows first: Liger patches
-    transformers' Phi-3 classes process-wide once applied). Best rows pack their micro-batches only
+    """The recipe's row and the best-settings row of every strategy, the recipe's rows first (under the
+    time limit they are measured first). Best rows pack their micro-batches only
     under flash attention (its varlen kernel); SDPA would attend through a dense block-diagonal mask,
     several times the work of padding."""
     from phi3v.training.run_config import Strategy
@@ -356,7 +356,8 @@ def main(argv=None) -> int:
     out_of_time = [f"{r['row']} ({r['not_measured']})" for r in results if "not_measured" in r]
     notes = [f"Shape: num_crops {num_crops}, effective batch {args.effective_batch}, {args.steps} measured "
              f"steps after {args.warmup} warm-up; random weights; {time.time() - called:.0f} s in all "
-             f"(install and start {started_wall - called:.0f} s, model and pages {inputs_s:.0f} s, rows {wall - inputs_s:.0f} s)"
+             f"(install and start {started_wall - called:.0f} s, model and pages {inputs_s:.0f} s, "
+             f"rows {wall - inputs_s:.0f} s)"
              + (f", {at_once} rows at a time (a CPU check: the rows share the cores)." if at_once > 1 else "."),
              "Not used here: " + ("; ".join(f"{k}: {v}" for k, v in unused.items()) or "nothing") + ".",
              *([f"Failed rows: {'; '.join(failed)}."] if failed else []),

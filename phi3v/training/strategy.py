@@ -162,7 +162,8 @@ def apply_lora(model, run: RunConfig):
 
 
 def build_model(run: RunConfig, base_model: str, device: torch.device | None = None):
-    """The model ready to train on `device` (default: this process's, `local_device`): loaded, frozen or wrapped per strategy, checkpointing as asked."""
+    """The model ready to train on `device` (default: this process's, `local_device`): loaded, frozen
+    or wrapped per strategy, checkpointing as asked."""
     model = load_model(run, base_model, device)
     # CLIP layers after the feature layer never reach the loss; the model keeps them for saving
     model.drop_unused_vision_layers()
