@@ -86,7 +86,8 @@ def install(kernels: bool = True) -> dict:
     """This package with QLoRA and DeepSpeed (or exit), then the optional kernels; returns
     {package: why it is not installed}."""
     # torch before the extras: DeepSpeed ships only a source distribution whose setup imports torch
-    for what in (BUILD_TOOLS, ("--no-build-isolation", "-e", "."), ("--no-build-isolation", "-e", ".[qlora,deepspeed]")):
+    steps = (BUILD_TOOLS, ("--no-build-isolation", "-e", "."), ("--no-build-isolation", "-e", ".[qlora,deepspeed]"))
+    for what in steps:
         status, output = pip_install(*what)
         if status != 0:
             sys.exit(f"pip install {' '.join(what)} failed:\n{output}")
@@ -105,7 +106,8 @@ def install_kernels(limits: dict) -> dict:
                                      stop_at="Building from source" if name == "flash-attn" else None)
         guessed = [line.split("URL:", 1)[1].strip() for line in output.splitlines() if "Guessing wheel URL" in line]
         if status is None and "Building from source" in output:
-            not_installed[name] = (f"no prebuilt wheel for this torch/CUDA/Python ({guessed[-1] if guessed else 'none'}); "
+            wheel = guessed[-1] if guessed else "none"
+            not_installed[name] = (f"no prebuilt wheel for this torch/CUDA/Python ({wheel}); "
                                    "its source build takes hours, so it was stopped")
         elif status is None:
             not_installed[name] = f"did not install within {limit} s"
