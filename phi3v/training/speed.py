@@ -29,6 +29,7 @@ import torch
 
 from phi3v.errors import UserError, entry_point
 from phi3v.files import atomic_output_dir, write_json_atomic
+from .devices import local_device, local_rank
 from .run_config import speed_run
 
 WEIGHTS = ("random", "pretrained")
@@ -44,8 +45,8 @@ def write_random_weights(base_model: Path, folder: Path) -> Path:
     from phi3v.processing_phi3v import Phi3VProcessor
 
     config = Phi3VConfig.from_pretrained(base_model)
-    on_gpu = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else torch.device("cpu")
+    device = local_device()
+    on_gpu = device.type == "cuda"
     model = Phi3VForCausalLM.random_init(config, device=device, dtype=torch.bfloat16 if on_gpu else torch.float32)
     model.save_pretrained(folder)
     Phi3VProcessor.from_pretrained(base_model).save_pretrained(folder)
@@ -103,13 +104,14 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
     work = work_dir(out_json, row["row"])
     try:
         model_dir = random_weights_once(base_model, work / "model") if weights == "random" else base_model
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        device = local_device()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         # fit ends with a barrier: when it returns, every process has loaded the model
         result = fit(run, base_model=model_dir, data_dir=data_dir, dataset_name=dataset_name,
                      checkpoint_dir=work / "checkpoints")
     finally:
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        if local_rank() == 0:
             shutil.rmtree(work, ignore_errors=True)
     accelerator = result.accelerator
     node_names = sorted(set(gather_object([node_name()])))  # one entry per process of the launch

@@ -37,9 +37,10 @@ from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
 from phi3v.processing_phi3v import IGNORE_INDEX
 from . import trackers
 from .checkpoint import keep_only_trainable_tensors, load_checkpoint, resume_point, save_checkpoint
+from .devices import local_device
 from .fingerprint import run_fingerprint
 from .memory_fit import fit_micro_batches
-from .optimizations import apply_optimizations, check_optimizations, settings_of
+from .optimizations import apply_optimizations, check_optimizations, core_model, settings_of
 from .run_config import RunConfig
 from .strategy import build_model, check_run, deepspeed_config, parameter_counts
 
@@ -60,8 +61,11 @@ def single_process_rendezvous() -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None):
-    """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise."""
+def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None, *, find_unused_parameters: bool = False):
+    """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise.
+
+    `find_unused_parameters`: DDP searches the graph for parameters without a gradient after every
+    backward; only where a micro-batch can leave some out (`ddp_finds_unused_parameters`)."""
     from accelerate import Accelerator, DeepSpeedPlugin
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -80,10 +84,9 @@ def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None):
                            gradient_accumulation_steps=accumulation, step_scheduler_with_optimizer=False,
                            **trackers.accelerator_options(run, tracker_dir))
     # Precision is ours (autocast + GradScaler): Accelerate would run fp16 on a CPU as plain fp32.
-    # A micro-batch without images leaves the vision tower without gradients: DDP must allow that.
     return Accelerator(mixed_precision="no", gradient_accumulation_steps=accumulation, cpu=on_cpu,
                        step_scheduler_with_optimizer=False,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
                        **trackers.accelerator_options(run, tracker_dir))
 
 
@@ -92,7 +95,21 @@ def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": run.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7)
+    return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7, fused=fused_adamw(params))
+
+
+def fused_adamw(params) -> bool | None:
+    """AdamW's `fused` flag: the fused kernel (one launch for every tensor) on CUDA; elsewhere None,
+    torch's default (foreach), whose bits the CPU demo is pinned to."""
+    return True if params and all(p.is_cuda for p in params) else None
+
+
+def ddp_finds_unused_parameters(model, dataset: ConversationDataset) -> bool:
+    """True when a micro-batch can leave trained parameters without a gradient: a sample without
+    images while the vision tower trains. Nothing else goes unused (the CLIP layers after the
+    feature layer are dropped), so DDP skips its per-step search of the graph otherwise."""
+    vision_trains = any(p.requires_grad for p in core_model(model).model.vision_embed_tokens.parameters())
+    return vision_trains and any(not record.image_paths for record in dataset.records)
 
 
 def step_plan(num_samples: int, run: RunConfig, train_jsonl: Path) -> tuple[int, int]:
@@ -139,8 +156,11 @@ def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation
 
 
 def collate_for(run: RunConfig, pad_token_id: int):
-    """One row per micro-batch without padding (packing), or a padded (B, T) batch."""
-    return collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
+    """One row per micro-batch without padding (packing; under flash attention with the varlen
+    kernel's sample boundaries), or a padded (B, T) batch."""
+    if run.packing:
+        return functools.partial(collate_packed, flash_attention=run.attention == "flash_attention_2")
+    return functools.partial(collate_padded, pad_token_id=pad_token_id)
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
@@ -162,11 +182,13 @@ def train(run: RunConfig, *, base_model, data_dir, dataset_name: str, out_dir, c
     result = fit(run, base_model=base_model, data_dir=data_dir, dataset_name=dataset_name,
                  checkpoint_dir=checkpoint_dir, tracker_dir=Path(out_dir) / TRACKERS, progress=progress)
     accelerator = result.accelerator
-    if accelerator.is_main_process:
-        write_outputs(accelerator.unwrap_model(result.model), run, base_model=Path(base_model),
-                      data_dir=Path(data_dir), out_dir=Path(out_dir), log=result.log, metrics=result.metrics)
-    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(result.model)
+    # The process group ends before the main process writes (a LoRA merge of the full model takes
+    # minutes): no process waits in a barrier that could time out; the launcher waits for all.
     accelerator.end_training()
+    if accelerator.is_main_process:
+        write_outputs(model, run, base_model=Path(base_model), data_dir=Path(data_dir), out_dir=Path(out_dir),
+                      log=result.log, metrics=result.metrics)
     return result.metrics
 
 
@@ -188,7 +210,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
     data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = local_device()  # GPU LOCAL_RANK, current from here on, before anything touches CUDA
     check_run(run, device)
     check_optimizations(run, device)
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
@@ -203,7 +225,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     fingerprint = run_fingerprint(run, base_model=base_model, train_jsonl=train_jsonl, processes=world_size)
 
     set_seed(run.seed)  # same LoRA init and data order on every process
-    model = build_model(run, str(base_model))
+    model = build_model(run, str(base_model), device)
     check_compatible(model, processor, str(base_model))
     micro_fit = None
     if run.memory_budget_gib is not None:  # the per-device batch sets accumulation and DeepSpeed's config
@@ -213,7 +235,8 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
                                   checkpointed_layers=micro_fit.checkpointed_layers, memory_budget_gib=None)
     apply_optimizations(model, run)
     accumulation = effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)
-    accelerator = make_accelerator(run, accumulation, tracker_dir)
+    accelerator = make_accelerator(run, accumulation, tracker_dir,
+                                   find_unused_parameters=ddp_finds_unused_parameters(model, dataset))
     uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     if uses_deepspeed != run.deepspeed or accelerator.num_processes != world_size:
         raise UserError(f"run {run.run!r}: asked for deepspeed={run.deepspeed} on {world_size} "
@@ -333,8 +356,10 @@ def check_same_fit(accelerator, run: RunConfig) -> None:
 
 
 def to_device(batch: dict, device: torch.device, pixel_dtype: torch.dtype | None) -> dict:
-    """Move a collated batch; DeepSpeed runs without autocast, so pixels take the weights' dtype."""
-    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if v is not None}
+    """Move a collated batch (tensors; plain numbers stay); DeepSpeed runs without autocast, so
+    pixels take the weights' dtype."""
+    moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+             for k, v in batch.items() if v is not None}
     if pixel_dtype is not None and "pixel_values" in moved:
         moved["pixel_values"] = moved["pixel_values"].to(pixel_dtype)
     return moved
