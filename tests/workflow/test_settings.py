@@ -203,3 +203,14 @@ def test_speed_rows_use_deepspeed_as_the_presets_runs_do():
         resolve(**on_cpu, on_unsupported="error", runs=[])
     without = resolve(**on_cpu, train={"deepspeed": False}, runs_filter="speed/*-fp16-1x8")["speed"]["rows"]
     assert without and not any(row["skip_reason"] or row["deepspeed"] for row in without)
+
+
+def test_auroc_for_hateful_memes_and_lmms_eval_protocol_only_when_asked():
+    config = resolve()
+    options = {dataset: settings.evaluation_options(config, dataset, "base") for dataset in config["datasets"]}
+    assert [d for d, o in options.items() if o["auroc"]] == ["hateful_memes"]
+    assert not any(o["lmms_eval"] for o in options.values())  # off by default
+    config = resolve(evaluation={"lmms_eval": "true"})  # --config passes strings
+    assert [d for d in config["datasets"] if settings.evaluation_options(config, d, "base")["lmms_eval"]] == ["docvqa"]
+    with pytest.raises(UserError, match=r"evaluation.lmms_eval`: 'sometimes' is a str, expected boolean"):
+        resolve(evaluation={"lmms_eval": "sometimes"})
