@@ -1,8 +1,13 @@
 """Regenerated tables: committed golden files, values computed from the fixture results,
-byte-identical regeneration, errors naming run and file."""
+byte-identical regeneration, errors naming run and file.
+
+After a reviewed change of the tables, rewrite the golden files with
+`python -m tests.evaluate.regenerate_golden` and review `git diff tests/evaluate/golden`."""
 
 import json
 import shutil
+
+import numpy as np
 
 import pytest
 from .conftest import FIXTURES, GOLDEN, demo_config, report_files
@@ -54,20 +59,72 @@ def test_measured_rows_show_the_fixture_results_beside_the_recipe(results_dir, t
         scores = fixture_json("eval", table.dataset, run["run"], "scores.json")
         metrics = fixture_json("runs", table.dataset, run["run"], "metrics.json")
         shown = round(scores["score"], table.decimals)
-        assert cells[table.metric_column] == f"{shown:.{table.decimals}f}"
+        low, high = interval_of(scores["per_example"]["score"], table.decimals)
+        assert cells[table.metric_column] == f"{shown:.{table.decimals}f} [{low}, {high}]"
         assert cells[column["Final loss"]] == f"{metrics['final_loss']:.4f}"
         recipe = cells[column["Recipe"]]
         if recipe != "—":  # a recipe row of the same strategy and precision
             assert recipe in [row.reference for row in table.rows
                               if (row.strategy, row.precision) == (run["strategy"], run["precision"])]
-            assert float(cells[column["Δ"]]) == pytest.approx(shown - float(recipe))
+            delta, side = cells[column["Δ"]].split()
+            assert float(delta) == pytest.approx(shown - float(recipe))
+            assert side == ("(inside)" if float(low) <= float(recipe) <= float(high) else "(outside)")
     if runs:
         base = fixture_json("eval", table.dataset, "base", "scores.json")
-        assert f"{base['score']:.{table.decimals}f}. Majority baseline" in text
+        low, high = interval_of(base["per_example"]["score"], table.decimals)
+        assert f"{base['score']:.{table.decimals}f} [{low}, {high}]" in text.split("Before fine-tuning")[1]
         assert f"n = {base['n']}." in text
     else:
         assert all(line.endswith("not in this preset |") for line in text.splitlines()[4:4 + len(table.rows)]
                    if "results comming soon" not in line)
+
+
+def interval_of(values, decimals):
+    """The 95% interval of the mean of `values` in percent, as the tables print it (independently:
+    the same fixed-seed resample counts, the percentiles of the resampled means)."""
+    import numpy as np
+    from phi3v.evaluation.metrics import resample_counts
+
+    counts = resample_counts(len(values))
+    means = 100 * counts @ np.asarray(values) / len(values)
+    return [f"{value:.{decimals}f}" for value in np.percentile(means, [2.5, 97.5])]
+
+
+def test_official_scores_carry_their_intervals(results_dir, tmp_path):
+    from phi3v.evaluation.metrics import auroc_of_counts, resample_counts
+
+    files = generated(results_dir, tmp_path)
+    docvqa = fixture_json("eval", "docvqa", "full-bf16-sdpa", "scores.json")
+    header = split_cells(files["docvqa.md"].decode().splitlines()[2])
+    cells = table_row(files["docvqa.md"].decode(), "`full-bf16-sdpa`")
+    low, high = interval_of(docvqa["per_example"]["anls_official"], 2)
+    assert cells[header.index("ANLS (official)")] == f"{docvqa['anls_official']:.2f} [{low}, {high}]"
+
+    memes = fixture_json("eval", "hateful_memes", "full-bf16-sdpa", "scores.json")
+    text = files["hateful_memes.md"].decode()
+    header = split_cells(text.splitlines()[2])
+    resampled = auroc_of_counts(memes["per_example"]["p_yes"], memes["per_example"]["is_yes"])(resample_counts(50))
+    low, high = (f"{100 * v:.1f}" for v in np.nanpercentile(resampled, [2.5, 97.5]))
+    assert table_row(text, "`full-bf16-sdpa`")[header.index("AUROC")] == f"{memes['auroc']:.1f} [{low}, {high}]"
+    base = fixture_json("eval", "hateful_memes", "base", "scores.json")
+    assert f"AUROC {base['auroc']:.1f} [" in text
+
+
+def test_lmms_eval_column_only_when_configured(results_dir, tmp_path):
+    assert "lmms-eval" not in generated(results_dir, tmp_path / "off")["docvqa.md"].decode()
+    config = demo_config()
+    config["evaluation"] = {"lmms_eval": True}
+    for run in ("base", "full-bf16-sdpa", "full-bf16-eager", "lora-bf16-sdpa"):
+        path = results_dir / "eval" / "docvqa" / run / "scores.json"
+        scores = json.loads(path.read_text())
+        scores["anls_lmms_eval"] = 50.0
+        scores["per_example"]["anls_lmms_eval"] = [1.0, 0.0] * (scores["n"] // 2)
+        path.write_text(json.dumps(scores))
+    text = generated(results_dir, tmp_path / "on", config)["docvqa.md"].decode()
+    header = split_cells(text.splitlines()[2])
+    low, high = interval_of([1.0, 0.0] * 20, 2)
+    assert table_row(text, "`full-bf16-sdpa`")[header.index("ANLS (lmms-eval)")] == f"50.00 [{low}, {high}]"
+    assert "`ANLS (lmms-eval)`: the same model answering as lmms-eval's `docvqa_val` asks" in text
 
 
 def test_speed_rows_show_the_fixture_measurements(results_dir, tmp_path):
