@@ -273,3 +273,57 @@ def test_rows_moved_by_attention_fallback_say_so_and_keep_their_recipe_row():
     flash_lora = [r for r in a100.rows if r.strategy == "lora" and r.flash_attention]
     assert flash_lora and all(matches_speed_row(row, r, a100) for r in flash_lora)
     assert fallback_notes({**row, "configured_attention": None}) == []
+
+
+def seeded_results(results_dir, config, scores_of_seeds):
+    """`docvqa/full-bf16-sdpa` as three seeds (ids `-seed<n>`), each a copy of the fixture run whose
+    per-example recipe scores are `scores_of_seeds[n]`."""
+    runs = []
+    for run in config["runs"]:
+        if (run["dataset"], run["run"]) != ("docvqa", "full-bf16-sdpa"):
+            runs.append(run)
+            continue
+        for seed, values in enumerate(scores_of_seeds):
+            name = f"full-bf16-sdpa-seed{seed}"
+            runs.append({**run, "run": name, "seed": seed, "seed_group": "full-bf16-sdpa", "seeds": [seed]})
+            for kind in ("eval", "runs"):
+                shutil.copytree(results_dir / kind / "docvqa" / "full-bf16-sdpa", results_dir / kind / "docvqa" / name)
+            path = results_dir / "eval" / "docvqa" / name / "scores.json"
+            scores = json.loads(path.read_text())
+            scores["per_example"]["score"] = values
+            scores["score"] = 100 * sum(values) / len(values)
+            path.write_text(json.dumps(scores))
+            metrics = results_dir / "runs" / "docvqa" / name / "metrics.json"
+            metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "final_loss": 1.0 + seed}))
+    return {**config, "runs": runs}
+
+
+def test_seeds_show_mean_spread_and_the_interval_of_their_mean(results_dir, tmp_path):
+    from phi3v.evaluation.metrics import bootstrap_interval, mean_of_counts
+
+    seeds = [[1.0] * 20 + [0.0] * 20, [1.0] * 24 + [0.0] * 16, [1.0] * 28 + [0.0] * 12]  # 50, 60, 70
+    config = seeded_results(results_dir, demo_config(), seeds)
+    text = generated(results_dir, tmp_path, config)["docvqa.md"].decode()
+    cells = table_row(text, "`full-bf16-sdpa`")
+    low, high = bootstrap_interval([mean_of_counts(values) for values in seeds], 40)
+    header = split_cells(text.splitlines()[2])
+    # mean 60, sample standard deviation 10; the interval of the per-example mean over the seeds
+    assert cells[header.index("ANLS")] == f"60.00 ± 10.00 [{100 * low:.2f}, {100 * high:.2f}]"
+    assert 100 * low < 60 < 100 * high
+    assert cells[header.index("Final loss")] == "2.0000"  # mean of 1, 2, 3
+    assert cells[header.index("Note")].startswith("`full-bf16-sdpa` (seeds 0, 1, 2); differs:")
+    assert cells[header.index("Δ")] == f"{60 - 83.65:+.2f} (outside)"
+
+    from phi3v.reporting.figures import write_figures
+    paths = write_figures(config, report_files(results_dir, config), tmp_path / "figures")
+    assert {path.name for path in paths} >= {"scores_docvqa.png", "loss_docvqa.png"}
+
+
+def test_seeds_evaluated_on_different_examples_are_refused(results_dir, tmp_path):
+    config = seeded_results(results_dir, demo_config(), [[1.0, 0.0] * 20] * 3)
+    path = results_dir / "eval" / "docvqa" / "full-bf16-sdpa-seed2" / "scores.json"
+    scores = json.loads(path.read_text())
+    scores["per_example"]["id"][0] = "test-9999999999"
+    path.write_text(json.dumps(scores))
+    with pytest.raises(UserError, match=r"run docvqa/full-bf16-sdpa: the seeds were evaluated on different examples"):
+        generated(results_dir, tmp_path, config)
