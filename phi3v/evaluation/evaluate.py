@@ -46,7 +46,6 @@ EVAL_PRECISIONS = PRECISIONS + ("fp32",)
 # question, then this post-prompt; greedy, at most 32 new tokens; one example at a time (its phi3v model).
 LMMS_EVAL_POST_PROMPT = "\nAnswer the question using a single word or phrase."
 LMMS_EVAL_MAX_NEW_TOKENS = 32
-RECIPE_DOCVQA_SUFFIX = "\nAnswer briefly."  # phi3v.data.sources.docvqa.PROMPT_SUFFIX
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,10 +68,9 @@ def is_yes(answers: Sequence[str]) -> bool:
     return normalize_answer(answers[0]) == "yes"
 
 
-# Per-example values `scores.json` keeps under `per_example` (those a row has), for the tables'
-# bootstrap intervals: the name in a predictions row -> the name in `per_example`.
-PER_EXAMPLE = {"id": "id", "score": "score", "anls_official": "anls_official", "p_yes": "p_yes",
-               "anls_lmms_eval": "anls_lmms_eval"}
+# Values of a predictions row that `scores.json` keeps under `per_example` (those the rows have),
+# for the tables' bootstrap intervals.
+PER_EXAMPLE = ("id", "score", "anls_official", "p_yes", "anls_lmms_eval")
 
 
 def summarize(
@@ -99,12 +97,16 @@ def summarize(
     scores["majority_baseline"] = percent([score_prediction(majority, a, metric) for a in answers])
     scores["majority_answer"] = majority
     scores["n"] = len(predictions)
-    scores["per_example"] = {
-        name: [p[key] for p in predictions] for key, name in PER_EXAMPLE.items() if predictions and key in predictions[0]
-    }
+    scores["per_example"] = {key: [p[key] for p in predictions] for key in PER_EXAMPLE
+                             if predictions and key in predictions[0]}
     if "p_yes" in scores["per_example"]:
         scores["per_example"]["is_yes"] = [is_yes(a) for a in answers]
     return scores
+
+
+def summary(scores: dict) -> dict:
+    """`scores.json` without the per-example lists, for printing."""
+    return {key: value for key, value in scores.items() if key != "per_example"}
 
 
 def scored_predictions(ids: Sequence[str], predictions: Sequence[str], answers: Sequence[Sequence[str]],
@@ -217,7 +219,9 @@ def yes_no_token_ids(processor, examples: Sequence) -> tuple[int, int]:
 
 def lmms_eval_prompt(prompt_user: str) -> str:
     """lmms-eval's DocVQA prompt from the recipe's: the question (after its image tags) and lmms-eval's post-prompt."""
-    return prompt_user.removesuffix(RECIPE_DOCVQA_SUFFIX) + LMMS_EVAL_POST_PROMPT
+    from phi3v.data.sources.docvqa import PROMPT_SUFFIX  # the recipe's "Answer briefly."
+
+    return prompt_user.removesuffix(PROMPT_SUFFIX) + LMMS_EVAL_POST_PROMPT
 
 
 @torch.inference_mode()
@@ -368,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_samples=args.max_samples, auroc=args.auroc, lmms_eval=args.lmms_eval,
     )
     if PartialState().is_main_process:
-        print(json.dumps(scores, indent=2, ensure_ascii=False))
+        print(json.dumps(summary(scores), indent=2, ensure_ascii=False))
     return 0
 
 
