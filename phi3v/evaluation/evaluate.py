@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from phi3v.errors import UserError, entry_point
 from phi3v.data.records import normalize_answer
-from phi3v.evaluation import metrics
 from phi3v.evaluation.metrics import accuracy, anls, anls_lmms_eval, anls_official
+from phi3v.evaluation import statistics
 from phi3v.files import write_json_atomic, write_text_atomic
 from phi3v.layout import PREDICTIONS, SCORES
 from phi3v.training.run_config import PRECISIONS, torch_dtype
@@ -46,6 +46,9 @@ EVAL_PRECISIONS = PRECISIONS + ("fp32",)
 # question, then this post-prompt; greedy, at most 32 new tokens; one example at a time (its phi3v model).
 LMMS_EVAL_POST_PROMPT = "\nAnswer the question using a single word or phrase."
 LMMS_EVAL_MAX_NEW_TOKENS = 32
+# phi3v.data.sources.docvqa.PROMPT_SUFFIX (a test keeps them equal): importing the converter here
+# would need `datasets` in the evaluation's environment
+RECIPE_DOCVQA_SUFFIX = "\nAnswer briefly."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +94,7 @@ def summarize(
     if predictions and "anls_lmms_eval" in predictions[0]:
         scores["anls_lmms_eval"] = percent([p["anls_lmms_eval"] for p in predictions])
     if predictions and "p_yes" in predictions[0]:
-        value = metrics.auroc([p["p_yes"] for p in predictions], [is_yes(a) for a in answers])
+        value = statistics.auroc([p["p_yes"] for p in predictions], [is_yes(a) for a in answers])
         scores["auroc"] = None if value is None else round(100.0 * value, 4)
     scores["accuracy"] = percent([accuracy(p["prediction"], a) for p, a in zip(predictions, answers)])
     scores["majority_baseline"] = percent([score_prediction(majority, a, metric) for a in answers])
@@ -219,9 +222,7 @@ def yes_no_token_ids(processor, examples: Sequence) -> tuple[int, int]:
 
 def lmms_eval_prompt(prompt_user: str) -> str:
     """lmms-eval's DocVQA prompt from the recipe's: the question (after its image tags) and lmms-eval's post-prompt."""
-    from phi3v.data.sources.docvqa import PROMPT_SUFFIX  # the recipe's "Answer briefly."
-
-    return prompt_user.removesuffix(PROMPT_SUFFIX) + LMMS_EVAL_POST_PROMPT
+    return prompt_user.removesuffix(RECIPE_DOCVQA_SUFFIX) + LMMS_EVAL_POST_PROMPT
 
 
 @torch.inference_mode()

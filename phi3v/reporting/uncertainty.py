@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from phi3v.errors import UserError
-from phi3v.evaluation.metrics import BOOTSTRAP_RESAMPLES, auroc_of_counts, bootstrap_interval, mean_of_counts
+from phi3v.evaluation.statistics import BOOTSTRAP_RESAMPLES, auroc_of_counts, bootstrap_interval, mean_of_counts
 from phi3v.reporting.table_format import MISSING, format_delta, format_number
 
 CONFIDENCE = 0.95

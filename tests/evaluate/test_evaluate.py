@@ -169,6 +169,10 @@ def test_yes_probability_and_lmms_eval_protocol_on_a_tiny_model(tiny_model, tmp_
     data = tmp_path / "data"
     write_tiny_dataset(data)
     examples = load_eval_examples(data / "docvqa_test.jsonl", data / "images")
+    from phi3v.data.sources.docvqa import PROMPT_SUFFIX
+    from phi3v.evaluation.evaluate import RECIPE_DOCVQA_SUFFIX
+
+    assert RECIPE_DOCVQA_SUFFIX == PROMPT_SUFFIX  # the converter's prompt, which lmms-eval's replaces
     assert lmms_eval_prompt(examples[0].prompt_user) == (
         "<|image_1|>\nWhat is the total?\nAnswer the question using a single word or phrase.")
     common = dict(model_dir=tiny_model, data_dir=data, split="test", run_name="base", num_crops=1,

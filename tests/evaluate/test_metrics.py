@@ -9,16 +9,12 @@ from phi3v.evaluation.metrics import (
     anls,
     anls_lmms_eval,
     anls_official,
-    auroc,
-    auroc_of_counts,
-    bootstrap_interval,
     mean_anls,
-    mean_of_counts,
     normalize_answer,
     normalize_official,
     normalized_levenshtein,
-    resample_counts,
 )
+from phi3v.evaluation.statistics import auroc, auroc_of_counts, bootstrap_interval, mean_of_counts, resample_counts
 
 
 def test_empty_prediction_scores_zero():

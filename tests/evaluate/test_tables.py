@@ -83,7 +83,7 @@ def interval_of(values, decimals):
     """The 95% interval of the mean of `values` in percent, as the tables print it (independently:
     the same fixed-seed resample counts, the percentiles of the resampled means)."""
     import numpy as np
-    from phi3v.evaluation.metrics import resample_counts
+    from phi3v.evaluation.statistics import resample_counts
 
     counts = resample_counts(len(values))
     means = 100 * counts @ np.asarray(values) / len(values)
@@ -91,7 +91,7 @@ def interval_of(values, decimals):
 
 
 def test_official_scores_carry_their_intervals(results_dir, tmp_path):
-    from phi3v.evaluation.metrics import auroc_of_counts, resample_counts
+    from phi3v.evaluation.statistics import auroc_of_counts, resample_counts
 
     files = generated(results_dir, tmp_path)
     docvqa = fixture_json("eval", "docvqa", "full-bf16-sdpa", "scores.json")
@@ -299,7 +299,7 @@ def seeded_results(results_dir, config, scores_of_seeds):
 
 
 def test_seeds_show_mean_spread_and_the_interval_of_their_mean(results_dir, tmp_path):
-    from phi3v.evaluation.metrics import bootstrap_interval, mean_of_counts
+    from phi3v.evaluation.statistics import bootstrap_interval, mean_of_counts
 
     seeds = [[1.0] * 20 + [0.0] * 20, [1.0] * 24 + [0.0] * 16, [1.0] * 28 + [0.0] * 12]  # 50, 60, 70
     config = seeded_results(results_dir, demo_config(), seeds)
