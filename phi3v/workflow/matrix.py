@@ -166,7 +166,8 @@ def _select(config: dict, patterns: list[str] | None) -> None:
         return
     def wanted(name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-    runs = [run for run in config["runs"] if wanted(f"{run['dataset']}/{run['run']}")]
+    runs = [run for run in config["runs"] if wanted(f"{run['dataset']}/{run['run']}")
+            or (run.get("seed_group") and wanted(f"{run['dataset']}/{run['seed_group']}"))]  # all its seeds
     rows = [row for row in config["speed"]["rows"] if wanted(f"speed/{row['row']}")]
     if not runs and not rows:
         examples = [f"{r['dataset']}/{r['run']}" for r in config["runs"][:2]] + ["speed/*"]

@@ -225,6 +225,11 @@ def test_seeds_expand_a_run_into_one_run_per_seed_and_resolve_again_unchanged():
     assert settings.run_config(config, "nlvr2", "full-bf16-sdpa-seed2").seed == 2
     assert settings.resolve_config(config)["runs"] == config["runs"]  # resolving again changes nothing
     assert ("nlvr2", "full-bf16-sdpa-seed1") in settings.evaluations(config)
+    # a filter naming the run selects all its seeds; naming one seed selects that one
+    selected = resolve(runs=[{**nlvr2[0], "seeds": [0, 1, 2]}, nlvr2[1]], runs_filter="nlvr2/full-bf16-sdpa")
+    assert settings.runs_for(selected, "nlvr2") == ["full-bf16-sdpa-seed0", "full-bf16-sdpa-seed1", "full-bf16-sdpa-seed2"]
+    selected = resolve(runs=[{**nlvr2[0], "seeds": [0, 1, 2]}], runs_filter="nlvr2/full-bf16-sdpa-seed1")
+    assert settings.runs_for(selected, "nlvr2") == ["full-bf16-sdpa-seed1"]
 
 
 def test_preset_wide_seeds_and_a_single_seed_keeps_the_plain_id():
