@@ -97,11 +97,13 @@ def summarize(
         value = statistics.auroc([p["p_yes"] for p in predictions], [is_yes(a) for a in answers])
         scores["auroc"] = None if value is None else round(100.0 * value, 4)
     scores["accuracy"] = percent([accuracy(p["prediction"], a) for p, a in zip(predictions, answers)])
-    scores["majority_baseline"] = percent([score_prediction(majority, a, metric) for a in answers])
+    majority_scores = [round(score_prediction(majority, a, metric), 6) for a in answers]
+    scores["majority_baseline"] = percent(majority_scores)
     scores["majority_answer"] = majority
     scores["n"] = len(predictions)
     scores["per_example"] = {key: [p[key] for p in predictions] for key in PER_EXAMPLE
                              if predictions and key in predictions[0]}
+    scores["per_example"]["majority_baseline"] = majority_scores
     if "p_yes" in scores["per_example"]:
         scores["per_example"]["is_yes"] = [is_yes(a) for a in answers]
     return scores

@@ -22,7 +22,6 @@ from phi3v.reporting.table_format import (
     extend_header,
     fallback_notes,
     format_learning_rate,
-    format_number,
     model_label,
     skip_note,
     table_lines,
@@ -206,7 +205,7 @@ def base_lines(config: dict, inputs: ReportInputs, dataset: str, runs: Sequence[
         f"Before fine-tuning (base model): {metric} {format_estimate(estimate([base], 'score', label), decimals)}"
         f"{others}. "
         f"Majority baseline (always the train split's most frequent answer): "
-        f"{format_number(base['majority_baseline'], decimals)}. "
+        f"{format_estimate(estimate([base], 'majority_baseline', label), decimals)}. "
         f"Evaluated on the `{base.get('split')}` split, n = {base['n']}."
         + "".join(f" Attention: {note}." for note in fallback_notes(base_evaluation(config))),
     ]

@@ -41,7 +41,8 @@ def test_gold_answers_score_100_and_majority_baseline():
     assert set(rows[0]) == {"id", "prediction", "answers", "score"}
     scores = summarize(rows, metric="accuracy", majority="yes", dataset="hm", run="base", split="test")
     assert SCORES_FIELDS <= set(scores) and "anls_recipe" not in scores and "auroc" not in scores
-    assert scores["per_example"] == {"id": ["a", "b", "c", "d"], "score": [1.0] * 4}
+    assert scores["per_example"] == {"id": ["a", "b", "c", "d"], "score": [1.0] * 4,
+                                     "majority_baseline": [1.0, 0.0, 1.0, 1.0]}
     assert scores["score"] == 100.0 and scores["n"] == 4
     assert scores["majority_baseline"] == 75.0
 
@@ -54,7 +55,7 @@ def test_anls_scores_report_both_definitions():
     assert scores["anls_official"] == pytest.approx(100 * (1 + 2 / 3) / 2, abs=1e-4)
     assert [row["anls_official"] for row in rows] == [1.0, pytest.approx(2 / 3, abs=1e-6)]
     assert scores["per_example"] == {"id": ["q1", "q2"], "score": [0.8, 1.0],
-                                     "anls_official": [1.0, round(2 / 3, 6)]}
+                                     "anls_official": [1.0, round(2 / 3, 6)], "majority_baseline": [0.0, 1.0]}
     assert scores["score"] == scores["anls_recipe"] == pytest.approx(100 * (0.8 + 1.0) / 2)
     assert scores["majority_baseline"] == 50.0
     assert scores["accuracy"] == 100.0  # exact match lower-cases, so "paris" matches "Paris"

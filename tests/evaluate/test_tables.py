@@ -73,6 +73,8 @@ def test_measured_rows_show_the_fixture_results_beside_the_recipe(results_dir, t
         base = fixture_json("eval", table.dataset, "base", "scores.json")
         low, high = interval_of(base["per_example"]["score"], table.decimals)
         assert f"{base['score']:.{table.decimals}f} [{low}, {high}]" in text.split("Before fine-tuning")[1]
+        low, high = interval_of(base["per_example"]["majority_baseline"], table.decimals)
+        assert f"answer): {base['majority_baseline']:.{table.decimals}f} [{low}, {high}]. Evaluated" in text
         assert f"n = {base['n']}." in text
     else:
         assert all(line.endswith("not in this preset |") for line in text.splitlines()[4:4 + len(table.rows)]
