@@ -15,11 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 from phi3v.files import atomic_path  # noqa: E402
-from phi3v.layout import ReportInputs, read_scores, read_train_log  # noqa: E402
+from phi3v.layout import ReportInputs, read_train_log  # noqa: E402
 from phi3v.reporting.accuracy_tables import configured_runs, recipe_references  # noqa: E402
 from phi3v.reporting.recipe_tables import ACCURACY_TABLES  # noqa: E402
-from phi3v.reporting.results import ResultSources, read_base_result, read_speed_result  # noqa: E402
+from phi3v.reporting.results import ResultSources, read_base_result, read_seed_results, read_speed_result  # noqa: E402
 from phi3v.reporting.speed_table import speed_references  # noqa: E402
+from phi3v.reporting.uncertainty import CONFIDENCE, estimate  # noqa: E402
 
 # Fixed metadata keeps the PNG bytes a function of the data alone.
 PNG_METADATA = {"Software": None}
@@ -64,28 +65,38 @@ def save(figure, path: Path) -> Path:
 def loss_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(7, 4))
     for run in finished_runs(config, dataset):
-        steps, losses = read_train_log(inputs.train_log(dataset, run["run"]), f"run {dataset}/{run['run']}")
-        axes.plot(steps, losses, label=run["run"], linewidth=1.2)
+        for name in run["seed_runs"]:  # one curve per seed
+            steps, losses = read_train_log(inputs.train_log(dataset, name), f"run {dataset}/{name}")
+            axes.plot(steps, losses, label=name, linewidth=1.2)
     axes.set(title=f"Training loss: {dataset}", xlabel="optimizer step", ylabel="loss")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save(figure, path)
 
 
+def error_bars(estimates: list) -> list[list[float]]:
+    """Matplotlib's (2, N) distances below and above each bar to its interval (0 without one)."""
+    below = [e.mean - e.interval[0] if e.interval else 0.0 for e in estimates]
+    above = [e.interval[1] - e.mean if e.interval else 0.0 for e in estimates]
+    return [below, above]
+
+
 def scores_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) -> Path:
-    """Each run's score beside the recipe's value for its row; base model and majority as lines."""
+    """Each run's score (mean over its seeds) with its bootstrap interval, beside the recipe's value
+    for its row; base model and majority as lines."""
     sources = ResultSources()
     table = next((t for t in ACCURACY_TABLES if t.dataset == dataset), None)
     references = recipe_references(config, table) if table else {}
     runs = finished_runs(config, dataset)
-    measured = [read_scores(inputs.scores(dataset, run["run"]), f"run {dataset}/{run['run']}", ("score",))["score"]
-                for run in runs]
+    measured = [estimate([result.scores for result in read_seed_results(inputs, run, sources)], "score",
+                         f"run {dataset}/{run['run']}") for run in runs]
     base = read_base_result(inputs, dataset, sources)
 
     figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(runs) + 2), 4))
     positions = list(range(len(runs)))
     width = 0.38
-    axes.bar([p - width / 2 for p in positions], measured, width, label="this workflow")
+    axes.bar([p - width / 2 for p in positions], [e.mean for e in measured], width, label="this workflow",
+             yerr=error_bars(measured), capsize=3, error_kw={"linewidth": 1})
     reference_positions = [p + width / 2 for p, run in zip(positions, runs) if run["run"] in references]
     reference_values = [references[run["run"]] for run in runs if run["run"] in references]
     if reference_values:
@@ -95,7 +106,9 @@ def scores_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) 
                  label="majority baseline")
     axes.set_xticks(positions, [run["run"] for run in runs], rotation=30, ha="right", fontsize=8)
     metric = base.get("metric", "score")
-    axes.set(title=f"{dataset}: {metric} (%)", ylabel=metric, ylim=(0, 100))
+    axes.set(title=f"{dataset}: {metric} (%), bars: {CONFIDENCE:.0%} bootstrap interval", ylabel=metric,
+             ylim=(0, 100))
+    axes.title.set_fontsize(9)
     axes.legend(fontsize=8)
     return save(figure, path)
 

@@ -61,6 +61,11 @@ def read_run_result(inputs: ReportInputs, run: dict, sources: ResultSources) -> 
     return RunResult(scores, metrics)
 
 
+def read_seed_results(inputs: ReportInputs, run: dict, sources: ResultSources) -> list[RunResult]:
+    """The results of every seed of a table row (`seed_runs`, see accuracy_tables.configured_runs)."""
+    return [read_run_result(inputs, {**run, "run": name}, sources) for name in run.get("seed_runs") or [run["run"]]]
+
+
 def read_base_result(inputs: ReportInputs, dataset: str, sources: ResultSources) -> dict:
     label = f"run {dataset}/{BASE_RUN} (the model before fine-tuning)"
     path = inputs.scores(dataset, BASE_RUN)

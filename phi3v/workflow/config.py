@@ -355,6 +355,8 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
         "batch_size": evaluation["batch_size"],
         "max_new_tokens": evaluation["max_new_tokens"],
         "max_samples": evaluation["max_samples"],
+        "auroc": data.get("task") == "hateful_memes",  # the dataset's official metric
+        "lmms_eval": evaluation["lmms_eval"] and data.get("task") in ("docvqa", "docvqa_full"),
     }
 
 

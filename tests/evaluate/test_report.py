@@ -68,3 +68,11 @@ def test_gpu_speed_figure_labels_each_bar_group_with_its_hardware():
     assert title == "Training throughput: Phi-3.5-vision-instruct (random weights) on 8x NVIDIA H100 80GB HBM3"
     assert legend[0] == "measured: 8x NVIDIA H100 80GB HBM3"
     assert legend[1:] and all(label.startswith("recipe: 8x ") for label in legend[1:])
+
+
+def test_score_bars_reach_to_their_intervals():
+    from phi3v.reporting.figures import error_bars
+    from phi3v.reporting.uncertainty import Estimate
+
+    bars = error_bars([Estimate(60.0, None, (50.0, 75.0)), Estimate(40.0, 2.0, None)])
+    assert bars == [[10.0, 0.0], [15.0, 0.0]]
