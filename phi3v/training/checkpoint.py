@@ -7,7 +7,7 @@ so far). It is written under a temporary name and renamed when complete, so a pr
 mid-save leaves nothing that looks resumable.
 
 A run resumes only from a checkpoint with its own fingerprint. Checkpoints of another run (another
-config, base model, data or code under the same run name) are moved aside to `<checkpoint_dir>.stale`,
+config, base model, data, code, thread count or numerics mode under the same run name) are moved aside to `<checkpoint_dir>.stale`,
 replacing an older set there: a rename is instant even for a full model's optimiser state, a
 mistaken change can still be undone by moving them back, and at most one stale set takes disk space.
 The workflow's train script shows `ResumePlan.message` on the console before it starts a run.

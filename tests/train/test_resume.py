@@ -3,6 +3,7 @@ a run never resumes another run's checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,6 +18,7 @@ from unittest.mock import ANY
 import torch
 from safetensors.torch import load_file
 
+from phi3v import numerics
 from phi3v.training.train import train
 from phi3v.training.checkpoint import (FINGERPRINT, TRAINER_STATE, ResumePlan, complete_checkpoints,
                                        latest_checkpoint)
@@ -167,3 +169,43 @@ def test_base_model_fingerprint_sees_other_weights_of_the_same_shape(tiny_base, 
     (copy / "model.safetensors").write_bytes(bytes(weights))
     assert differences({"base_model": model_digests(tiny_base)}, {"base_model": model_digests(copy)}) == [
         "base model model.safetensors changed"]
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int):
+    """This process computes on `threads` threads (as a job with `threads: N` does), then as before."""
+    before, variable = torch.get_num_threads(), os.environ.get(numerics.THREADS_VARIABLE)
+    numerics.set_threads(threads)
+    try:
+        yield
+    finally:
+        numerics.set_threads(before)
+        if variable is None:
+            del os.environ[numerics.THREADS_VARIABLE]
+        else:
+            os.environ[numerics.THREADS_VARIABLE] = variable
+
+
+def test_a_checkpoint_of_another_thread_count_or_numerics_mode_is_set_aside(tiny_base, tiny_data, tmp_path,
+                                                                             monkeypatch):
+    # sums split over 2 threads round differently: resuming a 1-thread checkpoint on 2 threads would
+    # give weights that match neither run, so the rerun trains from step 0 and keeps the old set aside
+    def fingerprint():
+        return run_fingerprint(base_run(), base_model=tiny_base, processes=1,
+                               train_jsonl=tiny_data / f"{DATASET}_train.jsonl")
+
+    with cpu_threads(1):
+        one_thread = fingerprint()
+    fake_checkpoint(tmp_path / "ckpt", 2, one_thread)
+    with cpu_threads(1):
+        assert ResumePlan.of(tmp_path / "ckpt", fingerprint()).step == 2
+    with cpu_threads(2):
+        plan = ResumePlan.of(tmp_path / "ckpt", fingerprint())
+    assert plan.checkpoint is None
+    assert "OMP_NUM_THREADS 1 -> 2; torch_threads 1 -> 2" in plan.message("r")
+    assert plan.message("r").endswith(f"moving them to {tmp_path}/ckpt.stale and training from step 0")
+
+    with cpu_threads(1):
+        monkeypatch.setenv(numerics.MODE_VARIABLE, numerics.NATIVE)  # the machine's own kernels
+        plan = ResumePlan.of(tmp_path / "ckpt", fingerprint())
+    assert plan.checkpoint is None and "mode pinned -> native" in plan.message("r")
