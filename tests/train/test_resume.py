@@ -13,15 +13,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from unittest.mock import ANY
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from phi3v import numerics
 from phi3v.training.train import train
 from phi3v.training.checkpoint import (FINGERPRINT, TRAINER_STATE, ResumePlan, complete_checkpoints,
-                                       latest_checkpoint)
+                                       latest_checkpoint, save_checkpoint)
 from phi3v.training.fingerprint import differences, model_digests, run_fingerprint
 
 from .conftest import DATASET, base_run
@@ -209,3 +211,53 @@ def test_a_checkpoint_of_another_thread_count_or_numerics_mode_is_set_aside(tiny
         monkeypatch.setenv(numerics.MODE_VARIABLE, numerics.NATIVE)  # the machine's own kernels
         plan = ResumePlan.of(tmp_path / "ckpt", fingerprint())
     assert plan.checkpoint is None and "mode pinned -> native" in plan.message("r")
+
+
+def saving_accelerator():
+    """A real Accelerate state to save: a one-layer model and its optimiser, on the CPU."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 2)
+    accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
+    return accelerator
+
+
+def test_pruning_removes_what_killed_saves_and_prunes_left(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    fake_checkpoint(ckpt, 4, {})
+    (ckpt / "step-2").mkdir()  # an old prune killed mid-delete: trainer_state.json already gone
+    (ckpt / "step-2" / "model.safetensors").write_bytes(b"half")
+    (ckpt / ".tmp-step-3").mkdir()  # a save killed before its rename
+    (ckpt / ".step-1.deleting").mkdir()  # a prune killed after its rename
+    assert latest_checkpoint(ckpt).name == "step-4"  # resuming ignores the incomplete step-2
+
+    accelerator = saving_accelerator()
+    for step in (6, 8):
+        save_checkpoint(accelerator, ckpt, step, {"step": step, "log": []}, {})
+    assert sorted(path.name for path in ckpt.iterdir()) == ["step-6", "step-8"]
+
+
+def test_a_kill_mid_prune_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ckpt"
+    accelerator = saving_accelerator()
+    for step in (2, 4):
+        save_checkpoint(accelerator, ckpt, step, {"step": step, "log": []}, {})
+
+    rmtree = shutil.rmtree
+
+    def killed_mid_delete(path, *args, **kwargs):  # the process dies while a checkpoint's files go
+        if not (Path(path) / TRAINER_STATE).exists():
+            return rmtree(path, *args, **kwargs)
+        (Path(path) / TRAINER_STATE).unlink()
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "rmtree", killed_mid_delete)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(accelerator, ckpt, 6, {"step": 6, "log": []}, {})
+    # what is left under a checkpoint's name is whole; the half-deleted one has another name
+    assert sorted(path.name for path in ckpt.iterdir()) == [".step-2.deleting", "step-4", "step-6"]
+    assert latest_checkpoint(ckpt).name == "step-6"
+    save_checkpoint(accelerator, ckpt, 8, {"step": 8, "log": []}, {})
+    assert sorted(path.name for path in ckpt.iterdir()) == ["step-6", "step-8"]
