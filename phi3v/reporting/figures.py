@@ -173,10 +173,11 @@ def speed_figures(config: dict, inputs: ReportInputs, throughput_path: Path, mem
 
 def nothing_ran_figure(config: dict):
     """What was selected and why none of it ran (`on_unsupported: skip`)."""
-    lines = [wrapped for line in skipped_lines(config) for wrapped in textwrap.wrap(line, 100, subsequent_indent="    ")]
+    lines = skipped_lines(config) or ["the configuration selects no run and no speed row"]
+    lines = [wrapped for line in lines for wrapped in textwrap.wrap(line, 100, subsequent_indent="    ")]
     figure, axes = plt.subplots(figsize=(8, 0.7 + 0.16 * len(lines)))
     axes.axis("off")
-    axes.set_title("Nothing ran: every selected run and speed row was skipped", fontsize=10)
+    axes.set_title("Nothing ran", fontsize=10)
     axes.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=7, transform=axes.transAxes)
     return figure
 
