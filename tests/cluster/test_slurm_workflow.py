@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -166,11 +167,18 @@ def one_node_slurm(tmp_path):
 
 
 # Long enough that the job is still training when its first checkpoint appears.
-REQUEUED_RUN = "run_overrides={max_steps: 10, epochs: 1, checkpoint_every: 2}"
+REQUEUED_RUN = "run_overrides={max_steps: 16, epochs: 1, checkpoint_every: 2}"
 
 
 def slurm_job_state(job_id: str, env: dict) -> dict:
     return slurm_jobs([job_id], env).get(job_id, {})
+
+
+def queue_state(job_id: str, env: dict) -> str:
+    """squeue's state and reason of a job (`COMPLETING None`, `PENDING BeginTime`, ...)."""
+    shown = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T %r"], env=env,
+                           capture_output=True, text=True)
+    return shown.stdout.strip()
 
 
 def the_run_json(config: list[str], dataset: str, run: str) -> tuple[str, int]:
@@ -218,29 +226,32 @@ def test_a_requeued_training_job_resumes_from_its_checkpoint(tmp_path, local_dem
         [job_id] = squeue.stdout.split()
         requeue = subprocess.run(["scontrol", "requeue", job_id], env=env, capture_output=True, text=True)
         assert requeue.returncode == 0, requeue.stderr
-        # SLURM holds a requeued job until its begin time (about 2 minutes later): let it start now.
-        while slurm_job_state(job_id, env).get("JobState") != "PENDING":
+        # SLURM holds a requeued job until its begin time (about 2 minutes later) so that no new start
+        # carries a credential the kill revoked (one started in the kill's second fails): start it 3 s on.
+        while queue_state(job_id, env) != "PENDING BeginTime":
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"], env=env, check=True)
         stdout, stderr = snakemake.communicate(timeout=430)
         assert snakemake.returncode == 0, (stdout + stderr)[-6000:]
         assert straight.wait(timeout=300) == 0, straight.stderr.read()[-3000:]
     finally:
-        for process in (snakemake, straight):
-            if process.poll() is None:
-                process.kill()
+        if snakemake.poll() is None:  # `timeout` passes SIGINT on: Snakemake cancels its job and stops
+            snakemake.send_signal(signal.SIGINT)
+            snakemake.wait(timeout=60)
+        if straight.poll() is None:
+            straight.kill()
 
     job = slurm_job_state(job_id, env)
     assert (job["JobState"], job["Requeue"], job["Restarts"]) == ("COMPLETED", "1", "1")
     # The second start resumed (the job's log is rewritten by each start) ...
     log = layout.log("train", "docvqa", RUN).read_text()
     [resumed_at] = re.findall(rf"run '{RUN}': resuming from step (\d+)", log)
-    assert 2 <= int(resumed_at) < 10
+    assert 2 <= int(resumed_at) < 16
     # ... and ended where an uninterrupted run ends, to the bit.
     provenance = json.loads(layout.provenance("docvqa", RUN).read_text())
     assert provenance["run"] == json.loads(run_json)
     assert weights_hash(layout.model("docvqa", RUN)) == weights_hash(tmp_path / "straight" / "model")
     losses = [[entry["loss"] for entry in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines())]
               for folder in (layout.run_dir("docvqa", RUN), tmp_path / "straight")]
-    assert losses[0] == losses[1] and len(losses[0]) == 10
+    assert losses[0] == losses[1] and len(losses[0]) == 16
