@@ -10,9 +10,10 @@ also removes what a kill left: temporary and half-deleted folders, and any `step
 `trainer_state.json` (which resuming ignores).
 
 A run resumes only from a checkpoint with its own fingerprint. Checkpoints of another run (another
-config, base model, data, code, thread count or numerics mode under the same run name) are moved aside to `<checkpoint_dir>.stale`,
-replacing an older set there: a rename is instant even for a full model's optimiser state, a
-mistaken change can still be undone by moving them back, and at most one stale set takes disk space.
+config, base model, data, code, thread count or numerics mode under the same run name) are moved
+aside to `<checkpoint_dir>.stale`, replacing an older set there: a rename is instant even for a full
+model's optimiser state, a mistaken change can still be undone by moving them back, and at most one
+stale set takes disk space.
 The workflow's train script shows `ResumePlan.message` on the console before it starts a run.
 """
 
@@ -33,7 +34,7 @@ TRAINER_STATE = "trainer_state.json"
 FINGERPRINT = "fingerprint.json"
 TMP_PREFIX = ".tmp-step-"
 # What a killed save (its temporary folder) or prune (`remove_dir`'s folder) leaves behind.
-LEFTOVER = re.compile(r"^(\.tmp-step-\d+|\.step-\d+\.deleting)$")
+LEFTOVER = re.compile(rf"^({re.escape(TMP_PREFIX)}\d+|\.step-\d+\.deleting)$")
 STALE_SUFFIX = ".stale"
 
 
