@@ -1,12 +1,14 @@
 """Figures for `snakemake --report`: loss curves, scores against the recipe, speed and memory.
 
 File names depend only on the configuration (`figure_file_names`), so the workflow can declare
-them as outputs before anything has run.
+them as outputs before anything has run. When nothing ran (every selected run and speed row
+skipped), one figure says so and why: the declared folder is never missing or empty.
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -18,12 +20,14 @@ from phi3v.files import atomic_path  # noqa: E402
 from phi3v.layout import ReportInputs, read_train_log  # noqa: E402
 from phi3v.reporting.accuracy_tables import configured_runs, recipe_references  # noqa: E402
 from phi3v.reporting.recipe_tables import ACCURACY_TABLES  # noqa: E402
-from phi3v.reporting.results import ResultSources, read_base_result, read_seed_results, read_speed_result  # noqa: E402
+from phi3v.reporting.results import (ResultSources, read_base_result, read_seed_results, read_speed_result,  # noqa: E402
+                                     skipped_lines)
 from phi3v.reporting.speed_table import speed_references  # noqa: E402
 from phi3v.reporting.uncertainty import CONFIDENCE, estimate  # noqa: E402
 
 # Fixed metadata keeps the PNG bytes a function of the data alone.
 PNG_METADATA = {"Software": None}
+NOTHING_RAN = "not_run.png"
 
 
 def finished_runs(config: dict, dataset: str) -> list[dict]:
@@ -51,7 +55,7 @@ def figure_file_names(config: dict) -> list[str]:
         names += [f"loss_{dataset}.png", f"scores_{dataset}.png"]
     if measured_speed_rows(config):
         names += ["speed_throughput.png", "speed_memory.png"]
-    return names
+    return names or [NOTHING_RAN]
 
 
 def save(figure, path: Path) -> Path:
@@ -180,11 +184,24 @@ def speed_figures(config: dict, inputs: ReportInputs, throughput_path: Path, mem
     return written
 
 
+def nothing_ran_figure(config: dict):
+    """What was selected and why none of it ran (`on_unsupported: skip`)."""
+    lines = skipped_lines(config) or ["the configuration selects no run and no speed row"]
+    lines = [wrapped for line in lines for wrapped in textwrap.wrap(line, 100, subsequent_indent="    ")]
+    figure, axes = plt.subplots(figsize=(8, 0.7 + 0.16 * len(lines)))
+    axes.axis("off")
+    axes.set_title("Nothing ran", fontsize=10)
+    axes.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=7, transform=axes.transAxes)
+    return figure
+
+
 def write_figures(config: dict, inputs: ReportInputs, out_dir: str | os.PathLike) -> list[Path]:
     """Write every figure of `figure_file_names(config)` into `out_dir` from the result files
     `inputs`; return their paths."""
     out_dir = Path(out_dir)
     written = []
+    if figure_file_names(config) == [NOTHING_RAN]:
+        return [save(nothing_ran_figure(config), out_dir / NOTHING_RAN)]
     for dataset in run_datasets(config):
         written.append(loss_figure(config, inputs, dataset, out_dir / f"loss_{dataset}.png"))
         written.append(scores_figure(config, inputs, dataset, out_dir / f"scores_{dataset}.png"))

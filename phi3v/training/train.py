@@ -429,6 +429,16 @@ def save_processor(base_model: Path, run: RunConfig, folder: Path) -> None:
     Phi3VProcessor.from_pretrained(base_model, num_crops=run.num_crops).save_pretrained(folder)
 
 
+def save_adapter(model, folder: Path) -> None:
+    """The LoRA weights and `adapter_config.json`, the same bytes for the same run."""
+    for config in model.peft_config.values():
+        # peft keeps target_modules as a set and writes list(set): an order that changes with the hash seed
+        for key, value in vars(config).items():
+            if isinstance(value, set):
+                setattr(config, key, sorted(value))
+    model.save_pretrained(folder, save_embedding_layers=False)  # only LoRA weights train
+
+
 def export_merged_lora(base_model: Path, adapter_dir: Path, folder: Path) -> None:
     """Merge the adapter into a fresh full-precision base (every CLIP layer back) and save it."""
     from peft import PeftModel
@@ -453,7 +463,7 @@ def write_outputs(model, run: RunConfig, *, base_model: Path, data_dir: Path, ou
     out_dir.mkdir(parents=True, exist_ok=True)
     if run.strategy.is_lora:
         with atomic_output_dir(out_dir / ADAPTER) as adapter_dir:
-            model.save_pretrained(adapter_dir, save_embedding_layers=False)  # only LoRA weights train
+            save_adapter(model, adapter_dir)
         with atomic_output_dir(out_dir / MODEL) as model_dir:
             export_merged_lora(base_model, out_dir / ADAPTER, model_dir)
             save_processor(base_model, run, model_dir)

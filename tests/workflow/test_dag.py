@@ -99,6 +99,16 @@ def test_runs_filter_selects_one_dataset(tmp_path):
     assert "benchmark_speed" not in counts
 
 
+def test_figures_job_writes_its_folder_when_every_selected_speed_row_is_skipped(tmp_path):
+    # the demo skips its flash-attention rows (no GPU): this selection runs nothing but the report jobs,
+    # whose figures folder was then never written (MissingOutputException)
+    result = snakemake("--cores", "1", "--config", "runs_filter=[speed/*flash*]", f"results_dir={tmp_path}",
+                       "--", str(tmp_path / "figures"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped speed row full-flash_attention_2-bf16-2x16: needs GPU; needs 2 nodes" in result.stderr
+    assert [path.name for path in (tmp_path / "figures").glob("*.png")] == ["not_run.png"]
+
+
 def test_paper_preset_has_the_recipe_hyperparameters():
     config = settings.resolve_config({"preset": "paper"})
     for table in recipe_tables.ACCURACY_TABLES:
