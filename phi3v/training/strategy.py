@@ -127,14 +127,15 @@ def apply_lora(model, run: RunConfig):
 
     QLoRA as the recipe: the NF4 base as loaded, no `prepare_model_for_kbit_training` (it would cast
     the unquantised weights to fp32 and make the inputs require grad); non-reentrant checkpointing
-    needs neither.
+    needs neither. `adapter_dtype: base` keeps the adapters in the base weights' dtype, as the
+    recipe's `add_adapter` (peft 0.11) did; `fp32` upcasts them (current peft's default).
     """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
                         target_modules=lora_targets(run), init_lora_weights="gaussian",
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=run.adapter_dtype == "fp32")
 
 
 def build_model(run: RunConfig, base_model: str):
