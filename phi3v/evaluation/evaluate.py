@@ -7,7 +7,7 @@ process writes.
     python -m phi3v.evaluation.evaluate --model-dir results/runs/docvqa/full-bf16-sdpa/model \\
         --data-dir results/data/docvqa --dataset docvqa --split test --metric anls \\
         --out-dir results/eval/docvqa/full-bf16-sdpa --run-name full-bf16-sdpa \\
-        --num-crops 16 --precision bf16 --attention sdpa --batch-size 8
+        --num-crops 16 --precision bf16 --attention sdpa --batch-size 1
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from phi3v.errors import UserError, entry_point
-from phi3v.evaluation.metrics import accuracy, anls
+from phi3v.evaluation.metrics import accuracy, anls, recipe_anls
 from phi3v.files import write_json_atomic, write_text_atomic
 from phi3v.layout import PREDICTIONS, SCORES
 from phi3v.training.run_config import PRECISIONS, torch_dtype
 
 METRICS = ("anls", "accuracy")
+# eos: the tokenizer's eos only (the recipe's scripts); end_and_eos: also `<|end|>` (fewer tokens generated)
+STOP_TOKENS = ("eos", "end_and_eos")
 # fp32: how the recipe evaluates an fp16 LoRA run (adapter on the base reloaded in fp32)
 EVAL_PRECISIONS = PRECISIONS + ("fp32",)
 
@@ -41,9 +43,9 @@ EVAL_PRECISIONS = PRECISIONS + ("fp32",)
 
 
 def score_prediction(prediction: str, answers: Sequence[str], metric: str) -> float:
-    """The table's metric for one sample, in [0, 1]: recipe ANLS for `anls`, exact match otherwise."""
+    """The table's metric for one sample, in [0, 1]: the recipe's ANLS for `anls`, exact match otherwise."""
     if metric == "anls":
-        return anls(prediction, answers, case_sensitive=True)
+        return recipe_anls(prediction, answers)
     return accuracy(prediction, answers)
 
 
@@ -103,10 +105,12 @@ def merge_answers(rows: Sequence[dict]) -> list[dict]:
 
 
 def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tokens: int,
-                    max_samples: int | None) -> None:
+                    max_samples: int | None, stop_tokens: str = "eos") -> None:
     """Refuse bad settings before any work (the model checks the attention kernel itself)."""
     if metric not in METRICS:
         raise UserError(f"metric = {metric!r} is not known: use one of {', '.join(METRICS)}")
+    if stop_tokens not in STOP_TOKENS:
+        raise UserError(f"stop_tokens = {stop_tokens!r} is not known: use one of {', '.join(STOP_TOKENS)}")
     if precision not in EVAL_PRECISIONS:
         raise UserError(f"precision = {precision!r} is not known: use one of {', '.join(EVAL_PRECISIONS)}")
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
@@ -144,6 +148,11 @@ def load_model(model_dir: str | os.PathLike, precision: str, attention: str, dev
     return model, processor
 
 
+def stop_token_ids(processor, stop_tokens: str) -> list[int]:
+    """The ids generation stops at (`STOP_TOKENS`)."""
+    return [processor.tokenizer.eos_token_id] if stop_tokens == "eos" else processor.stop_token_ids
+
+
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -152,7 +161,7 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
 @torch.inference_mode()
 def generate_answers(model, processor, examples: Sequence, *, num_crops: int, max_new_tokens: int,
                      batch_size: int, precision: str, device: torch.device,
-                     progress: bool = True) -> list[str]:
+                     progress: bool = True, stop_tokens: str = "eos") -> list[str]:
     """Greedy answers (new tokens only, special tokens skipped) for each example, in order."""
     from phi3v.processing_phi3v import load_image
 
@@ -167,7 +176,8 @@ def generate_answers(model, processor, examples: Sequence, *, num_crops: int, ma
                 inputs["pixel_values"] = inputs["pixel_values"].to(weights_dtype(precision, device))
             with precision_context(precision, device):
                 output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                        eos_token_id=processor.stop_token_ids, pad_token_id=processor.pad_token_id)
+                                        eos_token_id=stop_token_ids(processor, stop_tokens),
+                                        pad_token_id=processor.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new) after left-padded prompts
             answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
             bar.update(len(batch))
@@ -201,6 +211,7 @@ def evaluate(
     batch_size: int,
     max_new_tokens: int = 64,
     max_samples: int | None = None,
+    stop_tokens: str = "eos",
     progress: bool = True,
 ) -> dict:
     """Answer every sample of `<data_dir>/<dataset_name>_<split>.jsonl` and score the answers.
@@ -213,7 +224,7 @@ def evaluate(
     # Under torchrun this joins the process group (NCCL on GPUs, gloo on CPUs); alone it is one process.
     state = PartialState()
     check_arguments(metric=metric, precision=precision, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, max_samples=max_samples)
+                    max_new_tokens=max_new_tokens, max_samples=max_samples, stop_tokens=stop_tokens)
     eval_jsonl = split_path(data_dir, dataset_name, split)
     train_jsonl = split_path(data_dir, dataset_name, "train")
     for path in (eval_jsonl, train_jsonl):
@@ -228,7 +239,7 @@ def evaluate(
     with state.split_between_processes(examples) as mine:  # a contiguous slice per process
         predictions = generate_answers(model, processor, mine, num_crops=num_crops,
                                        max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                       precision=precision, device=state.device,
+                                       precision=precision, device=state.device, stop_tokens=stop_tokens,
                                        progress=progress and state.is_main_process)
         rows = scored_predictions([e.id for e in mine], predictions, [e.answers for e in mine], metric)
 
@@ -255,7 +266,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-crops", type=int, required=True)
     parser.add_argument("--precision", required=True, choices=EVAL_PRECISIONS)
     parser.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLEMENTATIONS)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=1, help="the recipe's: 1 (default)")
+    parser.add_argument("--stop-tokens", default="eos", choices=STOP_TOKENS,
+                        help="eos: the tokenizer's eos only, as the recipe (default); end_and_eos: also <|end|>")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-samples", type=int, default=None)
     return parser.parse_args(argv)
@@ -269,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         split=args.split, metric=args.metric, out_dir=args.out_dir, run_name=args.run_name,
         num_crops=args.num_crops, precision=args.precision, attention=args.attention,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        max_samples=args.max_samples,
+        max_samples=args.max_samples, stop_tokens=args.stop_tokens,
     )
     if PartialState().is_main_process:
         print(json.dumps(scores, indent=2, ensure_ascii=False))

@@ -72,3 +72,14 @@ def test_accuracy():
     assert accuracy("no", ["yes", "No."]) == 1.0
     assert accuracy("Basketball", "BasketballDunk") == 0.0
     assert accuracy("ÉTÉ", "été") == 1.0
+
+
+def test_recipe_anls_strips_the_prediction_only_and_keeps_case():
+    """The recipe's DocVQA script: prediction `.strip().strip('.')`, gold answers as they are."""
+    from phi3v.evaluation.metrics import recipe_anls
+
+    assert recipe_anls(" .5 pm. ", ["5 pm"]) == 1.0  # dots stripped at both ends of the prediction
+    assert recipe_anls("5 pm", ["5 pm."]) == pytest.approx(1 - 1 / 5)  # the gold's dot stays
+    assert recipe_anls("5 pm", [" 5 pm"]) == pytest.approx(1 - 1 / 5)  # so does its whitespace
+    assert recipe_anls("Paris", ["paris"]) == pytest.approx(1 - 1 / 5)  # case-sensitive
+    assert recipe_anls(" . ", ["x"]) == 0.0 and recipe_anls("abcd", ["abxy"]) == 0.0
