@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from phi3v.departures import table_notes
 from phi3v.layout import ReportInputs
 from phi3v.reporting.recipe_tables import (
     CHECK_MARK,
@@ -212,14 +213,8 @@ def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
         f"warm-up; peak memory: torch's peak allocation in GiB, and the same in GB (1 GiB = 1.074 GB) "
         f"beside the recipe's \"GB\", whose unit the recipe does not define; weights: "
         f"{weights or 'as configured'}). Speedup: against the table's first row as measured here. "
-        "The recipe's columns are its 8-GPU reference values, measured with Phi-3-vision (the same "
-        "architecture and sizes as Phi-3.5-vision).",
-        "",
-        "The recipe does not say in which precision its A100 rows without flash attention ran; its "
-        "script loads fp32 weights with eager attention when flash attention is off, and its guide "
-        "recommends bf16 wherever the GPU has it. Those rows run here in bf16 (fp32-loaded weights, "
-        f"eager attention, bf16 autocast; rows marked {DEEPSPEED} hold bf16 weights, as DeepSpeed casts "
-        "them). The V100 rows run in fp16 "
-        "mixed precision with eager attention, as the guide says.",
+        "The recipe's columns are its 8-GPU reference values. The V100 rows run in fp16 mixed precision "
+        "with eager attention, as the guide says.",
+        *table_notes(config, config_rows, speed=True, name_key="row"),
     ]
     return TableDocument("speed.md", "Speed benchmarking", body, sources)
