@@ -133,16 +133,22 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device_type="cpu", dtype=torch_dtype(precision))
 
 
-def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device):
+def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device,
+               quantization_config=None):
+    """The model in the evaluation precision; `quantization_config`: 4-bit, as the recipe's QLoRA
+    scripts evaluate the base before training."""
     from phi3v.modeling_phi3v import Phi3VForCausalLM
     from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
     if not (Path(model_dir) / "config.json").is_file():
         raise UserError(f"{model_dir} is not a model folder (no config.json): train the run first")
+    placement = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
     model = Phi3VForCausalLM.from_pretrained(
-        model_dir, dtype=weights_dtype(precision, device), attn_implementation=attention
+        model_dir, dtype=weights_dtype(precision, device), attn_implementation=attention, **placement
     )
-    model.to(device).eval()
+    if not quantization_config:  # bitsandbytes placed it already
+        model.to(device)
+    model.eval()
     processor = Phi3VProcessor.from_pretrained(model_dir)
     check_compatible(model, processor, str(model_dir))
     return model, processor
@@ -212,6 +218,7 @@ def evaluate(
     max_new_tokens: int = 64,
     max_samples: int | None = None,
     stop_tokens: str = "eos",
+    quantization_config=None,
     progress: bool = True,
 ) -> dict:
     """Answer every sample of `<data_dir>/<dataset_name>_<split>.jsonl` and score the answers.
@@ -235,7 +242,7 @@ def evaluate(
         raise UserError(f"{eval_jsonl} has no records: there is nothing to evaluate")
     majority = majority_answer(train_jsonl)
 
-    model, processor = load_model(model_dir, precision, attention, state.device)
+    model, processor = load_model(model_dir, precision, attention, state.device, quantization_config)
     with state.split_between_processes(examples) as mine:  # a contiguous slice per process
         predictions = generate_answers(model, processor, mine, num_crops=num_crops,
                                        max_new_tokens=max_new_tokens, batch_size=batch_size,
