@@ -148,6 +148,10 @@ DEPARTURES: tuple[Departure, ...] = (
     Departure("NLVR2 attention mask", "every pad-id position masked, <|endoftext|> inside multi-turn samples too",
               lambda c, r: "attention mask by length: the <|endoftext|> closing each earlier turn is attended",
               lambda c, r: _task(c, r) == "nlvr2", is_setting=False),
+    Departure("UCF-101 ids", "numbered in glob order (the file system's listing order)",
+              lambda c, r: "numbered over train, val, test with classes and files sorted (the same on every "
+                           "file system)",
+              lambda c, r: _task(c, r) == "ucf101", is_setting=False),
     Departure("DDP unused parameters", "ddp_find_unused_parameters=False",
               lambda c, r: "DDP with find_unused_parameters=True (a micro-batch without images leaves the "
                            "vision tower without gradients)",
