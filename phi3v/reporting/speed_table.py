@@ -31,6 +31,7 @@ FLASH_ATTENTION = "flash_attention_2"
 DEEPSPEED = "DeepSpeed ZeRO-2"  # the Row cell of a row measured under it
 RECIPE_SETTINGS, BEST_SETTINGS = "recipe", "best"  # a speed row's `settings`
 BEST_SETTINGS_TITLE = "This project's best settings"
+RECIPE_TOKENS_PER_SAMPLE = 2443.23  # the recipe's DocVQA speed input, tokens a sample at num_crops 16
 
 
 def settings_summary(settings: dict | None) -> str:
@@ -190,6 +191,17 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
     return [f"## {table.title}", "", *table_lines(split_cells(header), lines_rows, header, separator)]
 
 
+def tokens_per_sample_lines(config: dict, inputs: ReportInputs, sources: ResultSources) -> list[str]:
+    """The measured input length of each row, beside the recipe's (older results lack it)."""
+    rows = [row for row in (config.get("speed") or {}).get("rows") or [] if row.get("skip_reason") is None]
+    measured = [(row["row"], read_speed_result(inputs, row, sources).get("tokens_per_sample")) for row in rows]
+    measured = [(name, tokens) for name, tokens in measured if tokens is not None]
+    if not measured:
+        return []
+    return ["", f"Input length measured here, tokens a sample (the recipe's DocVQA pages at num_crops 16: "
+                f"{RECIPE_TOKENS_PER_SAMPLE}): " + ", ".join(f"`{name}` {tokens:.1f}" for name, tokens in measured) + "."]
+
+
 def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
     sources = ResultSources()
     used: set[str] = set()
@@ -215,6 +227,7 @@ def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
         f"{weights or 'as configured'}). Speedup: against the table's first row as measured here. "
         "The recipe's columns are its 8-GPU reference values. The V100 rows run in fp16 mixed precision "
         "with eager attention, as the guide says.",
+        *tokens_per_sample_lines(config, inputs, sources),
         *table_notes(config, config_rows, speed=True, name_key="row"),
     ]
     return TableDocument("speed.md", "Speed benchmarking", body, sources)
