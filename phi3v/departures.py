@@ -145,9 +145,10 @@ DEPARTURES: tuple[Departure, ...] = (
               lambda c, r: "the turn and answer drawn per visit are seeded by (seed, epoch, index), so "
                            "resuming redraws the same",
               lambda c, r: r.get("train_turns") == "one_random", is_setting=False),
-    Departure("NLVR2 attention mask", "every pad-id position masked, <|endoftext|> inside multi-turn samples too",
-              lambda c, r: "attention mask by length: the <|endoftext|> closing each earlier turn is attended",
-              lambda c, r: _task(c, r) == "nlvr2", is_setting=False),
+    Departure("train.attention_mask", "pad_id for NLVR2 (its collator masks every pad-id position, the "
+              "<|endoftext|> closing each turn too), length elsewhere",
+              lambda c, r: f"attention_mask {r.get('attention_mask', 'length')}",
+              lambda c, r: r.get("attention_mask", "length") != ("pad_id" if _task(c, r) == "nlvr2" else "length")),
     Departure("UCF-101 ids", "numbered in glob order (the file system's listing order)",
               lambda c, r: "numbered over train, val, test with classes and files sorted (the same on every "
                            "file system)",

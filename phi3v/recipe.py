@@ -185,6 +185,7 @@ def flags_to_run(task: str, args: argparse.Namespace, world_size: int = 1) -> Ru
         checkpoint_every=None, max_steps=args.max_steps, max_train_samples=args.max_train_samples,
         seed=HF_TRAINER_SEED, deepspeed=not strategy.is_lora and not args.no_deepspeed,
         train_turns=recipe_train_turns(hub_task(task, args)),
+        attention_mask="pad_id" if task == "nlvr2" else "length",  # only the NLVR2 collator masks by id
         freeze_token_embeddings=True, report_to=tuple(args.report_to), **lora)
 
 

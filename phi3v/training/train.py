@@ -147,7 +147,9 @@ def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation
 
 def collate_for(run: RunConfig, pad_token_id: int):
     """One row per micro-batch without padding (packing), or a padded (B, T) batch."""
-    return collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
+    if run.packing:
+        return collate_packed
+    return functools.partial(collate_padded, pad_token_id=pad_token_id, mask_pad_id=run.attention_mask == "pad_id")
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:

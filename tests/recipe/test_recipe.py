@@ -42,7 +42,8 @@ SEED_COMMANDS = [
 # What any command decides, given or by the script's defaults; the rest are the preset's choices.
 DECIDED = ("dataset", "strategy", "precision", "attention", "batch_size", "per_device_batch_size", "num_crops",
            "deepspeed", "train_turns", "freeze_token_embeddings", "lora_on_vision", "warmup_steps",
-           "weight_decay", "max_grad_norm", "gradient_checkpointing")
+           "weight_decay", "max_grad_norm", "gradient_checkpointing", "loss_reduction", "adapter_dtype",
+           "attention_mask")
 GIVEN = {"--learning_rate": ("learning_rate",), "--num_train_epochs": ("epochs",),
          "--lora_rank": ("lora_rank", "lora_alpha"), "--lora_alpha_ratio": ("lora_alpha",)}
 

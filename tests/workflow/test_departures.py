@@ -8,7 +8,8 @@ from phi3v.workflow import config as settings
 
 PAPER_EXACT = {"train.loss_reduction", "train.adapter_dtype", "train.seed", "evaluation.batch_size",
                "evaluation.stop_tokens", "evaluation.max_new_tokens", "train.warmup_steps",
-               "train.weight_decay", "train.per_device_batch_size", "train.gradient_checkpointing"}
+               "train.weight_decay", "train.per_device_batch_size", "train.gradient_checkpointing",
+               "train.attention_mask"}
 
 
 def schema_settings() -> set[str]:
