@@ -135,7 +135,23 @@ def apply_lora(model, run: RunConfig):
     config = LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
                         target_modules=lora_targets(run), init_lora_weights="gaussian",
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config, autocast_adapter_dtype=run.adapter_dtype == "fp32")
+    model = get_peft_model(model, config, autocast_adapter_dtype=run.adapter_dtype == "fp32")
+    if run.adapter_dtype == "base":
+        adapters_in_base_dtype(model)
+    return model
+
+
+def adapters_in_base_dtype(model) -> None:
+    """Each adapter in its base weight's dtype, or fp32 over a 4-bit weight: what peft 0.11 (the recipe's
+    `add_adapter`) did; current peft puts them in the 4-bit layers' compute dtype instead."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+            for adapters in (module.lora_A, module.lora_B):
+                adapters.to(dtype)
 
 
 def build_model(run: RunConfig, base_model: str):

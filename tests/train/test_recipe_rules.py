@@ -108,6 +108,15 @@ def test_lora_adapters_keep_the_base_dtype_as_add_adapter_did(tiny_base, adapter
     assert adapters == {expected}
 
 
+def test_qlora_adapters_stay_fp32_over_4bit_weights(tiny_base):
+    """peft 0.11 left an adapter over a 4-bit (uint8) weight in fp32; current peft would use the compute dtype."""
+    pytest.importorskip("bitsandbytes")
+    model = build_model(base_run(strategy="qlora", precision="fp16", attention="eager", lora_rank=4,
+                                 lora_alpha=8), str(tiny_base))
+    adapters = {param.dtype for name, param in model.named_parameters() if "lora_" in name}
+    assert adapters == {torch.float32}
+
+
 def test_weight_decay_groups_are_the_recipes_transformers(tiny_base):
     """transformers 4.38-4.43 (the recipe's): decay all but biases and nn.LayerNorm weights, so Phi-3's
     RMSNorm weights, CLIP's class_embedding and the separators are decayed."""
