@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from phi3v.departures import table_notes
+from phi3v.reporting.departures import table_notes
 from phi3v.layout import BASE_RUN, ReportInputs
 from phi3v.training.run_config import Strategy
 from phi3v.reporting.recipe_tables import (

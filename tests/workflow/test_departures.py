@@ -3,7 +3,7 @@ name each departure with the rows it touches (computed from the resolved config)
 
 from __future__ import annotations
 
-from phi3v import departures
+from phi3v.reporting import departures
 from phi3v.workflow import config as settings
 
 PAPER_EXACT = {"train.loss_reduction", "train.adapter_dtype", "train.seed", "evaluation.batch_size",

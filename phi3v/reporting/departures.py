@@ -228,4 +228,4 @@ def table_notes(config: dict, runs: Sequence[dict], base: dict | None = None, sp
         lines.append(f"- {setting}: {'; '.join(notes)}. The recipe: {departure.recipe}. Rows: {which}.")
     if not lines:
         return []
-    return ["", "Departures from the recipe's scripts (phi3v/departures.py):", "", *lines]
+    return ["", "Departures from the recipe's scripts (phi3v/reporting/departures.py):", "", *lines]
