@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from phi3v.data import recipe_train_turns
+from phi3v.layout import BASE_RUN
 from phi3v.reporting.recipe_tables import RECIPE_TABLE_MODEL
 
 TRAIN, EVALUATION, SPEED = "train", "evaluation", "speed"  # what a departure touches
@@ -102,6 +103,14 @@ DEPARTURES: tuple[Departure, ...] = (
               lambda c, r: f"{r.get('attention')} instead of the preset's {r.get('configured_attention')} "
                            "(attention_fallback: no GPU)",
               lambda c, r: bool(r.get("configured_attention")), scope=EVALUATION),
+    Departure("train.attention_mask", "pad_id for NLVR2 (its collator masks every pad-id position, the "
+              "<|endoftext|> closing each turn too), length elsewhere",
+              lambda c, r: f"attention_mask {r.get('attention_mask', 'length')}",
+              lambda c, r: r.get("attention_mask", "length") != ("pad_id" if _task(c, r) == "nlvr2" else "length")),
+    Departure("UCF-101 ids", "numbered in glob order (the file system's listing order)",
+              lambda c, r: "numbered over train, val, test with classes and files sorted (the same on every "
+                           "file system)",
+              lambda c, r: _task(c, r) == "ucf101", is_setting=False),
     Departure("train.num_crops", "16, 4 for UCF-101",
               lambda c, r: f"num_crops {r.get('num_crops')}",
               lambda c, r: r.get("num_crops") != RECIPE_NUM_CROPS.get(_task(c, r), 16)),
@@ -132,6 +141,11 @@ DEPARTURES: tuple[Departure, ...] = (
     Departure("evaluation.max_new_tokens", "64",
               lambda c, r: f"at most {_evaluation(c).get('max_new_tokens')} new tokens",
               lambda c, r: _evaluation(c).get("max_new_tokens", 64) != 64, scope=EVALUATION),
+    Departure("evaluation.base_precision", "each run's script evaluates the model as it loads it before "
+              "training: bf16 with flash attention, fp32 with eager, 4-bit for QLoRA",
+              lambda c, r: f"the base model evaluated once per dataset, in {_evaluation(c).get('base_precision')} "
+                           f"with {_evaluation(c).get('base_attention')} attention",
+              lambda c, r: r.get("run") == BASE_RUN, scope=EVALUATION),
     # ---- fixed behaviours of this project -------------------------------------------------------
     Departure("LoRA evaluation", "the adapter loaded unmerged onto the base reloaded without quantisation",
               lambda c, r: "evaluated on the adapter merged into the unquantised base in fp32, then loaded in "
@@ -145,14 +159,6 @@ DEPARTURES: tuple[Departure, ...] = (
               lambda c, r: "the turn and answer drawn per visit are seeded by (seed, epoch, index), so "
                            "resuming redraws the same",
               lambda c, r: r.get("train_turns") == "one_random", is_setting=False),
-    Departure("train.attention_mask", "pad_id for NLVR2 (its collator masks every pad-id position, the "
-              "<|endoftext|> closing each turn too), length elsewhere",
-              lambda c, r: f"attention_mask {r.get('attention_mask', 'length')}",
-              lambda c, r: r.get("attention_mask", "length") != ("pad_id" if _task(c, r) == "nlvr2" else "length")),
-    Departure("UCF-101 ids", "numbered in glob order (the file system's listing order)",
-              lambda c, r: "numbered over train, val, test with classes and files sorted (the same on every "
-                           "file system)",
-              lambda c, r: _task(c, r) == "ucf101", is_setting=False),
     Departure("DDP unused parameters", "ddp_find_unused_parameters=False",
               lambda c, r: "DDP with find_unused_parameters=True (a micro-batch without images leaves the "
                            "vision tower without gradients)",
@@ -195,8 +201,7 @@ NOT_DEPARTURES = {
     "train.max_train_samples": "a limit the row's note states",
     "train.report_to": "experiment trackers change no number",
     "evaluation.max_samples": "the n under each table",
-    "evaluation.base_precision": "stated with the base model's line",
-    "evaluation.base_attention": "stated with the base model's line",
+    "evaluation.base_attention": "in the evaluation.base_precision note",
     "evaluation.configured_base_attention": "stated with the base model's line",
 }
 
