@@ -103,6 +103,8 @@ def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for name, p in params if name in decayed], "weight_decay": run.weight_decay},
               {"params": [p for name, p in params if name not in decayed], "weight_decay": 0.0}]
+    # an empty group (frozen_vision trains no bias or LayerNorm) would be dropped by DeepSpeed, not by the scheduler
+    groups = [group for group in groups if group["params"]]
     return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7)
 
 

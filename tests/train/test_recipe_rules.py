@@ -124,6 +124,9 @@ def test_weight_decay_groups_are_the_recipes_transformers(tiny_base):
 
     model = build_model(base_run(), str(tiny_base))
     decay, no_decay = make_optimizer(model, base_run()).param_groups
+    frozen = build_model(base_run(strategy="frozen_vision"), str(tiny_base))
+    # frozen_vision trains no bias or LayerNorm: one group, none empty (DeepSpeed would drop it)
+    assert [len(g["params"]) > 0 for g in make_optimizer(frozen, base_run()).param_groups] == [True]
     names = {id(param): name for name, param in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     exempt = {names[id(p)] for p in no_decay["params"]}
