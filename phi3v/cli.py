@@ -4,6 +4,7 @@
     phi3v validate DATASET_FOLDER NAME
     phi3v merge-lora BASE_MODEL ADAPTER_DIR OUT_DIR
     phi3v plan --preset paper --gpu-memory-gib 80 --gpus-per-node 8
+    phi3v convert-ucf101 --out_dir ./ucf101 --tmp_dir /tmp/ucf101
 
 A mistake in the arguments or the inputs prints one line on stderr and exits with status 2.
 """
@@ -153,6 +154,26 @@ def plan(args) -> str:
     return title + markdown_table(memory_plan.plan_rows(resolved, card_gib), card_gib)
 
 
+# ---- convert-ucf101 ------------------------------------------------------------------------------
+
+def convert_ucf101(args) -> str:
+    """The recipe's convert_ucf101.py: download the subset's archive into --tmp_dir (which must not
+    exist, as there), convert it into --out_dir, then remove --tmp_dir."""
+    import shutil
+
+    from phi3v.data.sources.ucf101 import convert_ucf101 as convert, download_ucf101
+
+    tmp_dir = Path(args.tmp_dir)
+    if tmp_dir.exists():
+        raise UserError(f"--tmp_dir {tmp_dir} exists — give a path that does not (it is removed afterwards)")
+    try:
+        download_ucf101(tmp_dir)
+        counts = convert(tmp_dir, args.out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return f"UCF-101 in {args.out_dir}: " + ", ".join(f"{split}: {n['records']}" for split, n in counts.items())
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan_.add_argument("--gpus-per-node", type=positive_int, help="GPUs a node (default: the config's)")
     plan_.add_argument("--nodes", type=positive_int, help="nodes (default: the config's)")
     plan_.set_defaults(handler=plan)
+
+    ucf = commands.add_parser("convert-ucf101", help="the recipe's convert_ucf101.py (download and convert)",
+                              description="Download the recipe's UCF-101 subset and convert it to the recipe's "
+                                          "format: ucf101_{train,val,test}.jsonl and 8 frames a video under images/.")
+    ucf.add_argument("--out_dir", default="./ucf101", help="the converted folder (default %(default)s)")
+    ucf.add_argument("--tmp_dir", default="/tmp/ucf101", help="download folder, must not exist; removed afterwards "
+                                                             "(default %(default)s)")
+    ucf.set_defaults(handler=convert_ucf101)
     return parser
 
 

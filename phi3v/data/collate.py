@@ -22,11 +22,13 @@ def _images_of(examples: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor | No
 
 
 def collate_padded(
-    examples: Sequence[Mapping[str, Any]], pad_token_id: int, padding_side: str = "right"
+    examples: Sequence[Mapping[str, Any]], pad_token_id: int, padding_side: str = "right",
+    mask_pad_id: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Pad examples to the longest: `input_ids`, `attention_mask`, `labels` (B, T) plus images.
 
-    Padding gets `pad_token_id`, attention 0 and label -100.
+    Padding gets `pad_token_id`, attention 0 and label -100. `mask_pad_id`: attention 0 wherever the
+    id is `pad_token_id`, inside a sample too (the recipe's NLVR2 collator, `attention_mask: pad_id`).
     """
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
@@ -41,6 +43,8 @@ def collate_padded(
         input_ids[row, span] = torch.as_tensor(ex["input_ids"])
         attention_mask[row, span] = 1
         labels[row, span] = torch.as_tensor(ex["labels"])
+    if mask_pad_id:
+        attention_mask = (input_ids != pad_token_id).long()
     pixel_values, image_sizes = _images_of(examples)
     return {
         "input_ids": input_ids,

@@ -11,7 +11,7 @@ process writes.
     python -m phi3v.evaluation.evaluate --model-dir results/runs/docvqa/full-bf16-sdpa/model \\
         --data-dir results/data/docvqa --dataset docvqa --split test --metric anls \\
         --out-dir results/eval/docvqa/full-bf16-sdpa --run-name full-bf16-sdpa \\
-        --num-crops 16 --precision bf16 --attention sdpa --batch-size 8
+        --num-crops 16 --precision bf16 --attention sdpa --batch-size 1
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ from tqdm.auto import tqdm
 
 from phi3v.errors import UserError, entry_point
 from phi3v.data.records import normalize_answer
-from phi3v.evaluation.metrics import accuracy, anls, anls_lmms_eval, anls_official
+from phi3v.evaluation.metrics import accuracy, anls_lmms_eval, anls_official, recipe_anls
 from phi3v.evaluation import statistics
 from phi3v.files import write_json_atomic, write_text_atomic
 from phi3v.layout import PREDICTIONS, SCORES
 from phi3v.training.run_config import PRECISIONS, torch_dtype
 
 METRICS = ("anls", "accuracy")
+# eos: the tokenizer's eos only (the recipe's scripts); end_and_eos: also `<|end|>` (fewer tokens generated)
+STOP_TOKENS = ("eos", "end_and_eos")
 # fp32: how the recipe evaluates an fp16 LoRA run (adapter on the base reloaded in fp32)
 EVAL_PRECISIONS = PRECISIONS + ("fp32",)
 
@@ -56,9 +58,9 @@ RECIPE_DOCVQA_SUFFIX = "\nAnswer briefly."
 
 
 def score_prediction(prediction: str, answers: Sequence[str], metric: str) -> float:
-    """The table's metric for one sample, in [0, 1]: recipe ANLS for `anls`, exact match otherwise."""
+    """The table's metric for one sample, in [0, 1]: the recipe's ANLS for `anls`, exact match otherwise."""
     if metric == "anls":
-        return anls(prediction, answers, case_sensitive=True)
+        return recipe_anls(prediction, answers)
     return accuracy(prediction, answers)
 
 
@@ -151,13 +153,15 @@ def merge_answers(rows: Sequence[dict]) -> list[dict]:
 
 
 def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tokens: int,
-                    max_samples: int | None, lmms_eval: bool = False) -> None:
+                    max_samples: int | None, lmms_eval: bool = False, stop_tokens: str = "eos") -> None:
     """Refuse bad settings before any work (the model checks the attention kernel itself)."""
     if metric not in METRICS:
         raise UserError(f"metric = {metric!r} is not known: use one of {', '.join(METRICS)}")
     if lmms_eval and metric != "anls":
         raise UserError(f"lmms_eval = true needs metric anls (lmms-eval's DocVQA protocol), not {metric!r}: "
                         "turn it on for DocVQA datasets only")
+    if stop_tokens not in STOP_TOKENS:
+        raise UserError(f"stop_tokens = {stop_tokens!r} is not known: use one of {', '.join(STOP_TOKENS)}")
     if precision not in EVAL_PRECISIONS:
         raise UserError(f"precision = {precision!r} is not known: use one of {', '.join(EVAL_PRECISIONS)}")
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
@@ -180,19 +184,30 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device_type="cpu", dtype=torch_dtype(precision))
 
 
-def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device):
+def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device,
+               quantization_config=None):
+    """The model in the evaluation precision; `quantization_config`: 4-bit, as the recipe's QLoRA
+    scripts evaluate the base before training."""
     from phi3v.modeling_phi3v import Phi3VForCausalLM
     from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
     if not (Path(model_dir) / "config.json").is_file():
         raise UserError(f"{model_dir} is not a model folder (no config.json): train the run first")
+    placement = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
     model = Phi3VForCausalLM.from_pretrained(
-        model_dir, dtype=weights_dtype(precision, device), attn_implementation=attention
+        model_dir, dtype=weights_dtype(precision, device), attn_implementation=attention, **placement
     )
-    model.to(device).eval()
+    if not quantization_config:  # bitsandbytes placed it already
+        model.to(device)
+    model.eval()
     processor = Phi3VProcessor.from_pretrained(model_dir)
     check_compatible(model, processor, str(model_dir))
     return model, processor
+
+
+def stop_token_ids(processor, stop_tokens: str) -> list[int]:
+    """The ids generation stops at (`STOP_TOKENS`)."""
+    return [processor.tokenizer.eos_token_id] if stop_tokens == "eos" else processor.stop_token_ids
 
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -230,7 +245,7 @@ def lmms_eval_prompt(prompt_user: str) -> str:
 @torch.inference_mode()
 def generate_answers(model, processor, examples: Sequence, *, num_crops: int, max_new_tokens: int,
                      batch_size: int, precision: str, device: torch.device,
-                     progress: bool = True, yes_no_ids: tuple[int, int] | None = None,
+                     progress: bool = True, yes_no_ids: tuple[int, int] | None = None, stop_tokens: str = "eos",
                      ) -> list[str] | tuple[list[str], list[float]]:
     """Greedy answers (new tokens only, special tokens skipped) for each example, in order.
 
@@ -251,7 +266,8 @@ def generate_answers(model, processor, examples: Sequence, *, num_crops: int, ma
                 inputs["pixel_values"] = inputs["pixel_values"].to(weights_dtype(precision, device))
             with precision_context(precision, device):
                 output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                        eos_token_id=processor.stop_token_ids, pad_token_id=processor.pad_token_id,
+                                        eos_token_id=stop_token_ids(processor, stop_tokens),
+                                        pad_token_id=processor.pad_token_id,
                                         return_dict_in_generate=True, output_logits=yes_no_ids is not None)
             new_tokens = output.sequences[:, inputs["input_ids"].shape[1]:]  # (B, new) after left-padded prompts
             answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
@@ -291,6 +307,8 @@ def evaluate(
     max_samples: int | None = None,
     auroc: bool = False,
     lmms_eval: bool = False,
+    stop_tokens: str = "eos",
+    quantization_config=None,
     progress: bool = True,
 ) -> dict:
     """Answer every sample of `<data_dir>/<dataset_name>_<split>.jsonl` and score the answers.
@@ -305,7 +323,8 @@ def evaluate(
     # Under torchrun this joins the process group (NCCL on GPUs, gloo on CPUs); alone it is one process.
     state = PartialState()
     check_arguments(metric=metric, precision=precision, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, max_samples=max_samples, lmms_eval=lmms_eval)
+                    max_new_tokens=max_new_tokens, max_samples=max_samples, lmms_eval=lmms_eval,
+                    stop_tokens=stop_tokens)
     eval_jsonl = split_path(data_dir, dataset_name, split)
     train_jsonl = split_path(data_dir, dataset_name, "train")
     for path in (eval_jsonl, train_jsonl):
@@ -316,16 +335,16 @@ def evaluate(
         raise UserError(f"{eval_jsonl} has no records: there is nothing to evaluate")
     majority = majority_answer(train_jsonl)
 
-    model, processor = load_model(model_dir, precision, attention, state.device)
+    model, processor = load_model(model_dir, precision, attention, state.device, quantization_config)
     yes_no_ids = yes_no_token_ids(processor, examples) if auroc else None
     generation = dict(num_crops=num_crops, precision=precision, device=state.device,
                       progress=progress and state.is_main_process)
     with state.split_between_processes(examples) as mine:  # a contiguous slice per process
-        predictions = generate_answers(model, processor, mine, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, yes_no_ids=yes_no_ids, **generation)
+        predictions = generate_answers(model, processor, mine, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                       yes_no_ids=yes_no_ids, stop_tokens=stop_tokens, **generation)
         predictions, yes_probabilities = predictions if auroc else (predictions, None)
         lmms_eval_predictions = None
-        if lmms_eval:
+        if lmms_eval:  # lmms-eval's protocol: its prompt, one example at a time, the tokenizer's eos
             lmms_examples = [dataclasses.replace(e, prompt_user=lmms_eval_prompt(e.prompt_user)) for e in mine]
             lmms_eval_predictions = generate_answers(model, processor, lmms_examples, batch_size=1,
                                                      max_new_tokens=LMMS_EVAL_MAX_NEW_TOKENS, **generation)
@@ -355,7 +374,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-crops", type=int, required=True)
     parser.add_argument("--precision", required=True, choices=EVAL_PRECISIONS)
     parser.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLEMENTATIONS)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=1, help="the recipe's: 1 (default)")
+    parser.add_argument("--stop-tokens", default="eos", choices=STOP_TOKENS,
+                        help="eos: the tokenizer's eos only, as the recipe (default); end_and_eos: also <|end|>")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--auroc", action="store_true", help='also the AUROC of the probability of "yes" (yes/no tasks)')
@@ -372,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         split=args.split, metric=args.metric, out_dir=args.out_dir, run_name=args.run_name,
         num_crops=args.num_crops, precision=args.precision, attention=args.attention,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        max_samples=args.max_samples, auroc=args.auroc, lmms_eval=args.lmms_eval,
+        max_samples=args.max_samples, auroc=args.auroc, lmms_eval=args.lmms_eval, stop_tokens=args.stop_tokens,
     )
     if PartialState().is_main_process:
         print(json.dumps(summary(scores), indent=2, ensure_ascii=False))

@@ -58,6 +58,19 @@ def anls(
     return best
 
 
+def recipe_anls(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
+    """ANLS exactly as the recipe's DocVQA script scores one question: the prediction stripped of
+    whitespace, then of dots at both ends (`.strip().strip('.')`); the gold answers as they are;
+    case-sensitive; an empty prediction scores 0."""
+    if isinstance(answers, str):
+        answers = [answers]
+    prediction = prediction.strip().strip(".")
+    if not prediction:
+        return 0.0
+    distances = [normalized_levenshtein(prediction, gold) for gold in answers]
+    return max((1.0 - d for d in distances if d < threshold), default=0.0)
+
+
 def mean_anls(
     predictions: Sequence[str],
     answers: Sequence[Sequence[str]],

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from phi3v.layout import ReportInputs
-from phi3v.data import recipe_train_turns
-from phi3v.training.run_config import RunConfig, Strategy, evaluation_precision
+from phi3v.reporting.departures import table_notes
+from phi3v.layout import BASE_RUN, ReportInputs
+from phi3v.training.run_config import Strategy
 from phi3v.reporting.recipe_tables import (
     RECIPE_TABLE_MODEL,
     CHECK_MARK,
@@ -20,7 +20,6 @@ from phi3v.reporting.table_format import (
     MISSING,
     TableDocument,
     extend_header,
-    fallback_notes,
     format_learning_rate,
     model_label,
     skip_note,
@@ -35,9 +34,10 @@ METRIC_TITLE = {"anls": "ANLS", "accuracy": "Accuracy"}
 DATASET_TITLE = {"ucf101": "UCF-101 (10-class subset)"}
 
 ANLS_NOTE = (
-    "ANLS in the table: the recipe's definition (case-sensitive; whitespace and trailing dots "
-    "stripped; threshold 0.5), in percent. `ANLS (official)`: the DocVQA definition (lower-cased, "
-    "stripped, inner whitespace collapsed, nothing else; NL < 0.5 scores 1 - NL)."
+    "ANLS in the table: the recipe's script's definition (the prediction stripped of whitespace, then "
+    "of dots at both ends; the gold answers as they are; case-sensitive; threshold 0.5), in percent. "
+    "`ANLS (official)`: the DocVQA definition (lower-cased, stripped, inner whitespace collapsed, nothing "
+    "else; NL < 0.5 scores 1 - NL)."
 )
 LMMS_EVAL_NOTE = (
     "`ANLS (lmms-eval)`: the same model answering as lmms-eval's `docvqa_val` asks (the question, then "
@@ -93,20 +93,6 @@ def differences_from_recipe(row: AccuracyRow, run: dict) -> list[str]:
     if row.lora_alpha is not None and run.get("lora_alpha") != row.lora_alpha:
         notes.append(f"LoRA alpha {run.get('lora_alpha')}")
     return notes + limit_notes(run)
-
-
-def option_notes(config: dict, run: dict) -> list[str]:
-    """The named options by which `run` departs from the recipe (phi3v.training.run_config.RunConfig)."""
-    notes = []
-    task = (config.get("datasets") or {}).get(run["dataset"], {}).get("task")
-    recipe_turns = recipe_train_turns(task)
-    if run.get("train_turns", recipe_turns) != recipe_turns:
-        notes.append(f"train_turns {run['train_turns']} (the recipe: {recipe_turns})")
-    if run["strategy"] == "frozen_vision" and run.get("freeze_token_embeddings") is False:
-        notes.append("token embeddings trained (freeze_token_embeddings: false)")
-    if run.get("lora_on_vision") is False:
-        notes.append("LoRA on the language model only (lora_on_vision: false)")
-    return notes + fallback_notes(run)
 
 
 def warmup_note(run: dict, metrics: dict) -> list[str]:
@@ -206,15 +192,14 @@ def base_lines(config: dict, inputs: ReportInputs, dataset: str, runs: Sequence[
         f"{others}. "
         f"Majority baseline (always the train split's most frequent answer): "
         f"{format_estimate(estimate([base], 'majority_baseline', label), decimals)}. "
-        f"Evaluated on the `{base.get('split')}` split, n = {base['n']}."
-        + "".join(f" Attention: {note}." for note in fallback_notes(base_evaluation(config))),
+        f"Evaluated on the `{base.get('split')}` split, n = {base['n']}.",
     ]
 
 
 def base_evaluation(config: dict) -> dict:
-    """The base model's evaluation settings as a row (`attention`, `configured_attention`)."""
+    """The base model's evaluation as a row (`run`, `attention`, `configured_attention`)."""
     evaluation = config.get("evaluation") or {}
-    return {"attention": evaluation.get("base_attention"),
+    return {"run": BASE_RUN, "attention": evaluation.get("base_attention"),
             "configured_attention": evaluation.get("configured_base_attention")}
 
 
@@ -236,7 +221,7 @@ def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) 
         delta = format_delta_with_interval(score, reference, decimals) if reference else MISSING
         cells = [format_estimate(score, decimals), reference or MISSING, delta]
         cells += [format_estimate(estimate(scores, key, label), decimals) for key in others.values()]
-        differences = differences + option_notes(config, run) + warmup_note(run, results[0].metrics)
+        differences = differences + warmup_note(run, results[0].metrics)
         return cells + [mean_final_loss(results), run_note(run, differences)]
 
     matched = match_accuracy_rows(runs, table)
@@ -266,7 +251,7 @@ def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) 
         body += ["", f"The recipe's values in this table were measured with `{RECIPE_TABLE_MODEL}`; "
                      f"these runs started from {dataset_model_label(config, table.dataset)} (set "
                      f"`datasets.{table.dataset}.model` to `{RECIPE_TABLE_MODEL}` to reproduce them on it)."]
-    body += lora_evaluation_note(runs)
+    body += table_notes(config, runs, base=base_evaluation(config))
     return TableDocument(table.file_name, table.title, body, sources)
 
 
@@ -276,21 +261,6 @@ def dataset_model_label(config: dict, dataset: str) -> str:
     if own and own.get("id") != (config.get("model") or {}).get("id"):
         return f"`{own['id']}`" + (f" @ {own['revision']}" if own.get("revision") else "")
     return model_label(config)
-
-
-def lora_evaluation_note(runs: Sequence[dict]) -> list[str]:
-    """How LoRA rows were evaluated, beside how the recipe evaluates them."""
-    lora = [run for run in runs if Strategy(run["strategy"]).is_lora and run.get("skip_reason") is None]
-    if not lora:
-        return []
-    def evaluated_in(run: dict) -> str:
-        return evaluation_precision(RunConfig(**{k: v for k, v in run.items() if k in RunConfig.fields()}))
-
-    precisions = sorted(f"`{run['run']}` in {evaluated_in(run)}" for run in lora)
-    return ["", "LoRA/QLoRA rows: evaluated on the adapter merged into the unquantised base in fp32, then "
-                f"loaded in the precision the recipe evaluates them in ({', '.join(precisions)}); the recipe "
-                "loads the adapter unmerged onto the base reloaded without quantisation: the same function "
-                "up to rounding."]
 
 
 def mean_final_loss(results: Sequence) -> str:
@@ -312,10 +282,11 @@ def extra_document(config: dict, inputs: ReportInputs, dataset: str) -> TableDoc
         results = read_seed_results(inputs, run, sources)
         score = estimate([result.scores for result in results], "score", f"run {dataset}/{run['run']}")
         rows.append([*run_cells(EXTRA_COLUMNS, run), format_estimate(score, decimals), mean_final_loss(results),
-                     run_note(run, limit_notes(run) + option_notes(config, run) + warmup_note(run, results[0].metrics))])
+                     run_note(run, limit_notes(run) + warmup_note(run, results[0].metrics))])
     columns = [*EXTRA_COLUMNS, METRIC_TITLE.get(metric, metric), "Final loss", "Note"]
     body = table_lines(columns, rows)
     body += ["", *base_lines(config, inputs, dataset, runs, decimals, sources)]
     body += ["", "The recipe publishes no table for this task: no reference values.", "", UNCERTAINTY_NOTE]
+    body += table_notes(config, runs, base=base_evaluation(config))
     title = DATASET_TITLE.get(dataset, dataset)
     return TableDocument(f"{dataset}.md", title, body, sources)

@@ -152,14 +152,31 @@ def apply_lora(model, run: RunConfig):
 
     QLoRA as the recipe: the NF4 base as loaded, no `prepare_model_for_kbit_training` (it would cast
     the unquantised weights to fp32 and make the inputs require grad); non-reentrant checkpointing
-    needs neither.
+    needs neither. `adapter_dtype: base` keeps the adapters in the base weights' dtype, as the
+    recipe's `add_adapter` (peft 0.11) did; `fp32` upcasts them (current peft's default).
     """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
                         target_modules=lora_targets(run), init_lora_weights="gaussian",
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config, autocast_adapter_dtype=run.adapter_dtype == "fp32")
+    if run.adapter_dtype == "base":
+        adapters_in_base_dtype(model)
+    return model
+
+
+def adapters_in_base_dtype(model) -> None:
+    """Each adapter in its base weight's dtype, or fp32 over a 4-bit weight: what peft 0.11 (the recipe's
+    `add_adapter`) did; current peft puts them in the 4-bit layers' compute dtype instead."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+            for adapters in (module.lora_A, module.lora_B):
+                adapters.to(dtype)
 
 
 def build_model(run: RunConfig, base_model: str, device: torch.device | None = None):

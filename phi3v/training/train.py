@@ -3,8 +3,10 @@
     torchrun --nproc_per_node=N -m phi3v.training.train --run-json RUN --base-model DIR --data-dir DIR \\
         --dataset NAME --out-dir DIR --checkpoint-dir DIR
 
-Loss of an optimiser step: the mean over the supervised tokens of the whole effective batch (all
-micro-batches of all processes), so padding, packing or the process count never change it.
+Loss of an optimiser step (`RunConfig.loss_reduction`), over the whole effective batch (all
+micro-batches of all processes), so padding, packing, accumulation or the process count never change
+it: `sample_mean` (the recipe's) is the mean over samples of each sample's own token mean;
+`token_mean` is the mean over all supervised tokens.
 Data order: a permutation of the training set per epoch from (seed, epoch); optimiser step s takes
 the next `batch_size` samples, each process its slice, as `accumulation` micro-batches of
 `per_device_batch_size` samples (padded, or packed into one row). Resuming at step s therefore
@@ -90,12 +92,24 @@ def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None, *, fin
                        **trackers.accelerator_options(run, tracker_dir))
 
 
+def decay_parameter_names(model) -> set[str]:
+    """Parameters that take weight decay, by the recipe's transformers (4.38-4.43): all but biases and
+    nn.LayerNorm weights, so RMSNorm weights, CLIP's class_embedding and the separators are decayed."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    return {name for name in get_parameter_names(model, [torch.nn.LayerNorm]) if "bias" not in name}
+
+
 def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
-    """The recipe's AdamW; no weight decay on biases and norms (1-D tensors), as transformers does."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": run.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7, fused=fused_adamw(params))
+    """The recipe's AdamW with the recipe's weight-decay groups (`decay_parameter_names`)."""
+    decayed = decay_parameter_names(model)
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for name, p in params if name in decayed], "weight_decay": run.weight_decay},
+              {"params": [p for name, p in params if name not in decayed], "weight_decay": 0.0}]
+    # an empty group (frozen_vision trains no bias or LayerNorm) would be dropped by DeepSpeed, not by the scheduler
+    groups = [group for group in groups if group["params"]]
+    return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7,
+                             fused=fused_adamw([p for _, p in params]))
 
 
 def fused_adamw(params) -> bool | None:
@@ -160,12 +174,25 @@ def collate_for(run: RunConfig, pad_token_id: int):
     kernel's sample boundaries), or a padded (B, T) batch."""
     if run.packing:
         return functools.partial(collate_packed, flash_attention=run.attention == "flash_attention_2")
-    return functools.partial(collate_padded, pad_token_id=pad_token_id)
+    return functools.partial(collate_padded, pad_token_id=pad_token_id, mask_pad_id=run.attention_mask == "pad_id")
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
     """Tokens the loss counts: labels shift by one, so position 0 is never a target."""
     return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+def loss_items(batch: dict, loss_reduction: str) -> torch.Tensor:
+    """What the loss averages over in a collated batch: supervised tokens (`token_mean`) or samples
+    with at least one supervised token (`sample_mean`; packed rows hold several samples)."""
+    if loss_reduction == "token_mean":
+        return supervised_tokens(batch["labels"])
+    from phi3v.modeling_phi3v import sample_segments
+
+    labels = batch["labels"]
+    supervised = labels[:, 1:] != IGNORE_INDEX
+    samples = sample_segments(labels, batch.get("position_ids"))[:, 1:][supervised].unique()
+    return torch.tensor(samples.numel())
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -280,16 +307,16 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(accumulation)]  # kept on the host until their turn
-        # every process needs the effective batch's token count before its first backward
-        window_tokens = accelerator.reduce(
-            sum(supervised_tokens(b["labels"]) for b in micro).to(accelerator.device), "sum")
+        # every process needs the effective batch's token (or sample) count before its first backward
+        window_items = accelerator.reduce(
+            sum(loss_items(b, run.loss_reduction) for b in micro).to(accelerator.device), "sum")
         step_loss = torch.zeros((), device=accelerator.device)
         for batch in micro:
             batch = to_device(batch, accelerator.device, input_dtype)
             with accelerator.accumulate(model):
                 with autocast:
-                    # loss = this micro-batch's token-loss sum / the effective batch's token count
-                    loss = model(**batch, num_items_in_batch=window_tokens).loss
+                    # loss = this micro-batch's token-loss (or sample-mean) sum / the effective batch's count
+                    loss = model(**batch, num_items_in_batch=window_items, loss_reduction=run.loss_reduction).loss
                 # Accelerate/DeepSpeed divide by `accumulation`, DDP averages over processes: undo both
                 scaled = loss * (accumulation * accelerator.num_processes)
                 accelerator.backward(scaler.scale(scaled) if scaler else scaled)

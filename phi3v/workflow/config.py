@@ -353,6 +353,7 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
         "precision": precision,
         "attention": attention,
         "batch_size": evaluation["batch_size"],
+        "stop_tokens": evaluation["stop_tokens"],
         "max_new_tokens": evaluation["max_new_tokens"],
         "max_samples": evaluation["max_samples"],
         "auroc": data.get("task") == "hateful_memes",  # the dataset's official metric

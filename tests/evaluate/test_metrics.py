@@ -7,6 +7,7 @@ import pytest
 from phi3v.evaluation.metrics import (
     accuracy,
     anls,
+    recipe_anls,
     anls_lmms_eval,
     anls_official,
     mean_anls,
@@ -115,9 +116,9 @@ def test_official_anls_worked_by_hand():
 
 
 def test_official_anls_differs_from_the_recipe_where_the_definitions_differ():
-    assert anls("Paris", ["paris"]) == pytest.approx(0.8)  # recipe: case-sensitive, 1 edit over 5
+    assert recipe_anls("Paris", ["paris"]) == pytest.approx(0.8)  # recipe: case-sensitive, 1 edit over 5
     assert anls_official("Paris", ["paris"]) == 1.0
-    assert anls("Paris.", ["Paris"]) == 1.0  # recipe: trailing dots stripped
+    assert recipe_anls("Paris.", ["Paris"]) == 1.0  # recipe: the prediction's dots stripped
     assert anls_official("Paris.", ["Paris"]) == pytest.approx(5 / 6)
 
 
@@ -189,3 +190,10 @@ def test_bootstrap_over_seeds_averages_each_resample():
     assert both == bootstrap_interval([mean_of_counts([0.5, 0.0, 1.0, 1.0])], 4)
     counts = resample_counts(4)
     assert counts.shape[1] == 4 and (counts.sum(axis=1) == 4).all()
+def test_recipe_anls_strips_the_prediction_only_and_keeps_case():
+    """The recipe's DocVQA script: prediction `.strip().strip('.')`, gold answers as they are."""
+    assert recipe_anls(" .5 pm. ", ["5 pm"]) == 1.0  # dots stripped at both ends of the prediction
+    assert recipe_anls("5 pm", ["5 pm."]) == pytest.approx(1 - 1 / 5)  # the gold's dot stays
+    assert recipe_anls("5 pm", [" 5 pm"]) == pytest.approx(1 - 1 / 5)  # so does its whitespace
+    assert recipe_anls("Paris", ["paris"]) == pytest.approx(1 - 1 / 5)  # case-sensitive
+    assert recipe_anls(" . ", ["x"]) == 0.0 and recipe_anls("abcd", ["abxy"]) == 0.0
