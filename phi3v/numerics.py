@@ -20,6 +20,9 @@ every probe of an ATen or oneDNN kernel agrees under the caps. What differed, an
   GEMMs off the AMD path; and its bf16xbf16->fp32 GEMM inside the CPU flash-attention kernel (bf16
   SDPA), which no MKL setting on the Intel machine makes match (the demo's pre-training first
   differs at step 16). A 3-step MLP + AdamW probe (MKL GEMMs, oneDNN's fp32 GELU) differs too.
+The model's forward therefore runs attention through SDPA's math kernel on a pinned CPU
+(`pin_attention_kernel`): it computes in fp32 through MKL's SGEMM, which the pin covers, and the
+golden's trainings then call no other MKL function (`MKL_VERBOSE=1`).
 `python -m phi3v.training.numerics_golden --compare tests/numerics/golden.json` checks a machine
 against the committed golden and names the kernels that differ.
 
@@ -69,6 +72,22 @@ def pin(env: MutableMapping[str, str] = os.environ) -> None:
     # OpenMP read its thread count when torch was loaded; a torch imported before us is told again.
     if env is os.environ and "torch" in sys.modules:
         set_threads(int(env[THREADS_VARIABLE]))
+
+
+def pin_attention_kernel(device) -> None:
+    """Under pinned numerics, a process computing on the CPU runs scaled-dot-product attention
+    through its math kernel (the model's forward calls this). The CPU flash kernel's bf16 GEMM takes
+    MKL's vendor-dependent path, which no MKL setting pins; the math kernel computes in fp32 through
+    MKL's SGEMM, which `MKL_CBWR=AVX2,STRICT` pins. The switch is process-wide, not a context, so
+    gradient checkpointing's recomputation in the backward takes the same kernel; it also turns off
+    CUDA's flash kernel, which a process computing on the CPU does not use. GPUs and
+    `PHI3V_NUMERICS=native` keep the fastest kernel."""
+    if getattr(device, "type", device) != "cpu" or mode() == NATIVE:
+        return
+    import torch
+
+    if torch.backends.cuda.flash_sdp_enabled():  # the flag both CPU and CUDA kernel choices read
+        torch.backends.cuda.enable_flash_sdp(False)
 
 
 def set_threads(threads: int) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from phi3v import numerics
 from phi3v.errors import UserError, entry_point
@@ -61,6 +62,8 @@ def probes() -> dict[str, str]:
         # the flash kernel's blocked path at demo lengths: MKL's bf16/fp16 GEMM (not covered by 50 tokens)
         q, k, v = (seeded(1, 4, 600, 16, dtype=dtype, seed=s) for s in (40, 41, 42))
         out[f"sdpa_causal_600.{n}"] = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        with sdpa_kernel(SDPBackend.MATH):  # what the model's forward runs (numerics.pin_attention_kernel)
+            out[f"sdpa_model_600.{n}"] = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         out[f"softmax.{n}"] = torch.softmax(seeded(8, 300, dtype=dtype, seed=13), dim=-1)
         h = seeded(4, 50, 96, dtype=dtype, seed=14)
         weight, bias = seeded(96, dtype=dtype, seed=15), seeded(96, dtype=dtype, seed=16)

@@ -50,3 +50,29 @@ def test_a_machine_with_other_bits_is_told_which_kernel_and_which_step():
     message = report(golden, other, "tests/numerics/golden.json")
     assert "Other CPU" in message and REGENERATE in message
     assert differences(golden, copy.deepcopy(golden)) == []
+
+
+ATTENTION_KERNEL_AFTER_A_FORWARD = """
+import torch
+import phi3v
+from phi3v.configuration_phi3v import Phi3VConfig
+from phi3v.modeling_phi3v import Phi3VForCausalLM
+
+assert torch.backends.cuda.flash_sdp_enabled()
+model = Phi3VForCausalLM.random_init(Phi3VConfig.tiny(vocab_size=64), attn_implementation="sdpa")
+model(input_ids=torch.tensor([[5, 6, 7]]))
+print(torch.backends.cuda.flash_sdp_enabled())
+"""
+
+
+def test_a_pinned_cpu_process_runs_attention_through_the_math_kernel():
+    """The CPU flash kernel's bf16 GEMM is MKL's vendor-dependent path: pinned, the forward turns it off."""
+    def flash_after_forward(mode: str) -> str:
+        env = {**os.environ, "PHI3V_NUMERICS": mode}
+        done = subprocess.run([sys.executable, "-c", ATTENTION_KERNEL_AFTER_A_FORWARD], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+    assert flash_after_forward("pinned") == "False"
+    assert flash_after_forward("native") == "True"
