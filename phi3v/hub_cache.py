@@ -9,7 +9,8 @@ repositories once. It holds small stand-ins in the real file layouts:
   tokenizer and preprocessor configs. The release's remote-code `.py` files are stand-ins that refuse to run.
 - `microsoft/Phi-3-vision-128k-instruct`: the same in its own release's settings (128k positions with `su`
   rope scaling, num_crops 16), the model of the recipe's DocVQA and Hateful Memes tables.
-- `nielsr/docvqa_1200_examples`, `HuggingFaceM4/the_cauldron` (`docvqa`, `hateful_memes`, `nlvr2`) and
+- `nielsr/docvqa_1200_examples`, `HuggingFaceM4/the_cauldron` (`docvqa`, `hateful_memes`, `nlvr2`),
+  `lmms-lab-encoder/DocVQA` (config `DocVQA`, validation only: lmms-eval's `docvqa_val`) and
   `sayakpaul/ucf101-subset`, written by the demo's synthesizers.
 
 The cache layout (`<repo folder>/{blobs,refs,snapshots,trees}`) follows huggingface_hub's documented format
@@ -54,6 +55,8 @@ DOCVQA_SIZES = {"train": 6, "test": 4}
 CAULDRON_SIZES = {"test": 3, "train": 5}  # `test` = the first rows of the hub's train split (convert with eval_size 3)
 CAULDRON_SHARDS = 2
 UCF101_SIZES = {"train": 2, "val": 1, "test": 1}
+DOCVQA_VAL_SIZE = 4
+DOCVQA_VAL_SHARDS = 2  # the hub's validation split has 6 shards: more than one, as there
 TINY_VOCAB_SIZE = 320
 
 
@@ -260,6 +263,18 @@ def cauldron_files(scratch: Path, seed: int) -> dict[str, bytes]:
     return files
 
 
+def docvqa_val_files(scratch: Path, seed: int) -> dict[str, bytes]:
+    """`lmms-lab-encoder/DocVQA`: `DocVQA/validation-0000k-of-0000n.parquet` (the hub names them without a hash)."""
+    raw = scratch / "docvqa_val"
+    docvqa.synthesize_docvqa_val(raw, seed, {docvqa.VAL_SPLIT: DOCVQA_VAL_SIZE})
+    (parquet,) = raw.glob(docvqa.VAL_PATTERN)
+    shards = _resharded(parquet, "validation", DOCVQA_VAL_SHARDS, scratch)
+    files = {"README.md": b"# DocVQA (local stand-in: config DocVQA, split validation)\n"}
+    for name, data in shards.items():
+        files[f"{docvqa.VAL_CONFIG}/{name.rsplit('-', 1)[0]}.parquet"] = data
+    return files
+
+
 def ucf101_files(scratch: Path, seed: int) -> dict[str, bytes]:
     raw = scratch / "ucf101"
     ucf101.synthesize_ucf101(raw, seed, UCF101_SIZES)
@@ -283,6 +298,7 @@ def write_test_hub(hf_home: str | os.PathLike, seed: int = 0) -> dict[str, str]:
                for release in RELEASES},
             (docvqa.REPO_ID, "dataset"): docvqa_files(scratch, seed),
             (cauldron.REPO_ID, "dataset"): cauldron_files(scratch, seed),
+            (docvqa.VAL_REPO_ID, "dataset"): docvqa_val_files(scratch, seed),
             (ucf101.HUB_REPO_ID, "dataset"): ucf101_files(scratch, seed),
         }
         commits = {repo_id: write_cached_repo(hub_dir, repo_id, files, repo_type=repo_type)

@@ -26,6 +26,7 @@ PROVENANCE = "provenance.json"
 TRACKERS = "trackers"  # experiment trackers' files in a run folder (not a Snakemake output)
 PREDICTIONS = "predictions.jsonl"
 SCORES = "scores.json"
+LMMS_EVAL = "lmms_eval"  # lmms-eval's protocol's evaluation, inside an evaluation folder
 BASE_RUN = "base"  # the evaluation name of the model before fine-tuning
 
 
@@ -102,6 +103,16 @@ class ResultsLayout:
     def scores(self, dataset: str, run: str) -> Path:
         return self.eval_dir(dataset, run) / SCORES
 
+    def lmms_eval_dir(self, dataset: str, run: str) -> Path:
+        """The same model answering lmms-eval's protocol (on its own split), beside the run's scores."""
+        return self.eval_dir(dataset, run) / LMMS_EVAL
+
+    def lmms_eval_predictions(self, dataset: str, run: str) -> Path:
+        return self.lmms_eval_dir(dataset, run) / PREDICTIONS
+
+    def lmms_eval_scores(self, dataset: str, run: str) -> Path:
+        return self.lmms_eval_dir(dataset, run) / SCORES
+
     def speed(self, row: str) -> Path:
         return self.root / "speed" / f"{row}.json"
 
@@ -142,10 +153,12 @@ def speed_key(row: str) -> str:
 
 
 def report_inputs(layout: ResultsLayout, evaluations: Iterable[tuple[str, str]], trained: Iterable[tuple[str, str]],
-                  speed_rows: Iterable[str]) -> dict[str, Path]:
-    """Input name -> path of every result the reports read: the scores of each evaluation, the
-    metrics, training log and provenance of each trained run, and each speed row."""
+                  speed_rows: Iterable[str], lmms_eval_evaluations: Iterable[tuple[str, str]] = ()) -> dict[str, Path]:
+    """Input name -> path of every result the reports read: the scores of each evaluation (and of its
+    lmms-eval protocol, when run), the metrics, training log and provenance of each trained run, and each speed row."""
     files = {run_key(dataset, run, "scores"): layout.scores(dataset, run) for dataset, run in evaluations}
+    files.update({run_key(dataset, run, LMMS_EVAL): layout.lmms_eval_scores(dataset, run)
+                  for dataset, run in lmms_eval_evaluations})
     for dataset, run in trained:
         files[run_key(dataset, run, "metrics")] = layout.metrics(dataset, run)
         files[run_key(dataset, run, "train_log")] = layout.train_log(dataset, run)
@@ -168,6 +181,9 @@ class ReportInputs:
 
     def scores(self, dataset: str, run: str) -> Path:
         return self._path(run_key(dataset, run, "scores"))
+
+    def lmms_eval_scores(self, dataset: str, run: str) -> Path:
+        return self._path(run_key(dataset, run, LMMS_EVAL))
 
     def metrics(self, dataset: str, run: str) -> Path:
         return self._path(run_key(dataset, run, "metrics"))

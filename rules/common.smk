@@ -139,4 +139,9 @@ def speed_row_launch(wildcards):
 def result_files(wildcards):
     """The result files the tables and figures read, named by run and row (phi3v.layout.ReportInputs)."""
     trained = [(run["dataset"], run["run"]) for run in settings.active_runs(config)]
-    return report_inputs(layout, settings.evaluations(config), trained, settings.speed_rows(config))
+    return report_inputs(layout, settings.evaluations(config), trained, settings.speed_rows(config),
+                         settings.lmms_eval_evaluations(config))
+
+def lmms_eval_data(wildcards):
+    """The split lmms-eval's protocol answers (`evaluation.lmms_eval_dataset`: DocVQA validation)."""
+    return layout.data(config["evaluation"]["lmms_eval_dataset"])

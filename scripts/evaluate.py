@@ -1,4 +1,5 @@
-"""Greedy-decoding evaluation of one model on one dataset's eval split."""
+"""Greedy-decoding evaluation of one model on one dataset's eval split (rule evaluate), or on the split
+lmms-eval's protocol answers (rule evaluate_lmms_eval)."""
 
 import sys
 
@@ -12,7 +13,7 @@ def evaluate():
     scores = evaluate_model(
         model_dir=snakemake.input.model,
         data_dir=snakemake.input.data,
-        dataset_name=snakemake.wildcards.dataset,
+        dataset_name=snakemake.params.get("data_name", snakemake.wildcards.dataset),
         out_dir=snakemake.params.out_dir,
         run_name=snakemake.wildcards.run,
         **dict(snakemake.params.options),

@@ -3,8 +3,9 @@
 Writes `predictions.jsonl` (id, prediction, answers, score and the other per-example scores;
 sorted by id) and `scores.json` (the means, and under `per_example` every example's scores, from
 which the tables compute bootstrap intervals). Besides the recipe's metric: the official ANLS
-(DocVQA), AUROC from the probability of the answer "yes" (`auroc`, Hateful Memes), and optionally
-lmms-eval's DocVQA protocol (`lmms_eval`: its prompt, token limit and ANLS, a second pass).
+(DocVQA), AUROC from the probability of the answer "yes" (`auroc`, Hateful Memes). The protocol
+`lmms_eval` instead answers the way lmms-eval's `docvqa_val` task does (its prompt, token limit, one
+example at a time) and scores with its ANLS; the workflow runs it on DocVQA's validation split.
 Under torchrun each process answers a slice of the split (accelerate splits and gathers); the main
 process writes.
 
@@ -39,6 +40,8 @@ from phi3v.layout import PREDICTIONS, SCORES
 from phi3v.training.run_config import PRECISIONS, torch_dtype
 
 METRICS = ("anls", "accuracy")
+# recipe: the recipe's prompt and the configured generation; lmms_eval: lmms-eval's `docvqa_val` (below)
+PROTOCOLS = ("recipe", "lmms_eval")
 # eos: the tokenizer's eos only (the recipe's scripts); end_and_eos: also `<|end|>` (fewer tokens generated)
 STOP_TOKENS = ("eos", "end_and_eos")
 # fp32: how the recipe evaluates an fp16 LoRA run (adapter on the base reloaded in fp32)
@@ -75,37 +78,42 @@ def is_yes(answers: Sequence[str]) -> bool:
 
 # Values of a predictions row that `scores.json` keeps under `per_example` (those the rows have),
 # for the tables' bootstrap intervals.
-PER_EXAMPLE = ("id", "score", "anls_official", "p_yes", "anls_lmms_eval")
+PER_EXAMPLE = ("id", "score", "anls_official", "p_yes")
 
 
 def summarize(
-    predictions: Sequence[dict], *, metric: str, majority: str, dataset: str, run: str, split: str
+    predictions: Sequence[dict], *, metric: str, majority: str | None, dataset: str, run: str, split: str,
+    protocol: str = "recipe",
 ) -> dict:
-    """`scores.json` from scored predictions; the majority baseline goes through the same scoring."""
+    """`scores.json` from scored predictions; the majority baseline (when given) goes through the same scoring.
+    Under the lmms_eval protocol `score` is lmms-eval's ANLS (also as `anls_lmms_eval`)."""
     answers = [p["answers"] for p in predictions]
     scores = {
         "dataset": dataset,
         "run": run,
         "split": split,
+        "protocol": protocol,
         "metric": metric,
         "score": percent([p["score"] for p in predictions]),
     }
-    if metric == "anls":
+    if protocol == "lmms_eval":
+        scores["anls_lmms_eval"] = scores["score"]
+    elif metric == "anls":
         scores["anls_recipe"] = scores["score"]
         scores["anls_official"] = percent([p["anls_official"] for p in predictions])
-    if predictions and "anls_lmms_eval" in predictions[0]:
-        scores["anls_lmms_eval"] = percent([p["anls_lmms_eval"] for p in predictions])
     if predictions and "p_yes" in predictions[0]:
         value = statistics.auroc([p["p_yes"] for p in predictions], [is_yes(a) for a in answers])
         scores["auroc"] = None if value is None else round(100.0 * value, 4)
     scores["accuracy"] = percent([accuracy(p["prediction"], a) for p, a in zip(predictions, answers)])
-    majority_scores = [round(score_prediction(majority, a, metric), 6) for a in answers]
-    scores["majority_baseline"] = percent(majority_scores)
-    scores["majority_answer"] = majority
+    if majority is not None:
+        majority_scores = [round(score_prediction(majority, a, metric), 6) for a in answers]
+        scores["majority_baseline"] = percent(majority_scores)
+        scores["majority_answer"] = majority
     scores["n"] = len(predictions)
     scores["per_example"] = {key: [p[key] for p in predictions] for key in PER_EXAMPLE
                              if predictions and key in predictions[0]}
-    scores["per_example"]["majority_baseline"] = majority_scores
+    if majority is not None:
+        scores["per_example"]["majority_baseline"] = majority_scores
     if "p_yes" in scores["per_example"]:
         scores["per_example"]["is_yes"] = [is_yes(a) for a in answers]
     return scores
@@ -118,19 +126,19 @@ def summary(scores: dict) -> dict:
 
 def scored_predictions(ids: Sequence[str], predictions: Sequence[str], answers: Sequence[Sequence[str]],
                        metric: str, yes_probabilities: Sequence[float] | None = None,
-                       lmms_eval_predictions: Sequence[str] | None = None) -> list[dict]:
+                       protocol: str = "recipe") -> list[dict]:
     """The rows of `predictions.jsonl`, sorted by id: the recipe's score, the official ANLS
-    (anls), the probability of "yes" (when given) and lmms-eval's answer and ANLS (when given)."""
+    (anls) and the probability of "yes" (when given); under the lmms_eval protocol lmms-eval's ANLS."""
     rows = []
     for index, (i, p, a) in enumerate(zip(ids, predictions, answers)):
+        if protocol == "lmms_eval":
+            rows.append({"id": i, "prediction": p, "answers": list(a), "score": round(anls_lmms_eval(p, a), 6)})
+            continue
         row = {"id": i, "prediction": p, "answers": list(a), "score": round(score_prediction(p, a, metric), 6)}
         if metric == "anls":
             row["anls_official"] = round(anls_official(p, a), 6)
         if yes_probabilities is not None:
             row["p_yes"] = round(float(yes_probabilities[index]), 6)
-        if lmms_eval_predictions is not None:
-            row["lmms_eval_prediction"] = lmms_eval_predictions[index]
-            row["anls_lmms_eval"] = round(anls_lmms_eval(lmms_eval_predictions[index], a), 6)
         rows.append(row)
     return sorted(rows, key=lambda row: row["id"])
 
@@ -153,13 +161,15 @@ def merge_answers(rows: Sequence[dict]) -> list[dict]:
 
 
 def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tokens: int,
-                    max_samples: int | None, lmms_eval: bool = False, stop_tokens: str = "eos") -> None:
+                    max_samples: int | None, protocol: str = "recipe", stop_tokens: str = "eos") -> None:
     """Refuse bad settings before any work (the model checks the attention kernel itself)."""
     if metric not in METRICS:
         raise UserError(f"metric = {metric!r} is not known: use one of {', '.join(METRICS)}")
-    if lmms_eval and metric != "anls":
-        raise UserError(f"lmms_eval = true needs metric anls (lmms-eval's DocVQA protocol), not {metric!r}: "
-                        "turn it on for DocVQA datasets only")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"protocol = {protocol!r} is not known: use one of {', '.join(PROTOCOLS)}")
+    if protocol == "lmms_eval" and metric != "anls":
+        raise UserError(f"protocol lmms_eval needs metric anls (lmms-eval's DocVQA protocol), not {metric!r}: "
+                        "use it on DocVQA data only")
     if stop_tokens not in STOP_TOKENS:
         raise UserError(f"stop_tokens = {stop_tokens!r} is not known: use one of {', '.join(STOP_TOKENS)}")
     if precision not in EVAL_PRECISIONS:
@@ -302,11 +312,11 @@ def evaluate(
     num_crops: int,
     precision: str,
     attention: str,
-    batch_size: int,
+    batch_size: int = 1,
     max_new_tokens: int = 64,
     max_samples: int | None = None,
     auroc: bool = False,
-    lmms_eval: bool = False,
+    protocol: str = "recipe",
     stop_tokens: str = "eos",
     quantization_config=None,
     progress: bool = True,
@@ -314,8 +324,9 @@ def evaluate(
     """Answer every sample of `<data_dir>/<dataset_name>_<split>.jsonl` and score the answers.
 
     `auroc`: also the probability of "yes" per example and the AUROC (yes/no tasks).
-    `lmms_eval`: also answer with lmms-eval's DocVQA prompt and token limit, one example at a time,
-    scored with its ANLS. Returns the `scores.json` dict (on every process).
+    `protocol="lmms_eval"`: answer with lmms-eval's DocVQA prompt, its token limit and the tokenizer's eos,
+    one example at a time (those arguments are the protocol's), scored with its ANLS; the split needs no
+    train split beside it (no majority baseline). Returns the `scores.json` dict (on every process).
     """
     from phi3v.data.dataset import load_eval_examples, majority_answer
     from phi3v.data.records import split_path
@@ -323,17 +334,22 @@ def evaluate(
     # Under torchrun this joins the process group (NCCL on GPUs, gloo on CPUs); alone it is one process.
     state = PartialState()
     check_arguments(metric=metric, precision=precision, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, max_samples=max_samples, lmms_eval=lmms_eval,
+                    max_new_tokens=max_new_tokens, max_samples=max_samples, protocol=protocol,
                     stop_tokens=stop_tokens)
+    lmms = protocol == "lmms_eval"
+    if lmms:  # lmms-eval's docvqa_val: one example at a time, its token limit, the tokenizer's eos
+        batch_size, max_new_tokens, stop_tokens = 1, LMMS_EVAL_MAX_NEW_TOKENS, "eos"
     eval_jsonl = split_path(data_dir, dataset_name, split)
     train_jsonl = split_path(data_dir, dataset_name, "train")
-    for path in (eval_jsonl, train_jsonl):
+    for path in (eval_jsonl,) if lmms else (eval_jsonl, train_jsonl):
         if not path.is_file():
             raise UserError(f"{path} does not exist: prepare the dataset {dataset_name!r} first")
     examples = load_eval_examples(eval_jsonl, Path(data_dir) / "images", max_samples)
     if not examples:
         raise UserError(f"{eval_jsonl} has no records: there is nothing to evaluate")
-    majority = majority_answer(train_jsonl)
+    if lmms:
+        examples = [dataclasses.replace(e, prompt_user=lmms_eval_prompt(e.prompt_user)) for e in examples]
+    majority = None if lmms else majority_answer(train_jsonl)
 
     model, processor = load_model(model_dir, precision, attention, state.device, quantization_config)
     yes_no_ids = yes_no_token_ids(processor, examples) if auroc else None
@@ -343,17 +359,13 @@ def evaluate(
         predictions = generate_answers(model, processor, mine, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                        yes_no_ids=yes_no_ids, stop_tokens=stop_tokens, **generation)
         predictions, yes_probabilities = predictions if auroc else (predictions, None)
-        lmms_eval_predictions = None
-        if lmms_eval:  # lmms-eval's protocol: its prompt, one example at a time, the tokenizer's eos
-            lmms_examples = [dataclasses.replace(e, prompt_user=lmms_eval_prompt(e.prompt_user)) for e in mine]
-            lmms_eval_predictions = generate_answers(model, processor, lmms_examples, batch_size=1,
-                                                     max_new_tokens=LMMS_EVAL_MAX_NEW_TOKENS, **generation)
         rows = scored_predictions([e.id for e in mine], predictions, [e.answers for e in mine], metric,
-                                  yes_probabilities, lmms_eval_predictions)
+                                  yes_probabilities, protocol)
 
     # Every process gets every row, so each returns the same scores; the main process writes them.
     merged = merge_answers(gather_object(rows))
-    scores = summarize(merged, metric=metric, majority=majority, dataset=dataset_name, run=run_name, split=split)
+    scores = summarize(merged, metric=metric, majority=majority, dataset=dataset_name, run=run_name, split=split,
+                       protocol=protocol)
     if state.is_main_process:
         write_outputs(Path(out_dir), merged, scores)
     state.wait_for_everyone()
@@ -380,8 +392,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--auroc", action="store_true", help='also the AUROC of the probability of "yes" (yes/no tasks)')
-    parser.add_argument("--lmms-eval", action="store_true",
-                        help="also lmms-eval's DocVQA protocol (its prompt, 32 new tokens, its ANLS)")
+    parser.add_argument("--protocol", default="recipe", choices=PROTOCOLS,
+                        help="lmms_eval: lmms-eval's docvqa_val (its prompt, batch 1, 32 new tokens, eos, its ANLS)")
     return parser.parse_args(argv)
 
 
@@ -393,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         split=args.split, metric=args.metric, out_dir=args.out_dir, run_name=args.run_name,
         num_crops=args.num_crops, precision=args.precision, attention=args.attention,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        max_samples=args.max_samples, auroc=args.auroc, lmms_eval=args.lmms_eval, stop_tokens=args.stop_tokens,
+        max_samples=args.max_samples, auroc=args.auroc, protocol=args.protocol, stop_tokens=args.stop_tokens,
     )
     if PartialState().is_main_process:
         print(json.dumps(summary(scores), indent=2, ensure_ascii=False))

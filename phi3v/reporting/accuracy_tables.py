@@ -15,7 +15,7 @@ from phi3v.reporting.recipe_tables import (
     AccuracyTable,
     split_cells,
 )
-from phi3v.reporting.results import ResultSources, read_base_result, read_seed_results
+from phi3v.reporting.results import ResultSources, read_base_result, read_lmms_eval_scores, read_seed_results
 from phi3v.reporting.table_format import (
     MISSING,
     TableDocument,
@@ -43,8 +43,9 @@ LMMS_EVAL_NOTE = (
     "`ANLS (lmms-eval)`: the same model answering as lmms-eval's `docvqa_val` asks (the question, then "
     "\"Answer the question using a single word or phrase.\"; greedy, 32 new tokens, one example at a "
     "time), scored with lmms-eval's ANLS (distance over the longer unnormalised length; NL = 0.5 "
-    "scores 0.5), on this table's evaluation split (lmms-eval's task evaluates DocVQA's validation split)."
+    "scores 0.5), on {data}, not on this table's evaluation split; its interval is over those questions."
 )
+LMMS_EVAL_HUB = "`lmms-lab-encoder/DocVQA` (config `DocVQA`, split `validation`)"
 AUROC_NOTE = (
     "AUROC: the dataset's official metric, from each example's probability of the answer \"yes\" "
     "against \"no\" at the first answer token (the evaluation's own forward pass), in percent."
@@ -146,9 +147,32 @@ def extra_score_columns(config: dict, dataset: str) -> dict[str, str]:
     return columns
 
 
-def score_notes(columns: dict[str, str], runs: Sequence[dict]) -> list[str]:
+def lmms_eval_data(config: dict) -> str:
+    """Which questions the `ANLS (lmms-eval)` column answered: DocVQA validation, or the demo's stand-in."""
+    evaluation = config.get("evaluation") or {}
+    name = evaluation.get("lmms_eval_dataset")
+    dataset = (config.get("datasets") or {}).get(name) or {}
+    if dataset.get("source") == "hub":
+        data = f"DocVQA's validation split, {LMMS_EVAL_HUB}"
+    else:
+        data = f"synthetic form pages in the layout of {LMMS_EVAL_HUB}, not DocVQA's own questions"
+    cap = evaluation.get("lmms_eval_max_samples")
+    return f"`{name}`: {data}" + (f", its first {cap} questions" if cap else ", every question")
+
+
+def column_estimate(inputs: ReportInputs, dataset: str, runs: Sequence[str], scores: Sequence[dict], key: str,
+                    label: str, sources: ResultSources):
+    """A score column of one row: lmms-eval's from its own evaluation (another split), the others from `scores`."""
+    if key == "anls_lmms_eval":
+        lmms = [read_lmms_eval_scores(inputs, dataset, run, sources) for run in runs]
+        return estimate(lmms, "score", f"{label} under lmms-eval's protocol")
+    return estimate(scores, key, label)
+
+
+def score_notes(config: dict, columns: dict[str, str], runs: Sequence[dict]) -> list[str]:
     """What the score columns mean; how uncertainty is shown, when some row has a score."""
-    notes = {"anls_official": ANLS_NOTE, "anls_lmms_eval": LMMS_EVAL_NOTE, "auroc": AUROC_NOTE}
+    lmms_note = LMMS_EVAL_NOTE.format(data=lmms_eval_data(config)) if "anls_lmms_eval" in columns.values() else None
+    notes = {"anls_official": ANLS_NOTE, "anls_lmms_eval": lmms_note, "auroc": AUROC_NOTE}
     lines = [line for key in columns.values() for line in ("", notes[key])]
     return lines + (["", UNCERTAINTY_NOTE] if any(run.get("skip_reason") is None for run in runs) else [])
 
@@ -185,8 +209,11 @@ def base_lines(config: dict, inputs: ReportInputs, dataset: str, runs: Sequence[
     base = read_base_result(inputs, dataset, sources)
     metric = METRIC_TITLE.get(base.get("metric"), "score")
     label = f"run {dataset}/base"
-    others = "".join(f", {title} {format_estimate(estimate([base], key, label), decimals)}"
-                     for title, key in extra_score_columns(config, dataset).items() if base.get(key) is not None)
+    columns = {title: key for title, key in extra_score_columns(config, dataset).items()
+               if key == "anls_lmms_eval" or base.get(key) is not None}
+    others = "".join(
+        f", {title} {format_estimate(column_estimate(inputs, dataset, [BASE_RUN], [base], key, label, sources), decimals)}"
+        for title, key in columns.items())
     return [
         f"Before fine-tuning (base model): {metric} {format_estimate(estimate([base], 'score', label), decimals)}"
         f"{others}. "
@@ -220,7 +247,9 @@ def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) 
         score = estimate(scores, "score", label)
         delta = format_delta_with_interval(score, reference, decimals) if reference else MISSING
         cells = [format_estimate(score, decimals), reference or MISSING, delta]
-        cells += [format_estimate(estimate(scores, key, label), decimals) for key in others.values()]
+        seed_runs = run.get("seed_runs") or [run["run"]]
+        cells += [format_estimate(column_estimate(inputs, table.dataset, seed_runs, scores, key, label, sources),
+                                  decimals) for key in others.values()]
         differences = differences + warmup_note(run, results[0].metrics)
         return cells + [mean_final_loss(results), run_note(run, differences)]
 
@@ -246,7 +275,7 @@ def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) 
 
     body = table_lines(split_cells(header), rows, header, separator)
     body += ["", *base_lines(config, inputs, table.dataset, runs, decimals, sources)]
-    body += score_notes(others, runs)
+    body += score_notes(config, others, runs)
     if "Phi-3-vision" in table.title:
         body += ["", f"The recipe's values in this table were measured with `{RECIPE_TABLE_MODEL}`; "
                      f"these runs started from {dataset_model_label(config, table.dataset)} (set "

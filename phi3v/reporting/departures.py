@@ -203,6 +203,8 @@ NOT_DEPARTURES = {
     "evaluation.max_samples": "the n under each table",
     "train.seeds": "several seeds show as mean ± sd in the cell (the recipe's runs are one seed each)",
     "evaluation.lmms_eval": "adds its own column, described under the table; the recipe's column is unchanged",
+    "evaluation.lmms_eval_dataset": "the `ANLS (lmms-eval)` column's note names the data it answered",
+    "evaluation.lmms_eval_max_samples": "the `ANLS (lmms-eval)` column's note states the cap",
     "evaluation.base_attention": "in the evaluation.base_precision note",
     "evaluation.configured_base_attention": "stated with the base model's line",
 }

@@ -74,6 +74,14 @@ def read_base_result(inputs: ReportInputs, dataset: str, sources: ResultSources)
     return scores
 
 
+def read_lmms_eval_scores(inputs: ReportInputs, dataset: str, run: str, sources: ResultSources) -> dict:
+    """The scores of `run` answering lmms-eval's protocol (its own evaluation, on DocVQA validation)."""
+    path = inputs.lmms_eval_scores(dataset, run)
+    scores = read_scores(path, f"run {dataset}/{run} under lmms-eval's protocol")
+    sources.saw(path)
+    return scores
+
+
 def read_speed_result(inputs: ReportInputs, config_row: dict, sources: ResultSources) -> dict:
     path = inputs.speed(config_row["row"])
     data = read_speed_row(path, f"speed row {config_row['row']}")

@@ -29,7 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
-TASKS = ("docvqa", "docvqa_full", "hateful_memes", "nlvr2", "ucf101")  # docvqa_full: the recipe's --full_train
+# docvqa_full: the recipe's --full_train; docvqa_val: DocVQA validation for lmms-eval's protocol (no train split)
+TASKS = ("docvqa", "docvqa_full", "docvqa_val", "hateful_memes", "nlvr2", "ucf101")
+DOCVQA_TASKS = ("docvqa", "docvqa_full")  # the tasks whose tables lmms-eval's protocol adds a column to
+LMMS_EVAL_TASK = "docvqa_val"
+LMMS_EVAL_REPO = "lmms-lab-encoder/DocVQA"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +228,26 @@ def _check_datasets(config: dict) -> None:
         dataset.setdefault("train_turns", recipe_train_turns(dataset["task"]))
 
 
+def _check_lmms_eval(config: dict) -> None:
+    """lmms-eval's protocol answers a docvqa_val dataset; a docvqa_val dataset has no split to train on."""
+    for run in active_runs(config):
+        if config["datasets"][run["dataset"]].get("task") == LMMS_EVAL_TASK:
+            raise UserError(f"config key `runs`: run {run['run']!r} trains on `{run['dataset']}`, a {LMMS_EVAL_TASK} "
+                            "dataset (DocVQA validation, for evaluation only) — train on a docvqa dataset instead")
+    evaluation = config["evaluation"]
+    if not evaluation["lmms_eval"]:
+        return
+    name = evaluation["lmms_eval_dataset"]
+    dataset = config["datasets"].get(name)
+    if dataset is None or dataset.get("task") != LMMS_EVAL_TASK:
+        found = "is not a dataset" if dataset is None else f"has task {dataset.get('task')!r}"
+        raise UserError(
+            f"config key `evaluation.lmms_eval_dataset`: {name!r} {found}, but lmms-eval's protocol needs a dataset of "
+            f"task {LMMS_EVAL_TASK} — add `datasets: {{{name}: {{source: hub, task: {LMMS_EVAL_TASK}, metric: anls, "
+            f"eval_split: val}}}}` (DocVQA validation from {LMMS_EVAL_REPO}), as the presets do"
+        )
+
+
 def _check_cpu_hardware(config: dict) -> None:
     """GPUs per node on the CPU accelerator would be ignored (a CPU run is one process a node): refuse them."""
     hardware = config["hardware"]
@@ -248,6 +272,7 @@ def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> di
     _check_cpu_hardware(merged)
     _check_datasets(merged)
     matrix.expand(merged)
+    _check_lmms_eval(merged)
     if active_speed_rows(merged) and merged["speed"]["dataset"] not in merged["datasets"]:
         raise UserError(
             f"config key `speed.dataset`: unknown dataset {merged['speed']['dataset']!r}; allowed "
@@ -304,6 +329,8 @@ def used_datasets(config: dict) -> list[str]:
     used = set(evaluated_datasets(config))
     if active_speed_rows(config):
         used.add(config["speed"]["dataset"])
+    if lmms_eval_evaluations(config):
+        used.add(config["evaluation"]["lmms_eval_dataset"])
     return sorted(used)
 
 
@@ -357,7 +384,30 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
         "max_new_tokens": evaluation["max_new_tokens"],
         "max_samples": evaluation["max_samples"],
         "auroc": data.get("task") == "hateful_memes",  # the dataset's official metric
-        "lmms_eval": evaluation["lmms_eval"] and data.get("task") in ("docvqa", "docvqa_full"),
+    }
+
+
+def lmms_eval_evaluations(config: dict) -> list[tuple[str, str]]:
+    """(dataset, run) pairs answered with lmms-eval's protocol: every evaluation of a DocVQA dataset, when on."""
+    if not config["evaluation"]["lmms_eval"]:
+        return []
+    return [(dataset, run) for dataset, run in evaluations(config)
+            if config["datasets"][dataset].get("task") in DOCVQA_TASKS]
+
+
+def lmms_eval_options(config: dict, dataset: str, run: str) -> dict:
+    """Keyword arguments of `phi3v.evaluation.evaluate.evaluate` for lmms-eval's protocol: the run's model
+    settings (`evaluation_options`) on the `lmms_eval_dataset`'s split; the protocol fixes the rest."""
+    options = evaluation_options(config, dataset, run)
+    lmms_data = config["datasets"][config["evaluation"]["lmms_eval_dataset"]]
+    return {
+        "split": lmms_data["eval_split"],
+        "metric": "anls",
+        "num_crops": options["num_crops"],
+        "precision": options["precision"],
+        "attention": options["attention"],
+        "max_samples": config["evaluation"]["lmms_eval_max_samples"],
+        "protocol": "lmms_eval",
     }
 
 

@@ -214,3 +214,63 @@ def test_files_are_named_after_the_dataset_key(handmade_raw, tmp_path):
     docvqa.convert_docvqa(handmade_raw, tmp_path / "out", name="docvqa_pages")
     assert sorted(p.name for p in (tmp_path / "out").glob("*.jsonl")) == ["docvqa_pages_test.jsonl", "docvqa_pages_train.jsonl"]
     assert validate_dataset(tmp_path / "out", "docvqa_pages", splits=("train", "test"), required=("train", "test")) == []
+
+
+# DocVQA validation in lmms-eval's layout (`lmms-lab-encoder/DocVQA`, task docvqa_val)
+
+
+def test_docvqa_validation_downloads_from_the_hub_cache_and_converts_to_one_val_split(offline_hub, tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    record = docvqa.download_docvqa_val(raw)  # offline: huggingface_hub resolves it from the local cache
+    assert record["repo_id"] == "lmms-lab-encoder/DocVQA" and record["commit"] == offline_hub.commits[record["repo_id"]]
+    assert sorted(record["files"]) == ["DocVQA/validation-00000-of-00002.parquet",
+                                       "DocVQA/validation-00001-of-00002.parquet"]
+    rows = [row for path in sorted(raw.glob("DocVQA/*.parquet")) for row in pq.read_table(path).to_pylist()]
+    assert set(rows[0]) == {"questionId", "question", "question_types", "image", "docId", "ucsf_document_id",
+                            "ucsf_document_page_no", "answers", "data_split"}
+
+    assert docvqa.convert_docvqa_val(raw, out) == {"val": {"records": len(rows), "skipped_corrupt": 0}}
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["docvqa_val_val.jsonl"]  # evaluation only
+    records = read_jsonl(out / "docvqa_val_val.jsonl")
+    assert [r["id"] for r in records] == [f"val-{i:010d}" for i in range(len(rows))]  # across both shards
+    for record, row in zip(records, rows):
+        turn = record["conversations"][0]
+        assert turn["user"] == row["question"] + "\nAnswer briefly."  # the recipe's prompt; lmms-eval's replaces it
+        assert record["answers"] == row["answers"] and turn["assistant"] == row["answers"][0]
+        assert (out / "images" / turn["images"][0]).read_bytes() == row["image"]["bytes"]
+    assert validate_dataset(out, "docvqa_val", splits=("val",), required=("val",)) == []
+
+
+def _validation_shard(path: Path, rows: list[dict], drop: str | None = None) -> None:
+    table = pa.Table.from_pylist(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.drop([drop]) if drop else table, path)
+
+
+def _validation_row(question_id: str, question: str, answers: list[str]) -> dict:
+    return {"questionId": question_id, "question": question, "image": {"bytes": image_bytes("red"), "path": None},
+            "answers": answers, "data_split": "val"}
+
+
+def test_docvqa_validation_bad_rows_name_file_row_and_question_id(tmp_path):
+    shard = tmp_path / "raw/DocVQA/validation-00000-of-00001.parquet"
+    _validation_shard(shard, [_validation_row("49153", "What is the date?", ["May 1"])], drop="question")
+    with pytest.raises(UserError, match=r"validation-00000-of-00001.parquet: missing column\(s\) \['question'\]"):
+        docvqa.convert_docvqa_val(tmp_path / "raw", tmp_path / "out")
+    _validation_shard(shard, [_validation_row("1", "Who?", ["Ann"]), _validation_row("49153", "What is the date?", [])])
+    with pytest.raises(UserError, match=r"validation-00000-of-00001.parquet row 1 \(questionId '49153'\): 'answers' is empty"):
+        docvqa.convert_docvqa_val(tmp_path / "raw", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    with pytest.raises(UserError, match=r"no file matches 'DocVQA/validation-\*.parquet'.*download_docvqa_val"):
+        docvqa.convert_docvqa_val(tmp_path / "empty", tmp_path / "out")
+
+
+def test_synthetic_docvqa_validation_is_in_the_hub_layout(tmp_path):
+    record = docvqa.synthesize_docvqa_val(tmp_path / "raw", seed=3, sizes={"val": 3})
+    assert record["sizes"] == {"val": 3} and record["layout"] == "lmms-lab-encoder/DocVQA"
+    (shard,) = (tmp_path / "raw").glob("DocVQA/validation-*.parquet")
+    assert pq.read_schema(shard).names == list(docvqa.VAL_FEATURES)
+    docvqa.synthesize_docvqa_val(tmp_path / "again", seed=3, sizes={"val": 3})
+    assert shard.read_bytes() == next((tmp_path / "again").glob("DocVQA/*.parquet")).read_bytes()
+    with pytest.raises(UserError, match=r"sizes for synthetic docvqa_val must be \{'val': int\}"):
+        docvqa.synthesize_docvqa_val(tmp_path / "bad", seed=0, sizes={"test": 3})

@@ -6,6 +6,7 @@ import importlib
 TASK_MODULES = {
     "docvqa": "docvqa",
     "docvqa_full": "docvqa",
+    "docvqa_val": "docvqa",  # DocVQA validation in lmms-eval's layout: evaluation only
     "hateful_memes": "cauldron",
     "nlvr2": "cauldron",
     "ucf101": "ucf101",

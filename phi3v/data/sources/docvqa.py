@@ -9,6 +9,12 @@ Records: prompt `<|image_1|>\\n{question}\\nAnswer briefly.`, target one of the 
 first, or one drawn per record from `answer_seed`), `answers` = every gold answer (for ANLS).
 The full training set (the recipe's `--full_train`) is the Cauldron's `docvqa` configuration: pass
 its raw folder as `full_train_dir`; the test split still comes from the mini set.
+
+DocVQA's validation split as lmms-eval's `docvqa_val` task reads it (task `docvqa_val`):
+`lmms-lab-encoder/DocVQA`, config `DocVQA`, stored as `DocVQA/validation-0000k-of-0000n.parquet` with
+columns `questionId`, `question`, `question_types`, `image`, `docId`, `ucsf_document_id`,
+`ucsf_document_page_no`, `answers`, `data_split` (5,349 questions). It converts to one `val` split
+with the same records (the recipe's prompt; `answers` = every gold answer), for evaluation only.
 """
 
 from __future__ import annotations
@@ -158,6 +164,100 @@ def convert_docvqa(
             train.add(example)
         summary["train"] = train.finish()
         return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# DocVQA validation in lmms-eval's hub layout (task `docvqa_val`)
+
+VAL_NAME = "docvqa_val"
+VAL_REPO_ID = "lmms-lab-encoder/DocVQA"
+VAL_CONFIG = "DocVQA"
+VAL_SPLIT = "val"  # the project's name of the hub's `validation` split
+VAL_PATTERN = f"{VAL_CONFIG}/validation-*.parquet"
+VAL_REQUIRED_COLUMNS = ["questionId", "question", "image", "answers"]
+VAL_FEATURES = datasets.Features(
+    {
+        "questionId": datasets.Value("string"),
+        "question": datasets.Value("string"),
+        "question_types": datasets.List(datasets.Value("string")),
+        "image": datasets.Image(),
+        "docId": datasets.Value("int64"),
+        "ucsf_document_id": datasets.Value("string"),
+        "ucsf_document_page_no": datasets.Value("string"),
+        "answers": datasets.List(datasets.Value("string")),
+        "data_split": datasets.Value("string"),
+    }
+)
+
+
+def download_docvqa_val(raw_dir, revision=None, cache_dir=None) -> dict:
+    """Download the validation shards of `lmms-lab-encoder/DocVQA` (config `DocVQA`) into `raw_dir`."""
+    return download_snapshot(VAL_REPO_ID, raw_dir, allow_patterns=[VAL_PATTERN], revision=revision, cache_dir=cache_dir)
+
+
+def read_docvqa_val(raw_dir) -> Iterator[RawExample]:
+    """Rows of the validation shards, as examples with the recipe's prompt and every gold answer."""
+    fix = (f"Fill {raw_dir} with download_docvqa_val(raw_dir) or synthesize_docvqa_val (expected layout: "
+           f"{VAL_PATTERN} with columns {', '.join(VAL_REQUIRED_COLUMNS)}).")
+    files = parquet_files(raw_dir, VAL_PATTERN, fix=fix)
+    check_columns(files, VAL_REQUIRED_COLUMNS, fix=fix)
+    locator = RowLocator.for_files(files)
+    for index, row in enumerate(iter_parquet_rows(files, {"image": datasets.Image(decode=False)})):
+        where = f"{locator.describe(index)} (questionId {row['questionId']!r})"
+        question = row["question"]
+        if not isinstance(question, str) or not question.strip():
+            raise UserError(f"{where}: 'question' is empty; every row needs a question.")
+        answers = [a for a in row["answers"] or [] if isinstance(a, str)]
+        if not answers:
+            raise UserError(f"{where}: 'answers' is empty; the validation split needs gold answers.")
+        yield RawExample(index, where, [(question + PROMPT_SUFFIX, answers[0])], [row["image"]],
+                         files[0].parent, answers)
+
+
+def convert_docvqa_val(raw_dir, out_dir, *, skip_corrupt: bool = False, name: str = VAL_NAME) -> dict:
+    """Raw folder -> `out_dir/<name>_val.jsonl` + `out_dir/images/` (evaluation only: no train split)."""
+    with atomic_output_dir(out_dir) as tmp_dir:
+        split = SplitWriter(tmp_dir, name, VAL_SPLIT, VAL_NAME, skip_corrupt=skip_corrupt)
+        for example in read_docvqa_val(raw_dir):
+            split.add(example)
+        return {VAL_SPLIT: split.finish()}
+
+
+def _validation_row(rng: random.Random, index: int) -> dict:
+    page = synthetic_images.draw_form_page(rng, synthetic_images.form_page_size(index))
+    return {
+        "questionId": str(50000 + index),
+        "question": page.question,
+        "question_types": ["form"],
+        "image": {"bytes": synthetic_images.encode_image(page.image, "PNG"), "path": None},
+        "docId": 10000 + index,
+        "ucsf_document_id": f"synthetic{index:04d}",
+        "ucsf_document_page_no": "1",
+        "answers": page.answers,
+        "data_split": "val",
+    }
+
+
+def synthesize_docvqa_val(raw_dir: str | os.PathLike, seed: int, sizes: dict) -> dict:
+    """Demo raw folder in `lmms-lab-encoder/DocVQA`'s layout: `sizes = {"val": n}` form pages."""
+    try:
+        n = int(sizes[VAL_SPLIT])
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"sizes for synthetic docvqa_val must be {{'val': int}}, got {sizes!r}.") from error
+    if n < 1:
+        raise UserError(f"sizes for synthetic docvqa_val must be positive, got {sizes!r}.")
+    rng = random.Random(f"{VAL_NAME}-{seed}")
+    path = Path(raw_dir) / VAL_PATTERN.replace("*", "00000-of-00001")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list([_validation_row(rng, index) for index in range(n)], features=VAL_FEATURES).to_parquet(path)
+    record = {"synthetic": True, "generator": "phi3v.data.sources.synthetic_images", "task": VAL_NAME,
+              "seed": seed, "sizes": {VAL_SPLIT: n}, "layout": VAL_REPO_ID}
+    write_source_record(raw_dir, record)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo's mini set
 
 
 def _form_row(rng: random.Random, split: str, index: int) -> dict:
