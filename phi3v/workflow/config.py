@@ -389,10 +389,10 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
 
 def lmms_eval_evaluations(config: dict) -> list[tuple[str, str]]:
     """(dataset, run) pairs answered with lmms-eval's protocol: every evaluation of a DocVQA dataset, when on."""
-    if not config["evaluation"]["lmms_eval"]:
+    if not (config.get("evaluation") or {}).get("lmms_eval"):
         return []
     return [(dataset, run) for dataset, run in evaluations(config)
-            if config["datasets"][dataset].get("task") in DOCVQA_TASKS]
+            if config["datasets"][dataset].get("task", dataset) in DOCVQA_TASKS]
 
 
 def lmms_eval_options(config: dict, dataset: str, run: str) -> dict:

@@ -79,7 +79,7 @@ def report_files(results_dir: Path, config: dict) -> ReportInputs:
     """The result files the tables rule declares for `config`, under `results_dir`."""
     trained = [(run["dataset"], run["run"]) for run in settings.active_runs(config)]
     return ReportInputs(report_inputs(ResultsLayout(results_dir), settings.evaluations(config), trained,
-                                      settings.speed_rows(config)))
+                                      settings.speed_rows(config), settings.lmms_eval_evaluations(config)))
 
 
 @pytest.fixture

@@ -79,8 +79,8 @@ def test_bad_arguments_are_user_errors():
                        ("max_new_tokens", True), ("max_samples", 0)]:
         with pytest.raises(UserError, match=key):
             check_arguments(**{**good, key: value})
-    with pytest.raises(UserError, match="lmms_eval = true needs metric anls"):
-        check_arguments(**{**good, "metric": "accuracy", "lmms_eval": True})
+    with pytest.raises(UserError, match="protocol lmms_eval needs metric anls"):
+        check_arguments(**{**good, "metric": "accuracy", "protocol": "lmms_eval"})
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
@@ -162,27 +162,50 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path, precision):
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
-def test_yes_probability_and_lmms_eval_protocol_on_a_tiny_model(tiny_model, tmp_path):
-    from phi3v.data.dataset import load_eval_examples
-    from phi3v.evaluation.evaluate import lmms_eval_prompt
+def test_lmms_eval_protocol_answers_the_converted_validation_split_on_a_tiny_model(tiny_model, tmp_path, monkeypatch):
+    from phi3v.data.sources import docvqa
+    from phi3v.evaluation import evaluate as evaluation
+    from phi3v.evaluation.evaluate import RECIPE_DOCVQA_SUFFIX, lmms_eval_prompt
+    from phi3v.evaluation.metrics import anls_lmms_eval
+
+    assert RECIPE_DOCVQA_SUFFIX == docvqa.PROMPT_SUFFIX  # the converter's prompt, which lmms-eval's replaces
+    assert lmms_eval_prompt("<|image_1|>\nWhat is the total?\nAnswer briefly.") == (
+        "<|image_1|>\nWhat is the total?\nAnswer the question using a single word or phrase.")
+    # DocVQA validation as the workflow converts it (lmms-eval's hub layout; a validation split alone)
+    docvqa.synthesize_docvqa_val(tmp_path / "raw", seed=0, sizes={"val": 3})
+    docvqa.convert_docvqa_val(tmp_path / "raw", tmp_path / "data")
+    calls = []
+    real_generate = evaluation.generate_answers
+
+    def spy(model, processor, examples, **options):
+        calls.append(([e.prompt_user for e in examples], options))
+        return real_generate(model, processor, examples, **options)
+
+    monkeypatch.setattr(evaluation, "generate_answers", spy)
+    out = tmp_path / "lmms"
+    scores = evaluate(model_dir=tiny_model, data_dir=tmp_path / "data", dataset_name="docvqa_val", split="val",
+                      metric="anls", out_dir=out, run_name="base", num_crops=1, precision="bf16", attention="sdpa",
+                      batch_size=4, max_new_tokens=4, stop_tokens="end_and_eos", max_samples=2, protocol="lmms_eval")
+    (prompts, options), = calls  # one pass, with lmms-eval's settings whatever the recipe's are
+    assert all(p.endswith("\nAnswer the question using a single word or phrase.") for p in prompts)
+    assert (options["batch_size"], options["max_new_tokens"], options["stop_tokens"]) == (1, 32, "eos")
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["val-0000000000", "val-0000000001"]  # the first max_samples questions
+    assert [row["score"] for row in rows] == [round(anls_lmms_eval(r["prediction"], r["answers"]), 6) for r in rows]
+    assert json.loads((out / "scores.json").read_text()) == scores
+    assert (scores["protocol"], scores["split"], scores["n"]) == ("lmms_eval", "val", 2)
+    assert scores["score"] == scores["anls_lmms_eval"] == pytest.approx(50 * sum(r["score"] for r in rows), abs=1e-3)
+    assert scores["per_example"] == {"id": [r["id"] for r in rows], "score": [r["score"] for r in rows]}
+    assert "majority_baseline" not in scores  # no train split beside DocVQA validation
+
+
+def test_yes_probability_on_a_tiny_model(tiny_model, tmp_path):
     from phi3v.processing_phi3v import Phi3VProcessor
 
     data = tmp_path / "data"
     write_tiny_dataset(data)
-    examples = load_eval_examples(data / "docvqa_test.jsonl", data / "images")
-    from phi3v.data.sources.docvqa import PROMPT_SUFFIX
-    from phi3v.evaluation.evaluate import RECIPE_DOCVQA_SUFFIX
-
-    assert RECIPE_DOCVQA_SUFFIX == PROMPT_SUFFIX  # the converter's prompt, which lmms-eval's replaces
-    assert lmms_eval_prompt(examples[0].prompt_user) == (
-        "<|image_1|>\nWhat is the total?\nAnswer the question using a single word or phrase.")
     common = dict(model_dir=tiny_model, data_dir=data, split="test", run_name="base", num_crops=1,
                   precision="bf16", attention="sdpa", batch_size=2, max_new_tokens=4)
-    scores = evaluate(dataset_name="docvqa", metric="anls", out_dir=tmp_path / "lmms", lmms_eval=True, **common)
-    rows = [json.loads(line) for line in (tmp_path / "lmms" / "predictions.jsonl").read_text().splitlines()]
-    assert all(isinstance(row["lmms_eval_prediction"], str) for row in rows)
-    assert [row["anls_lmms_eval"] for row in rows] == scores["per_example"]["anls_lmms_eval"]
-    assert scores["anls_lmms_eval"] == pytest.approx(100 * sum(r["anls_lmms_eval"] for r in rows) / 3, abs=1e-3)
 
     # A yes/no split: the probability of "yes" comes from the first generated position.
     for name in ("docvqa_test.jsonl", "docvqa_train.jsonl"):

@@ -112,21 +112,41 @@ def test_official_scores_carry_their_intervals(results_dir, tmp_path):
     assert f"AUROC {base['auroc']:.1f} [" in text
 
 
-def test_lmms_eval_column_only_when_configured(results_dir, tmp_path):
+def test_lmms_eval_column_reads_its_own_evaluation_of_docvqa_validation(results_dir, tmp_path):
     assert "lmms-eval" not in generated(results_dir, tmp_path / "off")["docvqa.md"].decode()
     config = demo_config()
-    config["evaluation"] = {"lmms_eval": True}
-    for run in ("base", "full-bf16-sdpa", "full-bf16-eager", "lora-bf16-sdpa"):
-        path = results_dir / "eval" / "docvqa" / run / "scores.json"
-        scores = json.loads(path.read_text())
-        scores["anls_lmms_eval"] = 50.0
-        scores["per_example"]["anls_lmms_eval"] = [1.0, 0.0] * (scores["n"] // 2)
-        path.write_text(json.dumps(scores))
+    config["evaluation"].update(lmms_eval=True, lmms_eval_dataset="docvqa_val", lmms_eval_max_samples=40)
+    config["datasets"]["docvqa_val"] = {"source": "synthetic", "task": "docvqa_val", "metric": "anls",
+                                        "eval_split": "val", "num_crops": 1}
+    # lmms-eval's protocol is its own evaluation (another split, another n) beside each run's scores
+    for run, per_example in (("base", [1.0, 0.0, 0.0, 0.0] * 10), ("full-bf16-sdpa", [1.0, 0.0] * 20),
+                             ("full-bf16-eager", [1.0] * 40), ("lora-bf16-sdpa", [0.5] * 40)):
+        folder = results_dir / "eval" / "docvqa" / run / "lmms_eval"
+        folder.mkdir()
+        scores = {"dataset": "docvqa_val", "run": run, "split": "val", "protocol": "lmms_eval", "metric": "anls",
+                  "score": 100 * sum(per_example) / 40, "anls_lmms_eval": 100 * sum(per_example) / 40, "n": 40,
+                  "per_example": {"id": [f"val-{i:010d}" for i in range(40)], "score": per_example}}
+        (folder / "scores.json").write_text(json.dumps(scores))
     text = generated(results_dir, tmp_path / "on", config)["docvqa.md"].decode()
     header = split_cells(text.splitlines()[2])
     low, high = interval_of([1.0, 0.0] * 20, 2)
     assert table_row(text, "`full-bf16-sdpa`")[header.index("ANLS (lmms-eval)")] == f"50.00 [{low}, {high}]"
+    base_low, base_high = interval_of([1.0, 0.0, 0.0, 0.0] * 10, 2)
+    assert f"ANLS (lmms-eval) 25.00 [{base_low}, {base_high}]" in text  # the base model's line
     assert "`ANLS (lmms-eval)`: the same model answering as lmms-eval's `docvqa_val` asks" in text
+    assert ("on `docvqa_val`: synthetic form pages in the layout of `lmms-lab-encoder/DocVQA` (config `DocVQA`, "
+            "split `validation`), not DocVQA's own questions, its first 40 questions, not on this table's") in text
+
+    config["datasets"]["docvqa_val"]["source"] = "hub"
+    config["evaluation"]["lmms_eval_max_samples"] = None
+    text = generated(results_dir, tmp_path / "hub", config)["docvqa.md"].decode()
+    assert ("on `docvqa_val`: DocVQA's validation split, `lmms-lab-encoder/DocVQA` (config `DocVQA`, split "
+            "`validation`), every question, not on this table's evaluation split") in text
+
+    (results_dir / "eval" / "docvqa" / "lora-bf16-sdpa" / "lmms_eval" / "scores.json").unlink()
+    with pytest.raises(UserError, match=r"docvqa/lora-bf16-sdpa under lmms-eval's protocol: .*lmms_eval/scores.json "
+                                        r"is missing"):
+        generated(results_dir, tmp_path / "missing", config)
 
 
 def test_speed_rows_show_the_fixture_measurements(results_dir, tmp_path):
