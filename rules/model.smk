@@ -6,8 +6,8 @@ if config["model"]["source"] == "demo":
         input:
             corpus=layout.pretrain_corpus,
             # Every defined dataset, not only the selected ones: the tokenizer's vocabulary, and so
-            # every run's weights, must not depend on `runs_filter`.
-            datasets=[layout.data(dataset) for dataset in sorted(config["datasets"])],
+            # every run's weights, must not depend on `runs_filter` (nor on `evaluation.lmms_eval`).
+            datasets=[layout.data(dataset) for dataset in settings.tokenizer_datasets(config)],
         output:
             directory(layout.base_model),
         log:

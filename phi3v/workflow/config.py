@@ -340,6 +340,13 @@ def evaluations(config: dict) -> list[tuple[str, str]]:
     return pairs + [(run["dataset"], run["run"]) for run in active_runs(config)]
 
 
+def tokenizer_datasets(config: dict) -> list[str]:
+    """The datasets the demo's tokenizer is built from: every defined one (so no number depends on
+    `runs_filter`) but DocVQA validation, which only lmms-eval's protocol reads (off by default), so
+    turning that protocol on changes no other number."""
+    return sorted(name for name, dataset in config["datasets"].items() if dataset.get("task") != LMMS_EVAL_TASK)
+
+
 def datasets_by_source(config: dict, source: str) -> list[str]:
     return sorted(name for name, dataset in config["datasets"].items() if dataset["source"] == source)
 

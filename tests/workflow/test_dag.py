@@ -74,6 +74,26 @@ def test_a_run_that_cannot_fit_the_cards_is_refused_with_its_fix(tmp_path, monke
     assert fits.returncode == 0, fits.stderr[-3000:]
 
 
+DOCVQA_EVALUATIONS = 1 + sum(1 for run in settings.load_preset("paper")["runs"] if run["dataset"] == "docvqa")
+
+
+def test_lmms_eval_protocol_adds_a_validation_split_and_one_job_per_docvqa_evaluation(tmp_path):
+    paper = snakemake("-n", "--cores", "2", "--resources", "gpu=8", "--config", "preset=paper",
+                      "evaluation={lmms_eval: true}", f"results_dir={tmp_path}")
+    assert paper.returncode == 0, paper.stderr
+    counts = job_counts(paper.stdout)
+    assert counts["evaluate_lmms_eval"] == DOCVQA_EVALUATIONS == 9  # the base model and the 8 DocVQA rows
+    assert counts["download_raw"] == 5 and counts["convert"] == 6  # plus lmms-lab-encoder/DocVQA's validation
+    assert f"{tmp_path}/raw/docvqa_val" in paper.stdout
+    assert f"{tmp_path}/eval/docvqa/base/lmms_eval/scores.json" in paper.stdout
+
+    demo = snakemake("-n", "--cores", "2", "--config", "evaluation={lmms_eval: true}", f"results_dir={tmp_path}")
+    assert demo.returncode == 0, demo.stderr
+    counts = job_counts(demo.stdout)
+    assert counts["evaluate_lmms_eval"] == 9 and counts["synthesize_raw"] == 5  # the synthetic stand-in
+    assert counts["evaluate"] == TABLE_ROWS + 4  # the recipe's evaluations are unchanged
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [

@@ -209,11 +209,30 @@ def test_auroc_for_hateful_memes_and_lmms_eval_protocol_only_when_asked():
     config = resolve()
     options = {dataset: settings.evaluation_options(config, dataset, "base") for dataset in config["datasets"]}
     assert [d for d, o in options.items() if o["auroc"]] == ["hateful_memes"]
-    assert not any(o["lmms_eval"] for o in options.values())  # off by default
+    assert settings.lmms_eval_evaluations(config) == []  # off by default
+    assert "docvqa_val" not in settings.used_datasets(config) and "docvqa_val" not in settings.tokenizer_datasets(config)
     config = resolve(evaluation={"lmms_eval": "true"})  # --config passes strings
-    assert [d for d in config["datasets"] if settings.evaluation_options(config, d, "base")["lmms_eval"]] == ["docvqa"]
+    pairs = settings.lmms_eval_evaluations(config)
+    assert pairs == [("docvqa", "base")] + [("docvqa", run) for run in settings.runs_for(config, "docvqa")]
+    assert "docvqa_val" in settings.used_datasets(config)
+    options = settings.lmms_eval_options(config, "docvqa", "lora-fp16-eager")
+    assert options == {"split": "val", "metric": "anls", "num_crops": 2, "precision": "fp32", "attention": "eager",
+                       "max_samples": 16, "protocol": "lmms_eval"}  # the run's model settings, the split's questions
     with pytest.raises(UserError, match=r"evaluation.lmms_eval`: 'sometimes' is a str, expected boolean"):
         resolve(evaluation={"lmms_eval": "sometimes"})
+
+
+def test_lmms_eval_needs_a_docvqa_val_dataset_that_no_run_trains_on():
+    with pytest.raises(UserError, match=r"`evaluation.lmms_eval_dataset`: 'docvqa' has task 'docvqa'.*"
+                                        r"task: docvqa_val, metric: anls, eval_split: val"):
+        resolve(evaluation={"lmms_eval": True, "lmms_eval_dataset": "docvqa"})
+    with pytest.raises(UserError, match=r"`evaluation.lmms_eval_dataset`: 'docvqa_test' is not a dataset"):
+        resolve(evaluation={"lmms_eval": True, "lmms_eval_dataset": "docvqa_test"})
+    resolve(evaluation={"lmms_eval_dataset": "docvqa"})  # not checked while the protocol is off
+    run = {"dataset": "docvqa_val", "strategy": "full", "precision": "bf16", "attention": "sdpa",
+           "learning_rate": 1e-4, "epochs": 1}
+    with pytest.raises(UserError, match=r"`runs`: run 'full-bf16-sdpa' trains on `docvqa_val`, a docvqa_val dataset"):
+        resolve(runs=[run])
 
 
 def test_seeds_expand_a_run_into_one_run_per_seed_and_resolve_again_unchanged():
