@@ -4,7 +4,7 @@
 speed steps), sets this machine as the hardware and maps the flash-attention rows to SDPA
 (`attention_fallback`). With it, the dry run below must list every job of the paper DAG; the whole
 DAG takes about 17 minutes on 2 cores (README), so CI runs a slice of it (about 6 minutes on 2 busy cores, 30 jobs) that still runs
-every rule of the paper DAG, every downloader (4 datasets, the model and its config), every strategy
+every rule of the paper DAG, every downloader (5 datasets, the model and its config), every strategy
 (full, frozen vision, LoRA, QLoRA) and both precisions, and a speed row, with one more shrink:
 num_crops 1 instead of 16 (4 for UCF-101). DeepSpeed is off (its CPU accelerator has no fp16).
 """
@@ -20,9 +20,10 @@ from .helpers import job_counts, run_snakemake
 OVERRIDES = Path(__file__).with_name("paper_rehearsal.yaml")
 
 # The paper DAG with the overrides: every job but the 2- and 4-node speed rows (one node here).
-PAPER_JOBS = {"download_raw": 4, "synthesize_raw": 1, "download_model": 1, "download_model_config": 1,
-              "convert": 5, "train": 19, "evaluate": 23, "benchmark_speed": 11, "tables": 1, "figures": 1,
-              "all": 1, "total": 68}
+# lmms-eval's protocol is on: DocVQA validation (lmms-lab-encoder/DocVQA) answered by the base model and each DocVQA row.
+PAPER_JOBS = {"download_raw": 5, "synthesize_raw": 1, "download_model": 1, "download_model_config": 1,
+              "convert": 6, "train": 19, "evaluate": 23, "evaluate_lmms_eval": 9, "benchmark_speed": 11, "tables": 1,
+              "figures": 1, "all": 1, "total": 79}
 
 SLICE_RUNS = ["nlvr2/frozen_vision-bf16-sdpa",      # flash rows of the preset, SDPA here
               "docvqa/full-bf16-sdpa",
@@ -60,7 +61,7 @@ def test_a_slice_of_the_paper_rehearsal_runs_end_to_end_from_the_hub_cache(offli
     assert planned.returncode == 0, planned.stderr[-4000:]
     counts = job_counts(planned.stdout)
     assert set(counts) == set(PAPER_JOBS)  # every rule of the paper DAG
-    assert counts["download_raw"] == 4 and counts["train"] == len(SLICE_RUNS)
+    assert counts["download_raw"] == 5 and counts["train"] == len(SLICE_RUNS)
 
     result = run_snakemake("--cores", "2", *args, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -74,6 +75,9 @@ def test_a_slice_of_the_paper_rehearsal_runs_end_to_end_from_the_hub_cache(offli
         assert scores["run"] == run and scores["n"] >= 1
     for dataset in ("nlvr2", "docvqa", "hateful_memes", "ucf101"):
         assert (results / "eval" / dataset / "base" / "scores.json").is_file()
+    for run in ("base", "full-bf16-sdpa", "qlora-fp16-eager"):  # lmms-eval's protocol on DocVQA validation
+        lmms = json.loads((results / "eval" / "docvqa" / run / "lmms_eval" / "scores.json").read_text())
+        assert (lmms["dataset"], lmms["split"], lmms["protocol"], lmms["n"]) == ("docvqa_val", "val", "lmms_eval", 2)
     speed = json.loads((results / "speed" / f"{SLICE_ROW}.json").read_text())
     assert speed["attention"] == "sdpa"
 
@@ -82,6 +86,7 @@ def test_a_slice_of_the_paper_rehearsal_runs_end_to_end_from_the_hub_cache(offli
         assert f"`{name.split('/')[1]}`" in tables, name
     assert f"`{SLICE_ROW}`; sdpa instead of the preset's flash_attention_2" in tables
     assert "sdpa instead of the preset's flash_attention_2 (attention_fallback: no GPU)" in tables
+    assert "on `docvqa_val`: DocVQA's validation split, `lmms-lab-encoder/DocVQA`" in tables
 
     report = run_snakemake("--report", str(tmp_path / "report.html"), *args, timeout=300)
     assert report.returncode == 0, report.stderr[-4000:]
