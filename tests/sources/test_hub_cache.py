@@ -23,7 +23,7 @@ from phi3v.hub_cache import MODEL_ID, PHI3_VISION_ID, main
 from phi3v.testing import official_key_shapes
 
 REPOS = {MODEL_ID: "model", PHI3_VISION_ID: "model", docvqa.REPO_ID: "dataset", cauldron.REPO_ID: "dataset",
-         ucf101.HUB_REPO_ID: "dataset"}
+         docvqa.VAL_REPO_ID: "dataset", ucf101.HUB_REPO_ID: "dataset"}
 
 
 def test_huggingface_hub_reads_the_cache_as_its_own(offline_hub):
