@@ -143,6 +143,8 @@ def cluster_jobs(config: dict) -> Iterator[tuple[str, str, int, int]]:
     yield ("train", "training (config keys `hardware.nodes`, `hardware.gpus_per_node`)", hardware["nodes"],
            hardware["gpus_per_node"] if cuda else 0)
     yield ("evaluate", "an evaluation job", 1, 1 if cuda else 0)
+    if (config.get("evaluation") or {}).get("lmms_eval"):
+        yield ("evaluate_lmms_eval", "an lmms-eval protocol evaluation job", 1, 1 if cuda else 0)
     for row in config["speed"]["rows"]:
         if row["skip_reason"] is None:
             yield ("benchmark_speed", f"speed row {row['row']}", row["nodes"], row["gpus"] // row["nodes"] if cuda else 0)

@@ -106,6 +106,13 @@ def test_jobs_their_partition_can_never_run_are_refused(paper):
     # GPU jobs in the CPU partition (no set-resources for them): no node there has a GPU.
     with pytest.raises(UserError, match=r"partition 'cpu' of rule `train` .*GPUs per node: 0\), so the job would wait forever"):
         check_cluster(four, slurm=True, partition="cpu", machine_gpus=None, read=read)
+    lmms = settings.resolve_config({"preset": "paper", "hardware": {"gpus_per_node": 4}, "evaluation": {"lmms_eval": True},
+                                    "runs_filter": ["docvqa/lora-bf16-*", "speed/*-1x4"]})
+    with pytest.raises(UserError, match=r"an lmms-eval protocol evaluation job asks for 1 node\(s\) with 1 GPU\(s\) each, "
+                                        r"but the SLURM partition 'cpu' of rule `evaluate_lmms_eval`"):
+        check_cluster(lmms, slurm=True, partition="cpu", machine_gpus=None, rule_partitions=one_gpu_node, read=read)
+    check_cluster(lmms, slurm=True, partition="cpu", machine_gpus=None, read=read,
+                  rule_partitions={**one_gpu_node, "evaluate_lmms_eval": "gpu"})
     demo = settings.resolve_config({"preset": "demo"})
     check_cluster(demo, slurm=True, partition="cpu", machine_gpus=None, read=read)  # CPU jobs fit anywhere
 
