@@ -222,6 +222,10 @@ def test_yes_probability_on_a_tiny_model(tiny_model, tmp_path):
     # AUROC of one positive (p_yes[0]) against two negatives, ties counting half
     expected = sum((p_yes[0] > p) + 0.5 * (p_yes[0] == p) for p in (p_yes[1], p_yes[2])) / 2
     assert scores["auroc"] == pytest.approx(100 * expected)
+    # The first example alone ("No."): the split still spells "yes", so the probability is there; AUROC is not.
+    first = evaluate(dataset_name="docvqa", metric="accuracy", out_dir=tmp_path / "one", auroc=True, max_samples=1,
+                     **common)
+    assert first["auroc"] is None and first["per_example"]["p_yes"] == [pytest.approx(p_yes[2], abs=1e-6)]
     processor = Phi3VProcessor.from_pretrained(tiny_model)
     yes = processor.tokenizer("Yes.", add_special_tokens=False)["input_ids"][0]
     assert yes != processor.tokenizer("No.", add_special_tokens=False)["input_ids"][0]
