@@ -352,9 +352,10 @@ def evaluate(
     majority = None if lmms else majority_answer(train_jsonl)
 
     model, processor = load_model(model_dir, precision, attention, state.device, quantization_config)
-    # The split's spelling of "yes" and "no", also when its first `max_samples` examples hold one class only.
-    whole_split = examples if max_samples is None else load_eval_examples(eval_jsonl, Path(data_dir) / "images")
-    yes_no_ids = yes_no_token_ids(processor, whole_split) if auroc else None
+    yes_no_ids = None
+    if auroc:  # the split's spelling of "yes" and "no", also when its first `max_samples` examples hold one class
+        whole_split = examples if max_samples is None else load_eval_examples(eval_jsonl, Path(data_dir) / "images")
+        yes_no_ids = yes_no_token_ids(processor, whole_split)
     generation = dict(num_crops=num_crops, precision=precision, device=state.device,
                       progress=progress and state.is_main_process)
     with state.split_between_processes(examples) as mine:  # a contiguous slice per process
