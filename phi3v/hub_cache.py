@@ -172,8 +172,9 @@ def write_model_folder(folder: str | os.PathLike, seed: int = 0, release: str = 
     from phi3v.testing import official_key_shapes, write_official_checkpoint
 
     folder = Path(folder)
+    # "Yes." and "No." often enough to be whole tokens: AUROC reads their first tokens at one position.
     corpus = [docvqa.PROMPT_SUFFIX.strip(), "Yes. No. 0 1 2 3 4 5 6 7 8 9",
-              ucf101.classification_prompt(ucf101.CLASS_NAMES)]
+              ucf101.classification_prompt(ucf101.CLASS_NAMES)] + ["Yes. No."] * 20
     tokenizer = build_tiny_tokenizer(corpus, TINY_VOCAB_SIZE)
     vocab = tokenizer.get_vocab()
     config = tiny_release_config(TINY_VOCAB_SIZE, image_token_id=vocab[IMAGE_TOKEN],
