@@ -120,7 +120,7 @@ class ConversationDataset(Dataset):
         example = dict(self.processor.encode_example(with_image_tags(conversation), images, num_crops=self.num_crops))
         example["num_images"] = len(images)
         size = sum(value.nbytes for value in example.values() if isinstance(value, torch.Tensor))
-        if self._cached_bytes + size <= self.cache_bytes:
+        if self.cache_bytes and self._cached_bytes + size <= self.cache_bytes:
             self._cache[key] = example
             self._cached_bytes += size
             return dict(example)
