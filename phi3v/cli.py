@@ -3,6 +3,8 @@
     phi3v generate MODEL --image page.png --prompt "What is the total?"
     phi3v validate DATASET_FOLDER NAME
     phi3v merge-lora BASE_MODEL ADAPTER_DIR OUT_DIR
+    phi3v plan --preset paper --gpu-memory-gib 80 --gpus-per-node 8
+    phi3v convert-ucf101 --out_dir ./ucf101 --tmp_dir /tmp/ucf101
 
 A mistake in the arguments or the inputs prints one line on stderr and exits with status 2.
 """
@@ -34,6 +36,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not positive")
     return value
 
 
@@ -97,17 +109,69 @@ def merge_lora(args) -> str:
     """The adapter merged into the base weights, saved in the release's layout with the processor files."""
     from phi3v.files import atomic_output_dir
     from phi3v.processing_phi3v import Phi3VProcessor
+    from phi3v.training.lora_adapter import adapter_config, check_adapter_base
     from phi3v.training.train import export_merged_lora
 
     adapter = Path(args.adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{adapter}: no adapter_config.json — give the folder a LoRA run wrote (its adapter/).")
+    if args.other_base:
+        adapter_config(adapter)
+    else:
+        check_adapter_base(adapter, args.base_model)
     settings = {} if args.num_crops is None else {"num_crops": args.num_crops}
     processor = Phi3VProcessor.from_pretrained(args.base_model, **settings)
     with atomic_output_dir(args.out_dir) as folder:
         export_merged_lora(args.base_model, adapter, folder)
         processor.save_pretrained(folder)
     return f"merged {adapter} into {args.base_model}: {args.out_dir}"
+
+
+# ---- plan --------------------------------------------------------------------------------------
+
+def plan(args) -> str:
+    """The memory plan of a configuration on the given GPUs, as a Markdown table."""
+    from phi3v.training.memory_plan import markdown_table
+    from phi3v.workflow import config as settings
+    from phi3v.workflow import plan as memory_plan
+    from phi3v.workflow.resources import local_gpu_memory_gib
+
+    config = {}
+    configfile = args.configfile or ("config.yaml" if args.preset is None and Path("config.yaml").is_file() else None)
+    if configfile:
+        config = settings.load_yaml(configfile)
+    if args.preset:
+        config["preset"] = args.preset
+    hardware = {"accelerator": "cuda", **{key: value for key, value in (
+        ("gpus_per_node", args.gpus_per_node), ("nodes", args.nodes), ("gpu_memory_gib", args.gpu_memory_gib))
+        if value is not None}}
+    config["hardware"] = {**(config.get("hardware") or {}), **hardware}
+    resolved = settings.resolve_config(config)
+    card_gib = memory_plan.card_memory_gib(resolved, local_gpu_memory_gib())
+    if card_gib is None:
+        raise UserError("no GPU memory to plan for: give --gpu-memory-gib (e.g. 80), or run on the GPU machine")
+    hardware = resolved["hardware"]
+    title = (f"Memory plan of preset {resolved['preset']!r}" + (f" + {configfile}" if configfile else "")
+             + f": {hardware['nodes']} node(s) x {hardware['gpus_per_node']} GPU(s) of {card_gib:g} GiB\n\n")
+    return title + markdown_table(memory_plan.plan_rows(resolved, card_gib), card_gib)
+
+
+# ---- convert-ucf101 ------------------------------------------------------------------------------
+
+def convert_ucf101(args) -> str:
+    """The recipe's convert_ucf101.py: download the subset's archive into --tmp_dir (which must not
+    exist, as there), convert it into --out_dir, then remove --tmp_dir."""
+    import shutil
+
+    from phi3v.data.sources.ucf101 import convert_ucf101 as convert, download_ucf101
+
+    tmp_dir = Path(args.tmp_dir)
+    if tmp_dir.exists():
+        raise UserError(f"--tmp_dir {tmp_dir} exists — give a path that does not (it is removed afterwards)")
+    try:
+        download_ucf101(tmp_dir)
+        counts = convert(tmp_dir, args.out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return f"UCF-101 in {args.out_dir}: " + ", ".join(f"{split}: {n['records']}" for split, n in counts.items())
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -146,7 +210,33 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapter", help="the adapter folder (adapter_config.json + weights)")
     merge.add_argument("out_dir", help="where to write the merged model folder (replaced if it exists)")
     merge.add_argument("--num-crops", type=positive_int, help="num_crops to save with it (default: the base's)")
+    merge.add_argument("--other-base", action="store_true",
+                       help="merge even though adapter_config.json names another base (the same model under "
+                            "another name or path); the tensor shapes are still checked")
     merge.set_defaults(handler=merge_lora)
+
+    plan_ = commands.add_parser("plan", help="per-GPU peak memory of every run before anything runs",
+                                description="A Markdown table: for each training run and speed row of the "
+                                            "configuration, the per-GPU peak memory from the model's shapes (weights, "
+                                            "gradients, optimiser state, ZeRO-2 buckets, activations with and without "
+                                            "checkpointing), the largest per-device batch, and whether it fits, with "
+                                            "the change that would make it fit.")
+    plan_.add_argument("--preset", help="a preset of presets/ (default: the one config.yaml names, else demo)")
+    plan_.add_argument("--configfile", help="a config file as Snakemake's --configfile (default: ./config.yaml "
+                                            "without --preset)")
+    plan_.add_argument("--gpu-memory-gib", type=positive_float,
+                       help="memory of one GPU in GiB (default: hardware.gpu_memory_gib, else this machine's cards)")
+    plan_.add_argument("--gpus-per-node", type=positive_int, help="GPUs a node (default: the config's)")
+    plan_.add_argument("--nodes", type=positive_int, help="nodes (default: the config's)")
+    plan_.set_defaults(handler=plan)
+
+    ucf = commands.add_parser("convert-ucf101", help="the recipe's convert_ucf101.py (download and convert)",
+                              description="Download the recipe's UCF-101 subset and convert it to the recipe's "
+                                          "format: ucf101_{train,val,test}.jsonl and 8 frames a video under images/.")
+    ucf.add_argument("--out_dir", default="./ucf101", help="the converted folder (default %(default)s)")
+    ucf.add_argument("--tmp_dir", default="/tmp/ucf101", help="download folder, must not exist; removed afterwards "
+                                                             "(default %(default)s)")
+    ucf.set_defaults(handler=convert_ucf101)
     return parser
 
 

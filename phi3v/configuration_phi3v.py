@@ -7,32 +7,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from transformers import CLIPVisionConfig, Phi3Config
 from transformers.configuration_utils import SubConfigSpec
 
 from .errors import UserError
 
-# The release's config.json (microsoft/Phi-3.5-vision-instruct): full-size shapes without the hub.
-RELEASE_CONFIG_FILE = Path(__file__).parent / "configs" / "phi35v_config.json"
-
-# The CLIP ViT-L/14 tower at 336 px that `img_processor.model_name` names in the release.
-CLIP_VIT_L_14_336 = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "projection_dim": 768,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "num_channels": 3,
-    "image_size": 336,
-    "patch_size": 14,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-    "attention_dropout": 0.0,
-    "initializer_range": 0.02,
-    "initializer_factor": 1.0,
-}
+# The release's config file, the CLIP tower it names, and the image-token count live with the other sizes.
+from .model_sizes import CLIP_VIT_L_14_336, RELEASE_CONFIG_FILE, image_token_count  # noqa: F401  (re-exported)
 
 OFFICIAL_EMBD_LAYER = {
     "embedding_cls": "image",
@@ -84,13 +66,6 @@ _GENERIC_KEYS_NOT_WRITTEN = (
 _RELEASE_KEYS_NOT_KEPT = ("auto_map", "_attn_implementation")
 
 DEFAULT_IMAGE_TOKEN_ID = 32044
-
-
-def image_token_count(rows: int, cols: int, tokens_per_side: int) -> int:
-    """Image tokens of one image tiled into rows x cols sub-crops, in the HD layout: every sub-crop
-    and the global crop (g*g tokens each), one `glb_GN`, and one `sub_GN` per grid row (g + g)."""
-    g = tokens_per_side
-    return (rows * cols + 1) * g * g + 1 + (rows + 1) * g
 
 
 class Phi3VConfig(Phi3Config):

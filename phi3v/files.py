@@ -48,6 +48,23 @@ def remove_stale_temp_dirs(final_dir: Path) -> list[Path]:
     return removed
 
 
+def remove_dir(path: str | os.PathLike) -> None:
+    """Delete a folder so that a kill mid-way leaves nothing under its name: renamed first to
+    `.<name>.deleting` (instant), then deleted; a later `remove_dir` of the same name finishes a
+    deletion a kill cut short."""
+    path = Path(path)
+    doomed = deleting_name(path)
+    shutil.rmtree(doomed, ignore_errors=True)
+    if path.exists():
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
+
+
+def deleting_name(path: Path) -> Path:
+    """Where `remove_dir` moves `path` while it deletes it."""
+    return path.with_name(f".{path.name}.deleting")
+
+
 def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

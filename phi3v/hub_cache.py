@@ -7,6 +7,8 @@ repositories once. It holds small stand-ins in the real file layouts:
 - `microsoft/Phi-3.5-vision-instruct`: a tiny-width model (random weights, the release's key layout, bf16
   safetensors shards with an index) and the release's file set: `config.json` (with `auto_map`), generation,
   tokenizer and preprocessor configs. The release's remote-code `.py` files are stand-ins that refuse to run.
+- `microsoft/Phi-3-vision-128k-instruct`: the same in its own release's settings (128k positions with `su`
+  rope scaling, num_crops 16), the model of the recipe's DocVQA and Hateful Memes tables.
 - `nielsr/docvqa_1200_examples`, `HuggingFaceM4/the_cauldron` (`docvqa`, `hateful_memes`, `nlvr2`) and
   `sayakpaul/ucf101-subset`, written by the demo's synthesizers.
 
@@ -35,6 +37,14 @@ from phi3v.data.sources import cauldron, docvqa, ucf101
 from phi3v.files import atomic_output_dir
 
 MODEL_ID = "microsoft/Phi-3.5-vision-instruct"
+# The model of the recipe's DocVQA and Hateful Memes tables (`datasets.<d>.model`): the same classes load its
+# release layout; it differs in its 128k rope settings and its processor's num_crops (16; Phi-3.5's: 4).
+PHI3_VISION_ID = "microsoft/Phi-3-vision-128k-instruct"
+RELEASES = {
+    MODEL_ID: {"title": "Phi-3.5-vision-instruct", "num_crops": 4, "config": {}},
+    PHI3_VISION_ID: {"title": "Phi-3-vision-128k-instruct", "num_crops": 16,
+                     "config": {"max_position_embeddings": 131072}},
+}
 # Files the hub stores in git LFS (as the repositories' .gitattributes do); the others are plain git blobs.
 LFS_SUFFIXES = (".safetensors", ".parquet", ".tar.gz", ".model", ".bin")
 TREE_CACHE_FORMAT_VERSION = 1  # the `trees/<commit>.json` listing huggingface_hub writes after a snapshot download
@@ -109,13 +119,13 @@ def folder_files(folder: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------------------------------------
 
 
-def tiny_release_config(vocab_size: int, **token_ids) -> Phi3VConfig:
+def tiny_release_config(vocab_size: int, **overrides) -> Phi3VConfig:
     """The tiny architecture on the release's 336-px crops, so preprocessor_config.json is the release's own."""
     tiny = Phi3VConfig.tiny(vocab_size)
     vision = {**tiny.vision_config.to_dict(), "image_size": 336}
     return Phi3VConfig.tiny(vocab_size, vision_config=vision,
                             img_processor={**tiny.img_processor, "num_img_tokens": 144}, dtype="bfloat16",
-                            **token_ids)
+                            **overrides)
 
 
 def _tokenizer_files(tokenizer, folder: Path) -> None:
@@ -151,8 +161,9 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def write_model_folder(folder: str | os.PathLike, seed: int = 0) -> None:
-    """The release's file set with a tiny-width model: weights in two bf16 shards and an index, configs, tokenizer."""
+def write_model_folder(folder: str | os.PathLike, seed: int = 0, release: str = MODEL_ID) -> None:
+    """The release's file set with a tiny-width model: weights in two bf16 shards and an index, configs, tokenizer
+    (`release`: one of RELEASES)."""
     from phi3v.processing_phi3v import END, IMAGE_TOKEN
     from phi3v.training.demo_tokenizer import build_tiny_tokenizer
     from phi3v.testing import official_key_shapes, write_official_checkpoint
@@ -163,7 +174,7 @@ def write_model_folder(folder: str | os.PathLike, seed: int = 0) -> None:
     tokenizer = build_tiny_tokenizer(corpus, TINY_VOCAB_SIZE)
     vocab = tokenizer.get_vocab()
     config = tiny_release_config(TINY_VOCAB_SIZE, image_token_id=vocab[IMAGE_TOKEN],
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, **RELEASES[release]["config"])
     total_bytes = 2 * sum(math.prod(shape) for shape in official_key_shapes(config).values())  # bf16
     # two shards, as the release has: the first about 60 % of the bytes
     write_official_checkpoint(folder, config, seed=seed, shard_size=total_bytes * 3 // 5, dtype=torch.bfloat16)
@@ -177,14 +188,15 @@ def write_model_folder(folder: str | os.PathLike, seed: int = 0) -> None:
         "auto_map": {"AutoProcessor": "processing_phi3_v.Phi3VProcessor",
                      "AutoImageProcessor": "image_processing_phi3_v.Phi3VImageProcessor"},
         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_processor_type": "Phi3VImageProcessor",
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "num_crops": 4, "num_img_tokens": 144,
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "num_crops": RELEASES[release]["num_crops"],
+        "num_img_tokens": 144,
         "processor_class": "Phi3VProcessor",
     })
     # The release's remote code, replaced by files that fail loudly: nothing here may ever import them.
     for name in ("configuration_phi3_v.py", "modeling_phi3_v.py", "processing_phi3_v.py",
                  "image_processing_phi3_v.py", "image_embedding_phi3_v.py"):
         (folder / name).write_text(f'raise ImportError("{name}: the hub\'s remote code must never run")\n')
-    (folder / "README.md").write_text("# Phi-3.5-vision-instruct (tiny local stand-in for tests)\n")
+    (folder / "README.md").write_text(f"# {RELEASES[release]['title']} (tiny local stand-in for tests)\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,9 +276,11 @@ def write_test_hub(hf_home: str | os.PathLike, seed: int = 0) -> dict[str, str]:
     hf_home = Path(hf_home)
     with atomic_output_dir(hf_home) as tmp_home, tempfile.TemporaryDirectory() as scratch_dir:
         scratch, hub_dir = Path(scratch_dir), tmp_home / "hub"
-        write_model_folder(scratch / "model", seed)
+        for release in RELEASES:
+            write_model_folder(scratch / repo_folder_name(repo_id=release, repo_type="model"), seed, release)
         repos = {
-            (MODEL_ID, "model"): folder_files(scratch / "model"),
+            **{(release, "model"): folder_files(scratch / repo_folder_name(repo_id=release, repo_type="model"))
+               for release in RELEASES},
             (docvqa.REPO_ID, "dataset"): docvqa_files(scratch, seed),
             (cauldron.REPO_ID, "dataset"): cauldron_files(scratch, seed),
             (ucf101.HUB_REPO_ID, "dataset"): ucf101_files(scratch, seed),

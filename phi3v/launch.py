@@ -17,12 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from phi3v.errors import UserError, entry_point
 
-RENDEZVOUS_PORT = 29500
+# Rendezvous ports of multi-node jobs, one per SLURM job id: below Linux's ephemeral range (32768+),
+# so no outgoing connection holds one; torchrun's default 29500 would be shared by every job.
+RENDEZVOUS_PORTS = range(20000, 30000)
 # Machine-wide, so that jobs of different workflow runs on one machine see each other's claims.
 DEFAULT_LOCK_DIR = os.path.join(tempfile.gettempdir(), "phi3v-gpu-locks")
 # The machine's GPU count for claims, as the workflow read it from `--resources gpu=N`.
@@ -90,10 +93,17 @@ def launch_command(
         *torchrun,
         f"--nnodes={nodes}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={node_address(first_node(nodelist), env)}:{RENDEZVOUS_PORT}",
+        f"--rdzv-endpoint={node_address(first_node(nodelist), env)}:{rendezvous_port(env['SLURM_JOB_ID'])}",
         f"--rdzv-id={env['SLURM_JOB_ID']}",
         "-m", *module_args,
     ]
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The port a SLURM job's torchrun agents meet at on its first node, from the job id: jobs that
+    share a first node meet at different ports (two collide only if their ids differ by 10000·k)."""
+    number = int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())
+    return RENDEZVOUS_PORTS[number % len(RENDEZVOUS_PORTS)]
 
 
 def first_node(nodelist: str) -> str:
@@ -124,6 +134,22 @@ def node_address(node: str, env: Mapping[str, str] = os.environ) -> str:
 # GPUs of a shared machine
 
 
+def machine_gpu_ids(total: int, env: Mapping[str, str] = os.environ) -> list[str]:
+    """The ids of the `total` GPUs that jobs on this machine share: the first `total` of an inherited
+    CUDA_VISIBLE_DEVICES (a job claims among those, never beside them), else 0 .. total-1."""
+    inherited = env.get("CUDA_VISIBLE_DEVICES")
+    if inherited is None:
+        return [str(gpu) for gpu in range(total)]
+    ids = [gpu.strip() for gpu in inherited.split(",") if gpu.strip()]
+    if len(ids) < total:
+        raise UserError(
+            f"CUDA_VISIBLE_DEVICES={inherited!r} shows {len(ids)} GPU(s) but jobs are to share {total} "
+            f"(--resources gpu / ${MACHINE_GPUS_VARIABLE} / --gpus-on-machine): lower that count to {len(ids)} "
+            "or widen CUDA_VISIBLE_DEVICES"
+        )
+    return ids[:total]
+
+
 def machine_gpu_count(env: Mapping[str, str] = os.environ) -> int:
     """GPUs this machine shares among jobs: $PHI3V_GPUS_ON_MACHINE, else all visible to this process."""
     if env.get(MACHINE_GPUS_VARIABLE):
@@ -135,13 +161,17 @@ def machine_gpu_count(env: Mapping[str, str] = os.environ) -> int:
 
 @contextlib.contextmanager
 def claim_gpus(
-    count: int, lock_dir: str | os.PathLike, total: int, timeout_s: float = 3600.0
+    count: int, lock_dir: str | os.PathLike, total: int, timeout_s: float = 3600.0,
+    ids: Sequence[str] | None = None,
 ) -> Iterator[list[int]]:
     """Hold `count` of the machine's `total` GPUs exclusively (file locks) for the block.
 
     The locks are advisory `flock`s: the kernel releases them when the process dies, so a killed
-    job never leaves a GPU claimed. Yields the GPU indices (for CUDA_VISIBLE_DEVICES).
+    job never leaves a GPU claimed. Yields the indices into `ids` (the GPUs' ids, by default
+    0 .. total-1) of the GPUs held; a lock is named by the GPU's id, so runs that see the machine's
+    GPUs through different CUDA_VISIBLE_DEVICES still exclude each other.
     """
+    ids = [str(gpu) for gpu in range(total)] if ids is None else list(ids)
     if count > total:
         raise UserError(
             f"the job asks for {count} GPUs but this machine has {total}: lower the run's gpus "
@@ -155,7 +185,8 @@ def claim_gpus(
             for gpu in range(total):
                 if len(held) == count or any(g == gpu for g, _ in held):
                     continue
-                fd = os.open(Path(lock_dir) / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDONLY, 0o666)
+                lock_name = "gpu" + ids[gpu].replace("/", "_") + ".lock"  # MIG ids hold slashes
+                fd = os.open(Path(lock_dir) / lock_name, os.O_CREAT | os.O_RDONLY, 0o666)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     held.append((gpu, fd))
@@ -179,14 +210,17 @@ def visible_gpus(
     """Claim `count` GPUs (unless SLURM already assigned them) and yield the environment with
     CUDA_VISIBLE_DEVICES set to them; a job that runs in this process passes `os.environ`.
 
-    `total`: the machine's GPUs; when None, see `machine_gpu_count`.
+    `total`: the machine's GPUs; when None, see `machine_gpu_count`. Under an inherited
+    CUDA_VISIBLE_DEVICES, claimed GPU i is its i-th entry (`machine_gpu_ids`).
     """
     env = dict(os.environ) if env is None else env
     if not count or under_slurm(env):
         yield env
         return
-    with claim_gpus(count, lock_dir, machine_gpu_count(env) if total is None else total) as gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    total = machine_gpu_count(env) if total is None else total
+    ids = machine_gpu_ids(total, env) if count <= total else None  # claim_gpus refuses count > total
+    with claim_gpus(count, lock_dir, total, ids=ids) as gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[gpu] for gpu in gpus)
         yield env
 
 

@@ -23,6 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.phi3.modeling_phi3 import Phi3Model, Phi3PreTrainedModel
 
 from .configuration_phi3v import Phi3VConfig
+from . import numerics
 from .errors import UserError
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
@@ -173,6 +174,16 @@ class Phi3VModel(Phi3VPreTrainedModel, Phi3Model):
         return inputs_embeds.masked_scatter(image_positions.unsqueeze(-1), image_features.to(inputs_embeds.dtype))
 
 
+def sample_segments(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L) index of the sample each position belongs to: one per row, and in a packed row a new
+    one wherever `position_ids` restart at 0."""
+    starts = torch.zeros_like(labels, dtype=torch.bool)
+    if position_ids is not None:
+        starts |= position_ids.to(labels.device) == 0
+    starts[:, 0] = True
+    return starts.flatten().cumsum(0).view(labels.shape) - 1
+
+
 class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
     """Phi-3.5-vision with its LM head; loads and saves the release's checkpoint layout."""
 
@@ -198,11 +209,13 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         logits_to_keep: int = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        loss_reduction: str = "token_mean",
         **kwargs,
     ) -> Phi3VCausalLMOutput:
         cache = cache if cache is not None else past_key_values
         if use_cache is None and labels is not None:
             use_cache = False  # training: no KV cache, which also lets packed position_ids separate the samples
+        numerics.pin_attention_kernel(self.lm_head.weight.device)  # the same bits on every CPU vendor
         if inputs_embeds is None:
             prefill = cache is None or cache.get_seq_length() == 0
             inputs_embeds = self.model.embed(input_ids, pixel_values, image_sizes, prefill)
@@ -215,15 +228,19 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         if labels is None:
             logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states)
             return Phi3VCausalLMOutput(logits=logits, cache=outputs.cache)
-        loss, loss_per_sample = self.supervised_loss(hidden_states, labels, num_items_in_batch)
+        loss, loss_per_sample = self.supervised_loss(hidden_states, labels, num_items_in_batch, loss_reduction,
+                                                     position_ids)
         return Phi3VCausalLMOutput(loss=loss, loss_per_sample=loss_per_sample, cache=outputs.cache)
 
     def supervised_loss(self, hidden_states: torch.Tensor, labels: torch.LongTensor,
-                        num_items_in_batch: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        num_items_in_batch: int | torch.Tensor | None = None, loss_reduction: str = "token_mean",
+                        position_ids: torch.LongTensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Next-token cross-entropy over labels != -100, the LM head run only at those positions.
 
-        Returns the mean over all supervised tokens (or their sum / num_items_in_batch, for gradient accumulation)
-        and each sample's own mean, shape (B,).
+        `token_mean`: the sum over supervised tokens / `num_items_in_batch` (default: their count).
+        `sample_mean`: the sum over samples of each sample's own token mean / `num_items_in_batch`
+        (default: the samples with a supervised token); packed rows split into samples where
+        `position_ids` restart at 0. Also returns each row's own mean, shape (B,).
         """
         targets = labels[:, 1:].to(hidden_states.device)  # (B, L-1): position t predicts token t+1
         supervised = targets != -100
@@ -233,6 +250,15 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         batch = labels.shape[0]
         per_sample_sum = token_loss.new_zeros(batch).index_add(0, sample_of_token, token_loss)
         loss_per_sample = per_sample_sum / supervised.sum(dim=1)
+        if loss_reduction == "sample_mean":
+            segment = sample_segments(labels, position_ids)[:, 1:][supervised]  # (N,) sample of each target
+            sums = token_loss.new_zeros(int(segment.max()) + 1 if len(segment) else 0).index_add(0, segment, token_loss)
+            counts = torch.bincount(segment, minlength=len(sums))
+            means = sums[counts > 0] / counts[counts > 0]
+            denominator = num_items_in_batch if num_items_in_batch is not None else max(len(means), 1)
+            return means.sum() / denominator, loss_per_sample.detach()
+        if loss_reduction != "token_mean":
+            raise ValueError(f"loss_reduction={loss_reduction!r}: use token_mean or sample_mean")
         denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
         loss = token_loss.sum() / denominator
         return loss, loss_per_sample.detach()
@@ -255,9 +281,13 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, attn_implementation: str = "sdpa",
                         **kwargs) -> "Phi3VForCausalLM":
         """Load a folder (or hub id) in the release's layout; every checkpoint key must be used and none missing."""
+        from .model_files import check_weight_files
+        from .processing_phi3v import model_folder
+
         check_attention_implementation(attn_implementation)
         kwargs.pop("trust_remote_code", None)  # never needed: the model code is here
         kwargs.pop("output_loading_info", None)
+        check_weight_files(model_folder(pretrained_model_name_or_path, **kwargs))
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, attn_implementation=attn_implementation,
             output_loading_info=True, **kwargs,

@@ -10,6 +10,22 @@ Pinned, the first three no longer matter; the thread count is part of the pin. R
 machine are already bit-identical run to run, so `torch.use_deterministic_algorithms` adds nothing
 on the CPU and is not set.
 
+Across CPU vendors (an Intel Xeon with AMX against an AMD EPYC's kernel probe and demo losses) the
+kernels that still part them are MKL's: MKL picks its code path by vendor as well as by ISA, while
+every probe of an ATen or oneDNN kernel agrees under the caps. What differed, and what pins it:
+- fp32 GEMM (matmul, linear, bmm, fp32 SDPA, and fp16 matmuls, which ATen converts to fp32 for MKL):
+  `MKL_CBWR=AVX2,STRICT` gives on the Intel machine exactly the AMD machine's `MKL_CBWR=AVX2` bits.
+- not pinnable with MKL's knobs: its vector math (fp32 exp, log, erf: `torch.exp`...) takes a generic
+  path on AMD that Intel takes only under `MKL_CBWR=COMPATIBLE` or an AVX cap, both of which move the
+  GEMMs off the AMD path; and its bf16xbf16->fp32 GEMM inside the CPU flash-attention kernel (bf16
+  SDPA), which no MKL setting on the Intel machine makes match (the demo's pre-training first
+  differs at step 16). A 3-step MLP + AdamW probe (MKL GEMMs, oneDNN's fp32 GELU) differs too.
+The model's forward therefore runs attention through SDPA's math kernel on a pinned CPU
+(`pin_attention_kernel`): it computes in fp32 through MKL's SGEMM, which the pin covers, and the
+golden's trainings then call no other MKL function (`MKL_VERBOSE=1`).
+`python -m phi3v.training.numerics_golden --compare tests/numerics/golden.json` checks a machine
+against the committed golden and names the kernels that differ.
+
 All of these are read by the libraries when their first kernel runs (not at `import torch`,
 except OpenMP's thread count, which `pin` also sets through torch), so `phi3v/__init__.py` calls
 `pin()`: every entry point (`python -m phi3v...`, the workflow's scripts, torchrun's processes)
@@ -31,7 +47,9 @@ THREADS_VARIABLE = "OMP_NUM_THREADS"
 PINNED_ENVIRONMENT = {
     "ATEN_CPU_CAPABILITY": "avx2",  # ATen's own vectorised kernels (reductions, softmax, norms, bf16 gemm)
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (mkldnn) matmuls and convolutions
-    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: one code path for fp32 gemm
+    # MKL's conditional numerical reproducibility: one code path for its GEMMs; STRICT also makes Intel
+    # take the path AMD takes (measured against the AMD probe), plain AVX2 does not.
+    "MKL_CBWR": "AVX2,STRICT",
     # An explicit MKL_ENABLE_INSTRUCTIONS=AVX512 wins over MKL_CBWR (measured), so it is capped too.
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
 }
@@ -54,6 +72,22 @@ def pin(env: MutableMapping[str, str] = os.environ) -> None:
     # OpenMP read its thread count when torch was loaded; a torch imported before us is told again.
     if env is os.environ and "torch" in sys.modules:
         set_threads(int(env[THREADS_VARIABLE]))
+
+
+def pin_attention_kernel(device) -> None:
+    """Under pinned numerics, a process computing on the CPU runs scaled-dot-product attention
+    through its math kernel (the model's forward calls this). The CPU flash kernel's bf16 GEMM takes
+    MKL's vendor-dependent path, which no MKL setting pins; the math kernel computes in fp32 through
+    MKL's SGEMM, which `MKL_CBWR=AVX2,STRICT` pins. The switch is process-wide, not a context, so
+    gradient checkpointing's recomputation in the backward takes the same kernel; it also turns off
+    CUDA's flash kernel, which a process computing on the CPU does not use. GPUs and
+    `PHI3V_NUMERICS=native` keep the fastest kernel."""
+    if getattr(device, "type", device) != "cpu" or mode() == NATIVE:
+        return
+    import torch
+
+    if torch.backends.cuda.flash_sdp_enabled():  # the flag both CPU and CUDA kernel choices read
+        torch.backends.cuda.enable_flash_sdp(False)
 
 
 def set_threads(threads: int) -> None:

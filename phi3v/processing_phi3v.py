@@ -120,6 +120,7 @@ def to_rgb(image: Image.Image, name: str, composite_alpha: bool = True) -> Image
         raise UserError(f"{name} has zero size ({image.width}x{image.height}): replace or remove it.")
     try:
         image.load()
+        image = eight_bit(image, name)
         if image.mode == "RGB" and "transparency" not in image.info:
             return image
         if not composite_alpha:
@@ -127,6 +128,22 @@ def to_rgb(image: Image.Image, name: str, composite_alpha: bool = True) -> Image
         return Image.fromarray(convert_to_rgb(image, return_numpy=True))
     except (OSError, SyntaxError, ValueError) as error:
         raise UserError(f"{name} cannot be decoded or converted to RGB ({error}): replace or remove it.") from error
+
+
+def eight_bit(image: Image.Image, name: str) -> Image.Image:
+    """A 16-bit greyscale image (PNG, TIFF) scaled to 8 bits; 32-bit integer or float images refused.
+
+    By hand: PIL's conversion to RGB clips 16-bit values at 255 instead of scaling them, which turns a
+    16-bit scan almost entirely white; 32-bit modes carry no range to scale from.
+    """
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)  # (H, W) in 0..65535
+        return Image.fromarray(np.round(values / 257).astype(np.uint8))  # mode L
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "32-bit floating-point"
+        raise UserError(f"{name} is a {kind} greyscale image (mode {image.mode}), whose range cannot be known: "
+                        "save it as an 8-bit or 16-bit image (PNG) or as RGB.")
+    return image
 
 
 def image_name(image, default: str) -> str:
@@ -188,12 +205,27 @@ def is_hub_id(name: str) -> bool:
     return True
 
 
-def check_source(source) -> str:
-    """A local model folder or hub id, as a string; a local path that does not exist is refused here."""
+HUB_OPTIONS = ("revision", "cache_dir", "token", "local_files_only")  # from_pretrained keywords that find a hub model
+
+
+def model_folder(source, **options) -> Path:
+    """The local folder of a model folder or hub id (the hub cache's snapshot, its config.json fetched or found
+    there offline); a local path that does not exist, or a hub model that cannot be had, is refused here.
+    `options`: from_pretrained's keywords; those in `HUB_OPTIONS` are used."""
+    from phi3v.model_files import hub_model_folder
+
     source = str(source)
-    if not os.path.isdir(source) and not is_hub_id(source):
+    if os.path.isdir(source):
+        return Path(source)
+    if not is_hub_id(source):
         raise UserError(f"model folder {source} does not exist: build or download the model first (or give a hub id).")
-    return source
+    return hub_model_folder(source, **{key: options[key] for key in HUB_OPTIONS if options.get(key) is not None})
+
+
+def check_source(source, **options) -> str:
+    """A local model folder or hub id, as a string, once `model_folder` found it."""
+    model_folder(source, **options)
+    return str(source)
 
 
 class Phi3VImageProcessorKwargs(ImagesKwargs, total=False):
@@ -264,7 +296,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "Phi3VImageProcessor":
         """A folder or hub id (`revision=` too); keyword settings (e.g. `num_crops=16`) override the file's."""
-        source = check_source(pretrained_model_name_or_path)
+        source = check_source(pretrained_model_name_or_path, **kwargs)
         path = f"{source.rstrip('/')}/{IMAGE_PROCESSOR_FILE}"
         kwargs.pop("trust_remote_code", None)  # nothing remote to trust: the code is here
         try:
@@ -411,7 +443,7 @@ class Phi3VProcessor(ProcessorMixin):
                         **kwargs) -> "Phi3VProcessor":
         """A folder or hub id (`revision=`, `cache_dir=` ...) through transformers' loader, never remote code;
         image-processor settings given here (e.g. `num_crops=16`) override the folder's."""
-        source = check_source(pretrained_model_name_or_path)
+        source = check_source(pretrained_model_name_or_path, **kwargs)
         settings = {key: kwargs.pop(key) for key in IMAGE_PROCESSOR_SETTINGS if key in kwargs}
         kwargs["trust_remote_code"] = False
         try:

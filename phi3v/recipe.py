@@ -185,6 +185,7 @@ def flags_to_run(task: str, args: argparse.Namespace, world_size: int = 1) -> Ru
         checkpoint_every=None, max_steps=args.max_steps, max_train_samples=args.max_train_samples,
         seed=HF_TRAINER_SEED, deepspeed=not strategy.is_lora and not args.no_deepspeed,
         train_turns=recipe_train_turns(hub_task(task, args)),
+        attention_mask="pad_id" if task == "nlvr2" else "length",  # only the NLVR2 collator masks by id
         freeze_token_embeddings=True, report_to=tuple(args.report_to), **lora)
 
 
@@ -264,6 +265,7 @@ def run_recipe(task: str, args: argparse.Namespace) -> dict:
     from accelerate import PartialState
 
     from phi3v.evaluation.evaluate import evaluate
+    from phi3v.training.strategy import check_run, quantization_config
     from phi3v.training.train import train
 
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
@@ -286,20 +288,22 @@ def run_recipe(task: str, args: argparse.Namespace) -> dict:
         print(workflow_yaml(workflow_config(task, args, run, world_size)))
 
     script = SCRIPTS[task]
-    eval_batch = args.batch_size_per_gpu if script.batch_size_per_gpu else 1  # the scripts' eval batch
 
-    def evaluate_model(model_dir: Path, run_name: str, folder: str, precision: str) -> dict:
+    def evaluate_model(model_dir: Path, run_name: str, folder: str, precision: str, quantization=None) -> dict:
+        # every script generates one example at a time (NLVR2's too, whatever --batch_size_per_gpu), eos only
         return evaluate(model_dir=model_dir, data_dir=data_dir, dataset_name=run.dataset, split=script.eval_split,
                         metric=script.metric, out_dir=output_dir / folder, run_name=run_name,
                         num_crops=run.num_crops, precision=precision, attention=run.attention,
-                        batch_size=eval_batch, max_new_tokens=MAX_NEW_TOKENS, max_samples=args.max_eval_samples,
-                        progress=args.tqdm)
+                        batch_size=1, max_new_tokens=MAX_NEW_TOKENS, max_samples=args.max_eval_samples,
+                        stop_tokens="eos", quantization_config=quantization, progress=args.tqdm)
 
+    check_run(run, state.device)  # refuse what this machine cannot do before any evaluation
     scores = {}
     if not args.skip_eval:
-        # the model as the script loads it: bf16 with flash attention, else fp32
+        # the model as the script loads it: bf16 with flash attention, else fp32; QLoRA: the 4-bit model
         as_loaded = "bf16" if loads_bf16(run.attention) else "fp32"
-        scores["before"] = evaluate_model(base_model, BASE_RUN, "eval_before", as_loaded)
+        quantization = quantization_config(run) if run.strategy is Strategy.QLORA else None
+        scores["before"] = evaluate_model(base_model, BASE_RUN, "eval_before", as_loaded, quantization)
         if state.is_main_process:
             print(report_score(task, scores["before"], "before"))
     train(run, base_model=base_model, data_dir=data_dir, dataset_name=run.dataset, out_dir=output_dir,

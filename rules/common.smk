@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from phi3v import launch
 from phi3v.layout import ResultsLayout, report_inputs
 from phi3v.workflow import preflight, resources
+from phi3v.workflow import plan as memory_plan
 from phi3v.workflow import config as settings
 from phi3v.errors import UserError
 
@@ -43,13 +44,24 @@ def machine_gpus():
     return getattr(given, "value", given)
 
 
+def local_cards():
+    """GiB of each card nvidia-smi lists, for a local GPU run planned by this process; None otherwise."""
+    if config["hardware"]["accelerator"] != "cuda" or runs_on_slurm() or not workflow.is_main_process:
+        return None
+    return resources.local_gpu_memory_gib()
+
+
 try:
     config.update(settings.resolve_config(config, workflow.basedir))
     preflight.check_custom_dataset_paths(config)
+    cards = local_cards()
     resources.check_cluster(
         config, slurm=runs_on_slurm(), partition=default_resource("slurm_partition"), machine_gpus=machine_gpus(),
-        rule_partitions=rule_partitions(),
+        rule_partitions=rule_partitions(), local_gpus=None if cards is None else len(cards),
     )
+    card_gib = memory_plan.card_memory_gib(config, cards or [])
+    if card_gib is not None:
+        memory_plan.check_memory(config, card_gib)
 except UserError as error:
     # Reported before any job runs, without a traceback: the message names the key and the fix.
     raise WorkflowError(str(error)) from None

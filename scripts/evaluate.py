@@ -7,7 +7,7 @@ from common import run_step  # noqa: E402
 
 
 def evaluate():
-    from phi3v.evaluation.evaluate import evaluate as evaluate_model
+    from phi3v.evaluation.evaluate import evaluate as evaluate_model, summary
 
     scores = evaluate_model(
         model_dir=snakemake.input.model,
@@ -17,7 +17,7 @@ def evaluate():
         run_name=snakemake.wildcards.run,
         **dict(snakemake.params.options),
     )
-    print(f"scores: {scores}")
+    print(f"scores: {summary(scores)}")
 
 
 run_step(snakemake, evaluate)

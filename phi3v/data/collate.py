@@ -22,11 +22,13 @@ def _images_of(examples: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor | No
 
 
 def collate_padded(
-    examples: Sequence[Mapping[str, Any]], pad_token_id: int, padding_side: str = "right"
+    examples: Sequence[Mapping[str, Any]], pad_token_id: int, padding_side: str = "right",
+    mask_pad_id: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Pad examples to the longest: `input_ids`, `attention_mask`, `labels` (B, T) plus images.
 
-    Padding gets `pad_token_id`, attention 0 and label -100.
+    Padding gets `pad_token_id`, attention 0 and label -100. `mask_pad_id`: attention 0 wherever the
+    id is `pad_token_id`, inside a sample too (the recipe's NLVR2 collator, `attention_mask: pad_id`).
     """
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
@@ -41,6 +43,8 @@ def collate_padded(
         input_ids[row, span] = torch.as_tensor(ex["input_ids"])
         attention_mask[row, span] = 1
         labels[row, span] = torch.as_tensor(ex["labels"])
+    if mask_pad_id:
+        attention_mask = (input_ids != pad_token_id).long()
     pixel_values, image_sizes = _images_of(examples)
     return {
         "input_ids": input_ids,
@@ -51,24 +55,33 @@ def collate_padded(
     }
 
 
-def collate_packed(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor | None]:
+def collate_packed(examples: Sequence[Mapping[str, Any]], flash_attention: bool = False) -> dict[str, Any]:
     """Concatenate examples into one row (1, sum T) with `position_ids` restarting at 0 per sample.
 
     No attention mask: the model separates samples by their position ids. The label at each
     sample start is -100, so no sample's first token is predicted from the previous sample.
+    `flash_attention`: also the varlen kernel's sample boundaries (`cu_seq_lens_q/k`, int32 (n+1,))
+    and longest sample (`max_length_q/k`, an int), transformers' FlashAttentionKwargs, computed here
+    once: from position_ids alone transformers recomputes them, with device syncs, in every layer.
     """
+    lengths = [len(ex["input_ids"]) for ex in examples]
     input_ids = torch.cat([torch.as_tensor(ex["input_ids"]) for ex in examples]).long()
-    position_ids = torch.cat([torch.arange(len(ex["input_ids"])) for ex in examples])
+    position_ids = torch.cat([torch.arange(length) for length in lengths])
     labels = torch.cat([torch.as_tensor(ex["labels"]) for ex in examples]).long().clone()
     labels[position_ids == 0] = IGNORE_INDEX
     pixel_values, image_sizes = _images_of(examples)
-    return {
+    batch = {
         "input_ids": input_ids[None],  # (1, sum T)
         "position_ids": position_ids[None],
         "labels": labels[None],
         "pixel_values": pixel_values,
         "image_sizes": image_sizes,
     }
+    if flash_attention:
+        boundaries = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)  # (n + 1,)
+        batch.update(cu_seq_lens_q=boundaries, cu_seq_lens_k=boundaries.clone(),
+                     max_length_q=max(lengths), max_length_k=max(lengths))
+    return batch
 
 
 def pack_indices(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

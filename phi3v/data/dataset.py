@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from phi3v.data import TRAIN_TURNS
-from phi3v.data.records import normalize_answer, Record, Turn, image_tags, read_records
+from phi3v.data.records import normalize_answer, Record, Turn, image_file, image_tags, read_records
 from phi3v.errors import UserError
 from phi3v.processing_phi3v import image_tag_numbers, load_image
 
@@ -116,7 +116,7 @@ class ConversationDataset(Dataset):
         if key in self._cache:
             return dict(self._cache[key])  # collate builds new tensors: the cached ones stay unchanged
         paths = [path for turn in conversation for path in turn.images]
-        images = [load_image(self.images_dir / path) for path in paths]
+        images = [load_image(image_file(self.images_dir, path)) for path in paths]
         example = dict(self.processor.encode_example(with_image_tags(conversation), images, num_crops=self.num_crops))
         example["num_images"] = len(images)
         size = sum(value.nbytes for value in example.values() if isinstance(value, torch.Tensor))
@@ -146,7 +146,7 @@ def load_eval_examples(
         examples.append(EvalExample(
             id=record.id,
             prompt_user=with_image_tags(record.conversations[:1])[0]["user"],
-            image_paths=[str(images_dir / path) for path in first.images],
+            image_paths=[str(image_file(images_dir, path)) for path in first.images],
             answers=list(record.answers) if record.answers is not None else [first.assistant],
         ))
     return examples

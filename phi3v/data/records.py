@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
@@ -133,6 +134,19 @@ def _field_problems(obj: dict, spec: dict[str, type], optional: set[str], where:
                 f"write {key!r} as a JSON {JSON_TYPE[expected]}",
             ))
     return problems
+
+
+def image_file(images_dir: str | os.PathLike, relative: str) -> Path:
+    """The file `relative` names under `images_dir`, also when the disk spells the name in another Unicode
+    normal form than the jsonl (macOS writes names decomposed, NFD; most tools write composed, NFC)."""
+    path = Path(images_dir) / relative
+    if path.exists() or relative.isascii():
+        return path
+    for form in ("NFC", "NFD"):
+        other = Path(images_dir) / unicodedata.normalize(form, relative)
+        if other.exists():
+            return other
+    return path
 
 
 def _image_path_problem(path: str) -> str | None:
@@ -281,7 +295,7 @@ def write_records(path: str | os.PathLike, records: Iterable[Record | dict]) -> 
 
 def _image_file_problem(images_dir: Path, relative: str) -> str | None:
     """Why the image file cannot be used (None when it opens and decodes)."""
-    path = images_dir / relative
+    path = image_file(images_dir, relative)
     try:
         path.resolve().relative_to(images_dir.resolve())
     except ValueError:

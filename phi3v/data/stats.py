@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from phi3v.data.dataset import first_turn_answers
-from phi3v.data.records import read_records, split_path
+from phi3v.data.records import image_file, read_records, split_path
 from phi3v.processing_phi3v import Phi3VImageProcessor
 
 ImageTokenCounter = Callable[[int, int, int], int]  # (height, width, num_crops) -> tokens
@@ -42,7 +42,7 @@ def split_stats(
 
     def image_tokens(relative: str) -> int:
         if relative not in size_of:
-            with Image.open(images_dir / relative) as image:
+            with Image.open(image_file(images_dir, relative)) as image:
                 size_of[relative] = (image.height, image.width)
         return image_token_counter(*size_of[relative], num_crops)
 

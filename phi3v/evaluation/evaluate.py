@@ -1,19 +1,24 @@
 """Evaluate a model folder on one split: batched greedy generation, then the recipe's metric.
 
-Writes `predictions.jsonl` (id, prediction, answers, score; sorted by id) and `scores.json`.
+Writes `predictions.jsonl` (id, prediction, answers, score and the other per-example scores;
+sorted by id) and `scores.json` (the means, and under `per_example` every example's scores, from
+which the tables compute bootstrap intervals). Besides the recipe's metric: the official ANLS
+(DocVQA), AUROC from the probability of the answer "yes" (`auroc`, Hateful Memes), and optionally
+lmms-eval's DocVQA protocol (`lmms_eval`: its prompt, token limit and ANLS, a second pass).
 Under torchrun each process answers a slice of the split (accelerate splits and gathers); the main
 process writes.
 
     python -m phi3v.evaluation.evaluate --model-dir results/runs/docvqa/full-bf16-sdpa/model \\
         --data-dir results/data/docvqa --dataset docvqa --split test --metric anls \\
         --out-dir results/eval/docvqa/full-bf16-sdpa --run-name full-bf16-sdpa \\
-        --num-crops 16 --precision bf16 --attention sdpa --batch-size 8
+        --num-crops 16 --precision bf16 --attention sdpa --batch-size 1
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -26,14 +31,26 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from phi3v.errors import UserError, entry_point
-from phi3v.evaluation.metrics import accuracy, anls
+from phi3v.data.records import normalize_answer
+from phi3v.evaluation.metrics import accuracy, anls_lmms_eval, anls_official, recipe_anls
+from phi3v.evaluation import statistics
 from phi3v.files import write_json_atomic, write_text_atomic
 from phi3v.layout import PREDICTIONS, SCORES
 from phi3v.training.run_config import PRECISIONS, torch_dtype
 
 METRICS = ("anls", "accuracy")
+# eos: the tokenizer's eos only (the recipe's scripts); end_and_eos: also `<|end|>` (fewer tokens generated)
+STOP_TOKENS = ("eos", "end_and_eos")
 # fp32: how the recipe evaluates an fp16 LoRA run (adapter on the base reloaded in fp32)
 EVAL_PRECISIONS = PRECISIONS + ("fp32",)
+
+# lmms-eval's `docvqa_val` task (lmms_eval/tasks/docvqa/_default_template_docvqa_yaml, 0.7): the
+# question, then this post-prompt; greedy, at most 32 new tokens; one example at a time (its phi3v model).
+LMMS_EVAL_POST_PROMPT = "\nAnswer the question using a single word or phrase."
+LMMS_EVAL_MAX_NEW_TOKENS = 32
+# phi3v.data.sources.docvqa.PROMPT_SUFFIX (a test keeps them equal): importing the converter here
+# would need `datasets` in the evaluation's environment
+RECIPE_DOCVQA_SUFFIX = "\nAnswer briefly."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,14 +58,24 @@ EVAL_PRECISIONS = PRECISIONS + ("fp32",)
 
 
 def score_prediction(prediction: str, answers: Sequence[str], metric: str) -> float:
-    """The table's metric for one sample, in [0, 1]: recipe ANLS for `anls`, exact match otherwise."""
+    """The table's metric for one sample, in [0, 1]: the recipe's ANLS for `anls`, exact match otherwise."""
     if metric == "anls":
-        return anls(prediction, answers, case_sensitive=True)
+        return recipe_anls(prediction, answers)
     return accuracy(prediction, answers)
 
 
 def percent(values: Sequence[float]) -> float:
     return round(100.0 * sum(values) / len(values), 4) if values else 0.0
+
+
+def is_yes(answers: Sequence[str]) -> bool:
+    """The positive class of a yes/no task (Hateful Memes: hateful): the first gold answer is "yes"."""
+    return normalize_answer(answers[0]) == "yes"
+
+
+# Values of a predictions row that `scores.json` keeps under `per_example` (those the rows have),
+# for the tables' bootstrap intervals.
+PER_EXAMPLE = ("id", "score", "anls_official", "p_yes", "anls_lmms_eval")
 
 
 def summarize(
@@ -65,23 +92,46 @@ def summarize(
     }
     if metric == "anls":
         scores["anls_recipe"] = scores["score"]
-        scores["anls_official"] = percent(
-            [anls(p["prediction"], a, case_sensitive=False) for p, a in zip(predictions, answers)]
-        )
+        scores["anls_official"] = percent([p["anls_official"] for p in predictions])
+    if predictions and "anls_lmms_eval" in predictions[0]:
+        scores["anls_lmms_eval"] = percent([p["anls_lmms_eval"] for p in predictions])
+    if predictions and "p_yes" in predictions[0]:
+        value = statistics.auroc([p["p_yes"] for p in predictions], [is_yes(a) for a in answers])
+        scores["auroc"] = None if value is None else round(100.0 * value, 4)
     scores["accuracy"] = percent([accuracy(p["prediction"], a) for p, a in zip(predictions, answers)])
-    scores["majority_baseline"] = percent([score_prediction(majority, a, metric) for a in answers])
+    majority_scores = [round(score_prediction(majority, a, metric), 6) for a in answers]
+    scores["majority_baseline"] = percent(majority_scores)
     scores["majority_answer"] = majority
     scores["n"] = len(predictions)
+    scores["per_example"] = {key: [p[key] for p in predictions] for key in PER_EXAMPLE
+                             if predictions and key in predictions[0]}
+    scores["per_example"]["majority_baseline"] = majority_scores
+    if "p_yes" in scores["per_example"]:
+        scores["per_example"]["is_yes"] = [is_yes(a) for a in answers]
     return scores
 
 
+def summary(scores: dict) -> dict:
+    """`scores.json` without the per-example lists, for printing."""
+    return {key: value for key, value in scores.items() if key != "per_example"}
+
+
 def scored_predictions(ids: Sequence[str], predictions: Sequence[str], answers: Sequence[Sequence[str]],
-                       metric: str) -> list[dict]:
-    """The rows of `predictions.jsonl`, sorted by id."""
-    rows = [
-        {"id": i, "prediction": p, "answers": list(a), "score": round(score_prediction(p, a, metric), 6)}
-        for i, p, a in zip(ids, predictions, answers)
-    ]
+                       metric: str, yes_probabilities: Sequence[float] | None = None,
+                       lmms_eval_predictions: Sequence[str] | None = None) -> list[dict]:
+    """The rows of `predictions.jsonl`, sorted by id: the recipe's score, the official ANLS
+    (anls), the probability of "yes" (when given) and lmms-eval's answer and ANLS (when given)."""
+    rows = []
+    for index, (i, p, a) in enumerate(zip(ids, predictions, answers)):
+        row = {"id": i, "prediction": p, "answers": list(a), "score": round(score_prediction(p, a, metric), 6)}
+        if metric == "anls":
+            row["anls_official"] = round(anls_official(p, a), 6)
+        if yes_probabilities is not None:
+            row["p_yes"] = round(float(yes_probabilities[index]), 6)
+        if lmms_eval_predictions is not None:
+            row["lmms_eval_prediction"] = lmms_eval_predictions[index]
+            row["anls_lmms_eval"] = round(anls_lmms_eval(lmms_eval_predictions[index], a), 6)
+        rows.append(row)
     return sorted(rows, key=lambda row: row["id"])
 
 
@@ -103,10 +153,15 @@ def merge_answers(rows: Sequence[dict]) -> list[dict]:
 
 
 def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tokens: int,
-                    max_samples: int | None) -> None:
+                    max_samples: int | None, lmms_eval: bool = False, stop_tokens: str = "eos") -> None:
     """Refuse bad settings before any work (the model checks the attention kernel itself)."""
     if metric not in METRICS:
         raise UserError(f"metric = {metric!r} is not known: use one of {', '.join(METRICS)}")
+    if lmms_eval and metric != "anls":
+        raise UserError(f"lmms_eval = true needs metric anls (lmms-eval's DocVQA protocol), not {metric!r}: "
+                        "turn it on for DocVQA datasets only")
+    if stop_tokens not in STOP_TOKENS:
+        raise UserError(f"stop_tokens = {stop_tokens!r} is not known: use one of {', '.join(STOP_TOKENS)}")
     if precision not in EVAL_PRECISIONS:
         raise UserError(f"precision = {precision!r} is not known: use one of {', '.join(EVAL_PRECISIONS)}")
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
@@ -129,19 +184,30 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device_type="cpu", dtype=torch_dtype(precision))
 
 
-def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device):
+def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device,
+               quantization_config=None):
+    """The model in the evaluation precision; `quantization_config`: 4-bit, as the recipe's QLoRA
+    scripts evaluate the base before training."""
     from phi3v.modeling_phi3v import Phi3VForCausalLM
     from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
     if not (Path(model_dir) / "config.json").is_file():
         raise UserError(f"{model_dir} is not a model folder (no config.json): train the run first")
+    placement = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
     model = Phi3VForCausalLM.from_pretrained(
-        model_dir, dtype=weights_dtype(precision, device), attn_implementation=attention
+        model_dir, dtype=weights_dtype(precision, device), attn_implementation=attention, **placement
     )
-    model.to(device).eval()
+    if not quantization_config:  # bitsandbytes placed it already
+        model.to(device)
+    model.eval()
     processor = Phi3VProcessor.from_pretrained(model_dir)
     check_compatible(model, processor, str(model_dir))
     return model, processor
+
+
+def stop_token_ids(processor, stop_tokens: str) -> list[int]:
+    """The ids generation stops at (`STOP_TOKENS`)."""
+    return [processor.tokenizer.eos_token_id] if stop_tokens == "eos" else processor.stop_token_ids
 
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -149,14 +215,47 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def answer_token_id(processor, answer: str) -> int:
+    """The first token of `answer` as training encodes a target (`{answer}<|end|>...`, no BOS)."""
+    return processor.tokenizer(answer, add_special_tokens=False)["input_ids"][0]
+
+
+def yes_no_token_ids(processor, examples: Sequence) -> tuple[int, int]:
+    """First tokens of the answers "yes" and "no" as the split spells them (e.g. `Yes.`, `No.`)."""
+    spelled = {}
+    for example in examples:
+        for answer in example.answers:
+            spelled.setdefault(normalize_answer(answer), answer)
+    missing = [word for word in ("yes", "no") if word not in spelled]
+    if missing:
+        raise UserError(f"auroc needs a yes/no task, but no gold answer of the split is {' or '.join(missing)!r}: "
+                        "set it only for yes/no datasets (Hateful Memes)")
+    yes, no = answer_token_id(processor, spelled["yes"]), answer_token_id(processor, spelled["no"])
+    if yes == no:
+        raise UserError(f"auroc: the tokenizer starts {spelled['yes']!r} and {spelled['no']!r} with the same token "
+                        f"({yes}), so one position cannot tell them apart: use a tokenizer with whole-word tokens")
+    return yes, no
+
+
+def lmms_eval_prompt(prompt_user: str) -> str:
+    """lmms-eval's DocVQA prompt from the recipe's: the question (after its image tags) and lmms-eval's post-prompt."""
+    return prompt_user.removesuffix(RECIPE_DOCVQA_SUFFIX) + LMMS_EVAL_POST_PROMPT
+
+
 @torch.inference_mode()
 def generate_answers(model, processor, examples: Sequence, *, num_crops: int, max_new_tokens: int,
                      batch_size: int, precision: str, device: torch.device,
-                     progress: bool = True) -> list[str]:
-    """Greedy answers (new tokens only, special tokens skipped) for each example, in order."""
+                     progress: bool = True, yes_no_ids: tuple[int, int] | None = None, stop_tokens: str = "eos",
+                     ) -> list[str] | tuple[list[str], list[float]]:
+    """Greedy answers (new tokens only, special tokens skipped) for each example, in order.
+
+    With `yes_no_ids`, also each example's probability of "yes" against "no": the softmax over
+    those two tokens of the first generated position's logits (the same forward, no extra pass).
+    """
     from phi3v.processing_phi3v import load_image
 
     answers: list[str] = []
+    yes_probabilities: list[float] = []
     with tqdm(total=len(examples), desc="evaluate", unit="sample", disable=not progress) as bar:
         for batch in batches(examples, batch_size):
             prompts = [processor.generation_prompt(example.prompt_user) for example in batch]
@@ -167,11 +266,16 @@ def generate_answers(model, processor, examples: Sequence, *, num_crops: int, ma
                 inputs["pixel_values"] = inputs["pixel_values"].to(weights_dtype(precision, device))
             with precision_context(precision, device):
                 output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                        eos_token_id=processor.stop_token_ids, pad_token_id=processor.pad_token_id)
-            new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new) after left-padded prompts
+                                        eos_token_id=stop_token_ids(processor, stop_tokens),
+                                        pad_token_id=processor.pad_token_id,
+                                        return_dict_in_generate=True, output_logits=yes_no_ids is not None)
+            new_tokens = output.sequences[:, inputs["input_ids"].shape[1]:]  # (B, new) after left-padded prompts
             answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
+            if yes_no_ids is not None:
+                first = output.logits[0][:, list(yes_no_ids)].float()  # (B, 2): "yes", "no" at the answer's start
+                yes_probabilities += first.softmax(dim=-1)[:, 0].tolist()
             bar.update(len(batch))
-    return answers
+    return (answers, yes_probabilities) if yes_no_ids is not None else answers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,11 +305,17 @@ def evaluate(
     batch_size: int,
     max_new_tokens: int = 64,
     max_samples: int | None = None,
+    auroc: bool = False,
+    lmms_eval: bool = False,
+    stop_tokens: str = "eos",
+    quantization_config=None,
     progress: bool = True,
 ) -> dict:
     """Answer every sample of `<data_dir>/<dataset_name>_<split>.jsonl` and score the answers.
 
-    Returns the `scores.json` dict (on every process).
+    `auroc`: also the probability of "yes" per example and the AUROC (yes/no tasks).
+    `lmms_eval`: also answer with lmms-eval's DocVQA prompt and token limit, one example at a time,
+    scored with its ANLS. Returns the `scores.json` dict (on every process).
     """
     from phi3v.data.dataset import load_eval_examples, majority_answer
     from phi3v.data.records import split_path
@@ -213,7 +323,8 @@ def evaluate(
     # Under torchrun this joins the process group (NCCL on GPUs, gloo on CPUs); alone it is one process.
     state = PartialState()
     check_arguments(metric=metric, precision=precision, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, max_samples=max_samples)
+                    max_new_tokens=max_new_tokens, max_samples=max_samples, lmms_eval=lmms_eval,
+                    stop_tokens=stop_tokens)
     eval_jsonl = split_path(data_dir, dataset_name, split)
     train_jsonl = split_path(data_dir, dataset_name, "train")
     for path in (eval_jsonl, train_jsonl):
@@ -224,13 +335,21 @@ def evaluate(
         raise UserError(f"{eval_jsonl} has no records: there is nothing to evaluate")
     majority = majority_answer(train_jsonl)
 
-    model, processor = load_model(model_dir, precision, attention, state.device)
+    model, processor = load_model(model_dir, precision, attention, state.device, quantization_config)
+    yes_no_ids = yes_no_token_ids(processor, examples) if auroc else None
+    generation = dict(num_crops=num_crops, precision=precision, device=state.device,
+                      progress=progress and state.is_main_process)
     with state.split_between_processes(examples) as mine:  # a contiguous slice per process
-        predictions = generate_answers(model, processor, mine, num_crops=num_crops,
-                                       max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                       precision=precision, device=state.device,
-                                       progress=progress and state.is_main_process)
-        rows = scored_predictions([e.id for e in mine], predictions, [e.answers for e in mine], metric)
+        predictions = generate_answers(model, processor, mine, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                       yes_no_ids=yes_no_ids, stop_tokens=stop_tokens, **generation)
+        predictions, yes_probabilities = predictions if auroc else (predictions, None)
+        lmms_eval_predictions = None
+        if lmms_eval:  # lmms-eval's protocol: its prompt, one example at a time, the tokenizer's eos
+            lmms_examples = [dataclasses.replace(e, prompt_user=lmms_eval_prompt(e.prompt_user)) for e in mine]
+            lmms_eval_predictions = generate_answers(model, processor, lmms_examples, batch_size=1,
+                                                     max_new_tokens=LMMS_EVAL_MAX_NEW_TOKENS, **generation)
+        rows = scored_predictions([e.id for e in mine], predictions, [e.answers for e in mine], metric,
+                                  yes_probabilities, lmms_eval_predictions)
 
     # Every process gets every row, so each returns the same scores; the main process writes them.
     merged = merge_answers(gather_object(rows))
@@ -255,9 +374,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-crops", type=int, required=True)
     parser.add_argument("--precision", required=True, choices=EVAL_PRECISIONS)
     parser.add_argument("--attention", default="sdpa", choices=ATTENTION_IMPLEMENTATIONS)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=1, help="the recipe's: 1 (default)")
+    parser.add_argument("--stop-tokens", default="eos", choices=STOP_TOKENS,
+                        help="eos: the tokenizer's eos only, as the recipe (default); end_and_eos: also <|end|>")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--auroc", action="store_true", help='also the AUROC of the probability of "yes" (yes/no tasks)')
+    parser.add_argument("--lmms-eval", action="store_true",
+                        help="also lmms-eval's DocVQA protocol (its prompt, 32 new tokens, its ANLS)")
     return parser.parse_args(argv)
 
 
@@ -269,10 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         split=args.split, metric=args.metric, out_dir=args.out_dir, run_name=args.run_name,
         num_crops=args.num_crops, precision=args.precision, attention=args.attention,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        max_samples=args.max_samples,
+        max_samples=args.max_samples, auroc=args.auroc, lmms_eval=args.lmms_eval, stop_tokens=args.stop_tokens,
     )
     if PartialState().is_main_process:
-        print(json.dumps(scores, indent=2, ensure_ascii=False))
+        print(json.dumps(summary(scores), indent=2, ensure_ascii=False))
     return 0
 
 

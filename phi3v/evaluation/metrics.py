@@ -1,4 +1,5 @@
-"""The recipe's metrics: ANLS (DocVQA) and exact-match accuracy (classification and yes/no tasks).
+"""The metrics: the recipe's ANLS (DocVQA) and exact-match accuracy, the official ANLS (the DocVQA
+definition) and lmms-eval's ANLS. AUROC and bootstrap intervals: `phi3v.evaluation.statistics`.
 
 Scores here are fractions in [0, 1]; `phi3v.evaluation.evaluate` reports them in percent.
 """
@@ -57,6 +58,19 @@ def anls(
     return best
 
 
+def recipe_anls(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
+    """ANLS exactly as the recipe's DocVQA script scores one question: the prediction stripped of
+    whitespace, then of dots at both ends (`.strip().strip('.')`); the gold answers as they are;
+    case-sensitive; an empty prediction scores 0."""
+    if isinstance(answers, str):
+        answers = [answers]
+    prediction = prediction.strip().strip(".")
+    if not prediction:
+        return 0.0
+    distances = [normalized_levenshtein(prediction, gold) for gold in answers]
+    return max((1.0 - d for d in distances if d < threshold), default=0.0)
+
+
 def mean_anls(
     predictions: Sequence[str],
     answers: Sequence[Sequence[str]],
@@ -77,3 +91,43 @@ def accuracy(prediction: str, answer: str | Iterable[str]) -> float:
     answers = [answer] if isinstance(answer, str) else list(answer)
     predicted = normalize_answer(prediction)
     return float(any(predicted == normalize_answer(gold) for gold in answers))
+
+
+# ---------------------------------------------------------------------------------------------
+# The official ANLS and lmms-eval's
+
+
+def normalize_official(text: str) -> str:
+    """The DocVQA normalisation: lower-case, strip, inner whitespace collapsed to one space; nothing else."""
+    return " ".join(text.lower().split())
+
+
+def anls_official(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
+    """ANLS as the DocVQA challenge defines it: on normalised strings (`normalize_official`),
+    1 - NL when NL < threshold else 0, the best over the gold answers. No special case for empty text."""
+    if isinstance(answers, str):
+        answers = [answers]
+    prediction = normalize_official(prediction)
+    best = 0.0
+    for gold in answers:
+        distance = normalized_levenshtein(prediction, normalize_official(gold))
+        if distance < threshold:
+            best = max(best, 1.0 - distance)
+    return best
+
+
+def anls_lmms_eval(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
+    """lmms-eval's `anls` (lmms_eval/api/metrics.py, 0.7): the distance between the normalised strings
+    divided by the longer *unnormalised* length (of the upper-cased texts), then 1 - the smallest
+    ratio, kept when it is at least the threshold (so NL = 0.5 scores 0.5, where the DocVQA
+    definition gives 0)."""
+    if isinstance(answers, str):
+        answers = [answers]
+    normalized = normalize_official(prediction)
+    ratios = []
+    for gold in answers:
+        length = max(len(gold.upper()), len(prediction.upper()))
+        distance = Levenshtein.distance(normalize_official(gold), normalized)
+        ratios.append(0.0 if length == 0 else distance / length)
+    score = 1.0 - min(ratios)
+    return score if score >= threshold else 0.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from phi3v.layout import ReportInputs
-from phi3v.data import recipe_train_turns
-from phi3v.training.run_config import RunConfig, Strategy, evaluation_precision
+from phi3v.reporting.departures import table_notes
+from phi3v.layout import BASE_RUN, ReportInputs
+from phi3v.training.run_config import Strategy
 from phi3v.reporting.recipe_tables import (
     RECIPE_TABLE_MODEL,
     CHECK_MARK,
@@ -15,19 +15,17 @@ from phi3v.reporting.recipe_tables import (
     AccuracyTable,
     split_cells,
 )
-from phi3v.reporting.results import ResultSources, read_base_result, read_run_result
+from phi3v.reporting.results import ResultSources, read_base_result, read_seed_results
 from phi3v.reporting.table_format import (
     MISSING,
     TableDocument,
     extend_header,
-    fallback_notes,
-    format_delta,
     format_learning_rate,
-    format_number,
     model_label,
     skip_note,
     table_lines,
 )
+from phi3v.reporting.uncertainty import UNCERTAINTY_NOTE, estimate, format_delta_with_interval, format_estimate
 
 # Columns of the tables for datasets the recipe has no table for (UCF-101, custom datasets).
 EXTRA_COLUMNS = ("Training method", "data type", "LoRA rank", "LoRA alpha", "batch size",
@@ -36,10 +34,25 @@ METRIC_TITLE = {"anls": "ANLS", "accuracy": "Accuracy"}
 DATASET_TITLE = {"ucf101": "UCF-101 (10-class subset)"}
 
 ANLS_NOTE = (
-    "ANLS in the table: the recipe's definition (case-sensitive; whitespace and trailing dots "
-    "stripped; threshold 0.5), in percent. `ANLS (official)`: the official DocVQA definition "
-    "(case-insensitive)."
+    "ANLS in the table: the recipe's script's definition (the prediction stripped of whitespace, then "
+    "of dots at both ends; the gold answers as they are; case-sensitive; threshold 0.5), in percent. "
+    "`ANLS (official)`: the DocVQA definition (lower-cased, stripped, inner whitespace collapsed, nothing "
+    "else; NL < 0.5 scores 1 - NL)."
 )
+LMMS_EVAL_NOTE = (
+    "`ANLS (lmms-eval)`: the same model answering as lmms-eval's `docvqa_val` asks (the question, then "
+    "\"Answer the question using a single word or phrase.\"; greedy, 32 new tokens, one example at a "
+    "time), scored with lmms-eval's ANLS (distance over the longer unnormalised length; NL = 0.5 "
+    "scores 0.5), on this table's evaluation split (lmms-eval's task evaluates DocVQA's validation split)."
+)
+AUROC_NOTE = (
+    "AUROC: the dataset's official metric, from each example's probability of the answer \"yes\" "
+    "against \"no\" at the first answer token (the evaluation's own forward pass), in percent."
+)
+
+# Scores a table shows beside the recipe's metric: column title -> key in scores.json.
+OFFICIAL_COLUMNS = {"docvqa": {"ANLS (official)": "anls_official"}, "hateful_memes": {"AUROC": "auroc"}}
+LMMS_EVAL_COLUMN = {"ANLS (lmms-eval)": "anls_lmms_eval"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,20 +95,6 @@ def differences_from_recipe(row: AccuracyRow, run: dict) -> list[str]:
     return notes + limit_notes(run)
 
 
-def option_notes(config: dict, run: dict) -> list[str]:
-    """The named options by which `run` departs from the recipe (phi3v.training.run_config.RunConfig)."""
-    notes = []
-    task = (config.get("datasets") or {}).get(run["dataset"], {}).get("task")
-    recipe_turns = recipe_train_turns(task)
-    if run.get("train_turns", recipe_turns) != recipe_turns:
-        notes.append(f"train_turns {run['train_turns']} (the recipe: {recipe_turns})")
-    if run["strategy"] == "frozen_vision" and run.get("freeze_token_embeddings") is False:
-        notes.append("token embeddings trained (freeze_token_embeddings: false)")
-    if run.get("lora_on_vision") is False:
-        notes.append("LoRA on the language model only (lora_on_vision: false)")
-    return notes + fallback_notes(run)
-
-
 def warmup_note(run: dict, metrics: dict) -> list[str]:
     """The recipe's fixed 50-step warm-up can outlast a short run: say so, the rate never peaks."""
     steps, warmup = metrics.get("steps"), run.get("warmup_steps")
@@ -116,6 +115,8 @@ def limit_notes(run: dict) -> list[str]:
 
 def run_note(run: dict, differences: Sequence[str]) -> str:
     note = f"`{run['run']}`"
+    if len(run.get("seed_runs") or []) > 1:
+        note += f" (seeds {', '.join(str(seed) for seed in run['seeds'])})"
     return note + (f"; differs: {', '.join(differences)}" if differences else "")
 
 
@@ -124,7 +125,32 @@ def run_note(run: dict, differences: Sequence[str]) -> str:
 
 
 def configured_runs(config: dict, dataset: str) -> list[dict]:
-    return [run for run in config.get("runs") or [] if run["dataset"] == dataset]
+    """The dataset's table rows: one per configured run, the seeds of a multi-seed run gathered into
+    one (`run` = the row's name, `seed_runs` = the runs of its seeds, `seeds`)."""
+    rows: dict[str, dict] = {}
+    for run in config.get("runs") or []:
+        if run["dataset"] != dataset:
+            continue
+        name = run.get("seed_group") or run["run"]
+        row = rows.setdefault(name, {**run, "run": name, "seed_runs": [], "seeds": []})
+        row["seed_runs"].append(run["run"])
+        row["seeds"].append(run.get("seed"))
+    return list(rows.values())
+
+
+def extra_score_columns(config: dict, dataset: str) -> dict[str, str]:
+    """Score columns a dataset's table shows beside the recipe's metric (title -> scores.json key)."""
+    columns = dict(OFFICIAL_COLUMNS.get(dataset, {}))
+    if dataset == "docvqa" and (config.get("evaluation") or {}).get("lmms_eval"):
+        columns.update(LMMS_EVAL_COLUMN)
+    return columns
+
+
+def score_notes(columns: dict[str, str], runs: Sequence[dict]) -> list[str]:
+    """What the score columns mean; how uncertainty is shown, when some row has a score."""
+    notes = {"anls_official": ANLS_NOTE, "anls_lmms_eval": LMMS_EVAL_NOTE, "auroc": AUROC_NOTE}
+    lines = [line for key in columns.values() for line in ("", notes[key])]
+    return lines + (["", UNCERTAINTY_NOTE] if any(run.get("skip_reason") is None for run in runs) else [])
 
 
 def match_accuracy_rows(runs: Sequence[dict], table: AccuracyTable) -> list[dict | None]:
@@ -158,19 +184,22 @@ def base_lines(config: dict, inputs: ReportInputs, dataset: str, runs: Sequence[
         return ["Before fine-tuning: not evaluated (no run of this task in this preset)."]
     base = read_base_result(inputs, dataset, sources)
     metric = METRIC_TITLE.get(base.get("metric"), "score")
+    label = f"run {dataset}/base"
+    others = "".join(f", {title} {format_estimate(estimate([base], key, label), decimals)}"
+                     for title, key in extra_score_columns(config, dataset).items() if base.get(key) is not None)
     return [
-        f"Before fine-tuning (base model): {metric} {format_number(base['score'], decimals)}. "
+        f"Before fine-tuning (base model): {metric} {format_estimate(estimate([base], 'score', label), decimals)}"
+        f"{others}. "
         f"Majority baseline (always the train split's most frequent answer): "
-        f"{format_number(base['majority_baseline'], decimals)}. "
-        f"Evaluated on the `{base.get('split')}` split, n = {base['n']}."
-        + "".join(f" Attention: {note}." for note in fallback_notes(base_evaluation(config))),
+        f"{format_estimate(estimate([base], 'majority_baseline', label), decimals)}. "
+        f"Evaluated on the `{base.get('split')}` split, n = {base['n']}.",
     ]
 
 
 def base_evaluation(config: dict) -> dict:
-    """The base model's evaluation settings as a row (`attention`, `configured_attention`)."""
+    """The base model's evaluation as a row (`run`, `attention`, `configured_attention`)."""
     evaluation = config.get("evaluation") or {}
-    return {"attention": evaluation.get("base_attention"),
+    return {"run": BASE_RUN, "attention": evaluation.get("base_attention"),
             "configured_attention": evaluation.get("configured_base_attention")}
 
 
@@ -178,22 +207,22 @@ def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) 
     sources = ResultSources()
     decimals = table.decimals
     runs = configured_runs(config, table.dataset)
-    official = table.dataset == "docvqa"
-    added = ["Recipe", "Δ", *(["ANLS (official)"] if official else []), "Final loss", "Note"]
+    others = extra_score_columns(config, table.dataset)
+    added = ["Recipe", "Δ", *others, "Final loss", "Note"]
     header, separator = extend_header(table.header, table.separator, added)
 
     def not_run(metric_cell: str, reference: str, note: str) -> list[str]:
-        return [metric_cell, reference, MISSING, *([MISSING] if official else []), MISSING, note]
+        return [metric_cell, reference, MISSING, *[MISSING for _ in others], MISSING, note]
 
     def measured(run: dict, reference: str | None, differences: list[str]) -> list[str]:
-        result = read_run_result(inputs, run, sources)
-        score = result.scores["score"]
-        delta = format_delta(score, reference, decimals) if reference else MISSING
-        cells = [format_number(score, decimals), reference or MISSING, delta]
-        if official:
-            cells.append(format_official(result.scores, decimals))
-        differences = differences + option_notes(config, run) + warmup_note(run, result.metrics)
-        return cells + [f"{result.metrics['final_loss']:.4f}", run_note(run, differences)]
+        results = read_seed_results(inputs, run, sources)
+        scores, label = [result.scores for result in results], f"run {table.dataset}/{run['run']}"
+        score = estimate(scores, "score", label)
+        delta = format_delta_with_interval(score, reference, decimals) if reference else MISSING
+        cells = [format_estimate(score, decimals), reference or MISSING, delta]
+        cells += [format_estimate(estimate(scores, key, label), decimals) for key in others.values()]
+        differences = differences + warmup_note(run, results[0].metrics)
+        return cells + [mean_final_loss(results), run_note(run, differences)]
 
     matched = match_accuracy_rows(runs, table)
     rows = []
@@ -217,13 +246,12 @@ def accuracy_document(config: dict, inputs: ReportInputs, table: AccuracyTable) 
 
     body = table_lines(split_cells(header), rows, header, separator)
     body += ["", *base_lines(config, inputs, table.dataset, runs, decimals, sources)]
-    if official:
-        body += ["", ANLS_NOTE]
+    body += score_notes(others, runs)
     if "Phi-3-vision" in table.title:
         body += ["", f"The recipe's values in this table were measured with `{RECIPE_TABLE_MODEL}`; "
                      f"these runs started from {dataset_model_label(config, table.dataset)} (set "
                      f"`datasets.{table.dataset}.model` to `{RECIPE_TABLE_MODEL}` to reproduce them on it)."]
-    body += lora_evaluation_note(runs)
+    body += table_notes(config, runs, base=base_evaluation(config))
     return TableDocument(table.file_name, table.title, body, sources)
 
 
@@ -235,24 +263,9 @@ def dataset_model_label(config: dict, dataset: str) -> str:
     return model_label(config)
 
 
-def lora_evaluation_note(runs: Sequence[dict]) -> list[str]:
-    """How LoRA rows were evaluated, beside how the recipe evaluates them."""
-    lora = [run for run in runs if Strategy(run["strategy"]).is_lora and run.get("skip_reason") is None]
-    if not lora:
-        return []
-    def evaluated_in(run: dict) -> str:
-        return evaluation_precision(RunConfig(**{k: v for k, v in run.items() if k in RunConfig.fields()}))
-
-    precisions = sorted(f"`{run['run']}` in {evaluated_in(run)}" for run in lora)
-    return ["", "LoRA/QLoRA rows: evaluated on the adapter merged into the unquantised base in fp32, then "
-                f"loaded in the precision the recipe evaluates them in ({', '.join(precisions)}); the recipe "
-                "loads the adapter unmerged onto the base reloaded without quantisation: the same function "
-                "up to rounding."]
-
-
-def format_official(scores: dict, decimals: int) -> str:
-    value = scores.get("anls_official")
-    return MISSING if value is None else format_number(value, decimals)
+def mean_final_loss(results: Sequence) -> str:
+    """The final training loss, averaged over the seeds."""
+    return f"{sum(result.metrics['final_loss'] for result in results) / len(results):.4f}"
 
 
 def extra_document(config: dict, inputs: ReportInputs, dataset: str) -> TableDocument:
@@ -266,13 +279,14 @@ def extra_document(config: dict, inputs: ReportInputs, dataset: str) -> TableDoc
         if run.get("skip_reason") is not None:
             rows.append([*run_cells(EXTRA_COLUMNS, run), MISSING, MISSING, skip_note(run)])
             continue
-        result = read_run_result(inputs, run, sources)
-        rows.append([*run_cells(EXTRA_COLUMNS, run), format_number(result.scores["score"], decimals),
-                     f"{result.metrics['final_loss']:.4f}",
-                     run_note(run, limit_notes(run) + option_notes(config, run) + warmup_note(run, result.metrics))])
+        results = read_seed_results(inputs, run, sources)
+        score = estimate([result.scores for result in results], "score", f"run {dataset}/{run['run']}")
+        rows.append([*run_cells(EXTRA_COLUMNS, run), format_estimate(score, decimals), mean_final_loss(results),
+                     run_note(run, limit_notes(run) + warmup_note(run, results[0].metrics))])
     columns = [*EXTRA_COLUMNS, METRIC_TITLE.get(metric, metric), "Final loss", "Note"]
     body = table_lines(columns, rows)
     body += ["", *base_lines(config, inputs, dataset, runs, decimals, sources)]
-    body += ["", "The recipe publishes no table for this task: no reference values."]
+    body += ["", "The recipe publishes no table for this task: no reference values.", "", UNCERTAINTY_NOTE]
+    body += table_notes(config, runs, base=base_evaluation(config))
     title = DATASET_TITLE.get(dataset, dataset)
     return TableDocument(f"{dataset}.md", title, body, sources)

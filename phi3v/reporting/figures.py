@@ -1,12 +1,14 @@
 """Figures for `snakemake --report`: loss curves, scores against the recipe, speed and memory.
 
 File names depend only on the configuration (`figure_file_names`), so the workflow can declare
-them as outputs before anything has run.
+them as outputs before anything has run. When nothing ran (every selected run and speed row
+skipped), one figure says so and why: the declared folder is never missing or empty.
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,14 +17,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 from phi3v.files import atomic_path  # noqa: E402
-from phi3v.layout import ReportInputs, read_scores, read_train_log  # noqa: E402
+from phi3v.layout import ReportInputs, read_train_log  # noqa: E402
 from phi3v.reporting.accuracy_tables import configured_runs, recipe_references  # noqa: E402
 from phi3v.reporting.recipe_tables import ACCURACY_TABLES  # noqa: E402
-from phi3v.reporting.results import ResultSources, read_base_result, read_speed_result  # noqa: E402
+from phi3v.reporting.results import (ResultSources, read_base_result, read_seed_results, read_speed_result,  # noqa: E402
+                                     skipped_lines)
 from phi3v.reporting.speed_table import speed_references  # noqa: E402
+from phi3v.reporting.uncertainty import CONFIDENCE, estimate  # noqa: E402
 
 # Fixed metadata keeps the PNG bytes a function of the data alone.
 PNG_METADATA = {"Software": None}
+NOTHING_RAN = "not_run.png"
 
 
 def finished_runs(config: dict, dataset: str) -> list[dict]:
@@ -50,7 +55,7 @@ def figure_file_names(config: dict) -> list[str]:
         names += [f"loss_{dataset}.png", f"scores_{dataset}.png"]
     if measured_speed_rows(config):
         names += ["speed_throughput.png", "speed_memory.png"]
-    return names
+    return names or [NOTHING_RAN]
 
 
 def save(figure, path: Path) -> Path:
@@ -64,28 +69,38 @@ def save(figure, path: Path) -> Path:
 def loss_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(7, 4))
     for run in finished_runs(config, dataset):
-        steps, losses = read_train_log(inputs.train_log(dataset, run["run"]), f"run {dataset}/{run['run']}")
-        axes.plot(steps, losses, label=run["run"], linewidth=1.2)
+        for name in run["seed_runs"]:  # one curve per seed
+            steps, losses = read_train_log(inputs.train_log(dataset, name), f"run {dataset}/{name}")
+            axes.plot(steps, losses, label=name, linewidth=1.2)
     axes.set(title=f"Training loss: {dataset}", xlabel="optimizer step", ylabel="loss")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return save(figure, path)
 
 
+def error_bars(estimates: list) -> list[list[float]]:
+    """Matplotlib's (2, N) distances below and above each bar to its interval (0 without one)."""
+    below = [e.mean - e.interval[0] if e.interval else 0.0 for e in estimates]
+    above = [e.interval[1] - e.mean if e.interval else 0.0 for e in estimates]
+    return [below, above]
+
+
 def scores_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) -> Path:
-    """Each run's score beside the recipe's value for its row; base model and majority as lines."""
+    """Each run's score (mean over its seeds) with its bootstrap interval, beside the recipe's value
+    for its row; base model and majority as lines."""
     sources = ResultSources()
     table = next((t for t in ACCURACY_TABLES if t.dataset == dataset), None)
     references = recipe_references(config, table) if table else {}
     runs = finished_runs(config, dataset)
-    measured = [read_scores(inputs.scores(dataset, run["run"]), f"run {dataset}/{run['run']}", ("score",))["score"]
-                for run in runs]
+    measured = [estimate([result.scores for result in read_seed_results(inputs, run, sources)], "score",
+                         f"run {dataset}/{run['run']}") for run in runs]
     base = read_base_result(inputs, dataset, sources)
 
     figure, axes = plt.subplots(figsize=(max(5, 1.3 * len(runs) + 2), 4))
     positions = list(range(len(runs)))
     width = 0.38
-    axes.bar([p - width / 2 for p in positions], measured, width, label="this workflow")
+    axes.bar([p - width / 2 for p in positions], [e.mean for e in measured], width, label="this workflow",
+             yerr=error_bars(measured), capsize=3, error_kw={"linewidth": 1})
     reference_positions = [p + width / 2 for p, run in zip(positions, runs) if run["run"] in references]
     reference_values = [references[run["run"]] for run in runs if run["run"] in references]
     if reference_values:
@@ -95,7 +110,9 @@ def scores_figure(config: dict, inputs: ReportInputs, dataset: str, path: Path) 
                  label="majority baseline")
     axes.set_xticks(positions, [run["run"] for run in runs], rotation=30, ha="right", fontsize=8)
     metric = base.get("metric", "score")
-    axes.set(title=f"{dataset}: {metric} (%)", ylabel=metric, ylim=(0, 100))
+    axes.set(title=f"{dataset}: {metric} (%), bars: {CONFIDENCE:.0%} bootstrap interval", ylabel=metric,
+             ylim=(0, 100))
+    axes.title.set_fontsize(9)
     axes.legend(fontsize=8)
     return save(figure, path)
 
@@ -167,11 +184,24 @@ def speed_figures(config: dict, inputs: ReportInputs, throughput_path: Path, mem
     return written
 
 
+def nothing_ran_figure(config: dict):
+    """What was selected and why none of it ran (`on_unsupported: skip`)."""
+    lines = skipped_lines(config) or ["the configuration selects no run and no speed row"]
+    lines = [wrapped for line in lines for wrapped in textwrap.wrap(line, 100, subsequent_indent="    ")]
+    figure, axes = plt.subplots(figsize=(8, 0.7 + 0.16 * len(lines)))
+    axes.axis("off")
+    axes.set_title("Nothing ran", fontsize=10)
+    axes.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=7, transform=axes.transAxes)
+    return figure
+
+
 def write_figures(config: dict, inputs: ReportInputs, out_dir: str | os.PathLike) -> list[Path]:
     """Write every figure of `figure_file_names(config)` into `out_dir` from the result files
     `inputs`; return their paths."""
     out_dir = Path(out_dir)
     written = []
+    if figure_file_names(config) == [NOTHING_RAN]:
+        return [save(nothing_ran_figure(config), out_dir / NOTHING_RAN)]
     for dataset in run_datasets(config):
         written.append(loss_figure(config, inputs, dataset, out_dir / f"loss_{dataset}.png"))
         written.append(scores_figure(config, inputs, dataset, out_dir / f"scores_{dataset}.png"))

@@ -61,6 +61,11 @@ def read_run_result(inputs: ReportInputs, run: dict, sources: ResultSources) -> 
     return RunResult(scores, metrics)
 
 
+def read_seed_results(inputs: ReportInputs, run: dict, sources: ResultSources) -> list[RunResult]:
+    """The results of every seed of a table row (`seed_runs`, see accuracy_tables.configured_runs)."""
+    return [read_run_result(inputs, {**run, "run": name}, sources) for name in run.get("seed_runs") or [run["run"]]]
+
+
 def read_base_result(inputs: ReportInputs, dataset: str, sources: ResultSources) -> dict:
     label = f"run {dataset}/{BASE_RUN} (the model before fine-tuning)"
     path = inputs.scores(dataset, BASE_RUN)
@@ -77,3 +82,12 @@ def read_speed_result(inputs: ReportInputs, config_row: dict, sources: ResultSou
     if data.get("device") and not isinstance(data.get("hardware"), dict):
         sources.hardware.add(f"{data.get('nodes', 1) * data.get('gpus', 1)}x {data['device']}")
     return data
+
+
+def skipped_lines(config: dict) -> list[str]:
+    """One console line per selected run or speed row that will not run, with its reason."""
+    lines = [f"skipped run {run['dataset']}/{run['run']}: {run['skip_reason']} (on_unsupported: skip)"
+             for run in config["runs"] if run.get("skip_reason")]
+    lines += [f"skipped speed row {row['row']}: {row['skip_reason']} (on_unsupported: skip)"
+              for row in config["speed"]["rows"] if row.get("skip_reason")]
+    return lines

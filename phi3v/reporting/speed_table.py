@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from phi3v.reporting.departures import table_notes
 from phi3v.layout import ReportInputs
 from phi3v.reporting.recipe_tables import (
     CHECK_MARK,
@@ -30,6 +31,7 @@ FLASH_ATTENTION = "flash_attention_2"
 DEEPSPEED = "DeepSpeed ZeRO-2"  # the Row cell of a row measured under it
 RECIPE_SETTINGS, BEST_SETTINGS = "recipe", "best"  # a speed row's `settings`
 BEST_SETTINGS_TITLE = "This project's best settings"
+RECIPE_TOKENS_PER_SAMPLE = 2443.23  # the recipe's DocVQA speed input, tokens a sample at num_crops 16
 
 
 def settings_summary(settings: dict | None) -> str:
@@ -189,6 +191,17 @@ def speed_section(config: dict, inputs: ReportInputs, table: SpeedTable, used: s
     return [f"## {table.title}", "", *table_lines(split_cells(header), lines_rows, header, separator)]
 
 
+def tokens_per_sample_lines(config: dict, inputs: ReportInputs, sources: ResultSources) -> list[str]:
+    """The measured input length of each row, beside the recipe's (older results lack it)."""
+    rows = [row for row in (config.get("speed") or {}).get("rows") or [] if row.get("skip_reason") is None]
+    measured = [(row["row"], read_speed_result(inputs, row, sources).get("tokens_per_sample")) for row in rows]
+    measured = [(name, tokens) for name, tokens in measured if tokens is not None]
+    if not measured:
+        return []
+    return ["", f"Input length measured here, tokens a sample (the recipe's DocVQA pages at num_crops 16: "
+                f"{RECIPE_TOKENS_PER_SAMPLE}): " + ", ".join(f"`{name}` {tokens:.1f}" for name, tokens in measured) + "."]
+
+
 def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
     sources = ResultSources()
     used: set[str] = set()
@@ -212,14 +225,9 @@ def speed_document(config: dict, inputs: ReportInputs) -> TableDocument:
         f"warm-up; peak memory: torch's peak allocation in GiB, and the same in GB (1 GiB = 1.074 GB) "
         f"beside the recipe's \"GB\", whose unit the recipe does not define; weights: "
         f"{weights or 'as configured'}). Speedup: against the table's first row as measured here. "
-        "The recipe's columns are its 8-GPU reference values, measured with Phi-3-vision (the same "
-        "architecture and sizes as Phi-3.5-vision).",
-        "",
-        "The recipe does not say in which precision its A100 rows without flash attention ran; its "
-        "script loads fp32 weights with eager attention when flash attention is off, and its guide "
-        "recommends bf16 wherever the GPU has it. Those rows run here in bf16 (fp32-loaded weights, "
-        f"eager attention, bf16 autocast; rows marked {DEEPSPEED} hold bf16 weights, as DeepSpeed casts "
-        "them). The V100 rows run in fp16 "
-        "mixed precision with eager attention, as the guide says.",
+        "The recipe's columns are its 8-GPU reference values. The V100 rows run in fp16 mixed precision "
+        "with eager attention, as the guide says.",
+        *tokens_per_sample_lines(config, inputs, sources),
+        *table_notes(config, config_rows, speed=True, name_key="row"),
     ]
     return TableDocument("speed.md", "Speed benchmarking", body, sources)

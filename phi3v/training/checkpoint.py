@@ -4,12 +4,16 @@ A checkpoint is Accelerate's `save_state` folder (model or adapter tensors, opti
 grad scaler, every process's RNG states; DeepSpeed's own files under ZeRO) plus `fingerprint.json`
 (what determines the run's trajectory, see `fingerprint`) and `trainer_state.json` (step, log lines
 so far). It is written under a temporary name and renamed when complete, so a process killed
-mid-save leaves nothing that looks resumable.
+mid-save leaves nothing that looks resumable; an old checkpoint is renamed before it is deleted
+(`phi3v.files.remove_dir`), so a kill mid-prune leaves no half-deleted `step-N/` either. Each prune
+also removes what a kill left: temporary and half-deleted folders, and any `step-N/` without
+`trainer_state.json` (which resuming ignores).
 
 A run resumes only from a checkpoint with its own fingerprint. Checkpoints of another run (another
-config, base model, data or code under the same run name) are moved aside to `<checkpoint_dir>.stale`,
-replacing an older set there: a rename is instant even for a full model's optimiser state, a
-mistaken change can still be undone by moving them back, and at most one stale set takes disk space.
+config, base model, data, code, thread count or numerics mode under the same run name) are moved
+aside to `<checkpoint_dir>.stale`, replacing an older set there: a rename is instant even for a full
+model's optimiser state, a mistaken change can still be undone by moving them back, and at most one
+stale set takes disk space.
 The workflow's train script shows `ResumePlan.message` on the console before it starts a run.
 """
 
@@ -21,12 +25,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from phi3v.files import remove_dir
+
 from .fingerprint import differences
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 FINGERPRINT = "fingerprint.json"
+TMP_PREFIX = ".tmp-step-"
+# What a killed save (its temporary folder) or prune (`remove_dir`'s folder) leaves behind.
+LEFTOVER = re.compile(rf"^({re.escape(TMP_PREFIX)}\d+|\.step-\d+\.deleting)$")
 STALE_SUFFIX = ".stale"
+DAMAGED_SUFFIX = ".damaged"
 
 
 def complete_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
@@ -67,7 +77,7 @@ def save_checkpoint(accelerator, checkpoint_dir: str | Path, step: int, trainer_
     """Write `step-<step>/` atomically (tmp name, then rename) and prune to the newest `keep`."""
     checkpoint_dir = Path(checkpoint_dir)
     final = checkpoint_dir / f"step-{step}"
-    tmp = checkpoint_dir / f".tmp-step-{step}"  # same name on every rank: all write into it
+    tmp = checkpoint_dir / f"{TMP_PREFIX}{step}"  # same name on every rank: all write into it
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -77,12 +87,26 @@ def save_checkpoint(accelerator, checkpoint_dir: str | Path, step: int, trainer_
     if accelerator.is_main_process:
         (tmp / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state))  # last: marks the folder complete
-        shutil.rmtree(final, ignore_errors=True)
+        remove_dir(final)
         tmp.rename(final)
-        for _, old in complete_checkpoints(checkpoint_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(checkpoint_dir, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def prune_checkpoints(checkpoint_dir: str | Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; delete every other `step-N/` (older, or left
+    incomplete by a kill) and the temporary and half-deleted folders of killed saves and prunes.
+
+    Call it between saves only (on the main process): a save's own temporary folder is then gone.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    kept = {path for _, path in complete_checkpoints(checkpoint_dir)[-keep:]}
+    for path in checkpoint_dir.iterdir():
+        if STEP_DIR.match(path.name) and path not in kept:
+            remove_dir(path)
+        elif LEFTOVER.match(path.name):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_checkpoint(accelerator, folder: Path) -> dict:
@@ -140,9 +164,34 @@ class ResumePlan:
             self.checkpoint_dir.rename(self.stale_dir)
 
 
+def set_damaged_aside(checkpoint_dir: str | Path, run_name: str) -> None:
+    """Move the newest checkpoints while one is damaged (a file cut short or unreadable, see
+    `model_files.folder_damage`) to `<checkpoint_dir>.damaged/`, saying so, so the run resumes from the
+    newest sound one or from step 0.
+
+    Set aside rather than refused: an unattended rerun or requeue would otherwise fail the same way
+    until someone moves the folder by hand, and a rename keeps the files to look at.
+    """
+    from phi3v.model_files import folder_damage
+
+    checkpoint_dir = Path(checkpoint_dir)
+    damaged_dir = checkpoint_dir.with_name(checkpoint_dir.name + DAMAGED_SUFFIX)
+    while (newest := latest_checkpoint(checkpoint_dir)) is not None:
+        why = folder_damage(newest)
+        if why is None:
+            return
+        damaged_dir.mkdir(parents=True, exist_ok=True)
+        target = damaged_dir / newest.name
+        shutil.rmtree(target, ignore_errors=True)
+        newest.rename(target)
+        print(f"warning: run {run_name!r}: checkpoint {newest} is damaged ({why}); moved it to {target} "
+              "(delete it when done looking) and resuming from the newest sound checkpoint, if any", flush=True)
+
+
 def resume_point(accelerator, checkpoint_dir: str | Path, fingerprint: dict, run_name: str) -> Path | None:
-    """The checkpoint this run resumes from, if it wrote one; another run's are set aside first."""
+    """The checkpoint this run resumes from, if it wrote one; damaged ones and another run's are set aside first."""
     if accelerator.is_main_process:
+        set_damaged_aside(checkpoint_dir, run_name)
         plan = ResumePlan.of(checkpoint_dir, fingerprint)
         plan.set_stale_aside()
         if plan.message(run_name):

@@ -16,7 +16,7 @@ def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int) -> LlamaTokeniz
     """Train a small Llama-style tokenizer (BPE over Metaspace words, byte fallback) with Phi's special tokens.
 
     Ids follow the official layout: 0 `<unk>`, 1 `<s>`, 2 `</s>`, 3..258 the byte tokens, then the
-    learned pieces, then `<|endoftext|>` (pad) and the chat tokens. `len(tokenizer) <= vocab_size`.
+    learned pieces, then `<|endoftext|>` (pad and eos, as in the release) and the chat tokens. `len(tokenizer) <= vocab_size`.
     """
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
     base_tokens = [UNK, BOS, EOS] + byte_tokens
@@ -43,6 +43,7 @@ def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int) -> LlamaTokeniz
         merges=[tuple(pair) for pair in learned["merges"]],
         add_bos_token=True,
     )
-    tokenizer.add_special_tokens({"pad_token": PAD, "additional_special_tokens": CHAT_SPECIAL_TOKENS})
+    # eos is `<|endoftext|>`, as in the release's tokenizer_config.json (the recipe stops generation there)
+    tokenizer.add_special_tokens({"pad_token": PAD, "eos_token": PAD, "additional_special_tokens": CHAT_SPECIAL_TOKENS})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

@@ -1,7 +1,8 @@
 """What determines a training run's trajectory, as plain data a checkpoint records.
 
 A checkpoint may only be resumed by the run that wrote it: the same resolved run config, base model,
-training data, training code, numerical packages and process count. Each part is hashed cheaply:
+training data, training code, numerical packages, CPU numerics and process count. Each part is hashed
+cheaply:
 
 - run config: `RunConfig.to_dict()` less the fields that only say when to save (`checkpoint_every`).
 - base model: every file's sha256, except `*.safetensors` weights, which record their header (every
@@ -15,16 +16,20 @@ training data, training code, numerical packages and process count. Each part is
 - code: sha256 of the modules that compute the model, the data and the training loop.
 - packages: versions of the libraries whose kernels compute it; processes: the world size, which sets
   how micro-batches are grouped and how many RNG states a checkpoint holds.
+- numerics: `phi3v.numerics.settings()` (pinned or native mode, the ISA caps, the thread count):
+  the same step on 1 or 2 threads rounds differently, so a resume across them would give weights
+  that match neither run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 
 import phi3v
+from phi3v import numerics
+from phi3v.model_files import safetensors_header
 from phi3v.provenance import package_versions, sha256_file
 
 from .run_config import RunConfig
@@ -46,6 +51,7 @@ def run_fingerprint(run: RunConfig, *, base_model, train_jsonl, processes: int) 
         "train_data": data_digests(Path(train_jsonl)),
         "code": code_digests(),
         "packages": package_versions(PACKAGES),
+        "numerics": numerics.settings(),
     }
 
 
@@ -60,11 +66,11 @@ def safetensors_digest(path: Path) -> str:
     """sha256 over the file size, the header and both ends of every tensor's bytes."""
     # By hand: the safetensors library reads tensors whole and decoded, not a few raw bytes of each.
     digest = hashlib.sha256(str(path.stat().st_size).encode())
+    header_size, header = safetensors_header(path)  # checked: a damaged file is a clear error
     with open(path, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))  # the format: u64 header length, JSON header, data
-        header = f.read(header_size)
-        digest.update(header)
-        for name, entry in sorted(json.loads(header).items()):
+        f.seek(8)
+        digest.update(f.read(header_size))
+        for name, entry in sorted(header.items()):
             if name == "__metadata__":
                 continue
             begin, end = entry["data_offsets"]
@@ -106,7 +112,7 @@ def differences(recorded: dict, current: dict) -> list[str]:
         for key in dict.fromkeys([*new, *old]):
             if old.get(key) == new.get(key):
                 continue
-            if section in ("run", "packages"):  # short values: show them
+            if section in ("run", "packages", "numerics"):  # short values: show them
                 changes.append(f"{key} {old.get(key)} -> {new.get(key)}")
             else:  # digests: name the file
                 changes.append(f"{section.replace('_', ' ')} {key} changed")

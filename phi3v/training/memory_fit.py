@@ -7,8 +7,11 @@ first; for the first batch that fits with every decoder layer checkpointed, a bi
 fewest checkpointed layers (memory only grows as fewer layers recompute).
 
 Measured memory: on a GPU the allocator's peak; on a CPU (no allocator statistics) the bytes of
-weights, gradients and the tensors autograd saves for backward. Optimizer state does not exist yet
-at probe time, so its size is added from the trainable parameters (AdamW: two states a weight).
+weights, gradients and the tensors autograd saves for backward. What the optimiser step adds does not
+exist yet at probe time, so its size is added from the trainable parameters with the memory plan's
+arithmetic (`memory_plan.training_state_bytes`: AdamW's moments, and under ZeRO-2 the fp32 master and
+gradient partitions, the foreach temporary and the reduce buckets). On a GPU the budget is capped by
+what this process can still reach on the card (`usable_card_gib`): other processes' memory counts.
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from .memory_plan import GIB, candidate_batches, training_state_bytes
 from .run_config import RunConfig
-
-GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,6 @@ class MicroBatchFit:
         return {"per_device_batch_size": self.per_device_batch_size,
                 "checkpointed_layers": self.checkpointed_layers,
                 "probes": [list(probe) for probe in self.probes]}
-
-
-def candidate_batches(batch_size: int, world_size: int, largest: int | None = None) -> list[int]:
-    """Per-device batches that divide this process's share of the effective batch, largest first."""
-    share = batch_size // world_size
-    return [b for b in range(share, 0, -1) if share % b == 0 and (largest is None or b <= largest)]
 
 
 def choose_micro_batch(batches: list[int], num_layers: int, measure_gib: Callable[[int, int], float],
@@ -70,18 +66,27 @@ def choose_micro_batch(batches: list[int], num_layers: int, measure_gib: Callabl
                     "— raise memory_budget_gib or use a smaller num_crops")
 
 
-def optimizer_state_bytes(model, run: RunConfig, world_size: int) -> int:
-    """AdamW's two states per trainable weight (ZeRO-2: fp32 states and master weights, partitioned)."""
+def step_state_bytes(model, run: RunConfig, world_size: int) -> int:
+    """What the optimiser step holds beyond a forward + backward: state, step temporaries, buckets."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if run.deepspeed:
-        return sum(p.numel() for p in params) * 12 // world_size
-    return sum(2 * p.numel() * p.element_size() for p in params)
+    element_size = params[0].element_size() if params else 4
+    state = training_state_bytes(sum(p.numel() for p in params), world_size, deepspeed=run.deepspeed,
+                                 param_bytes=element_size)
+    return state["optimizer"] + state["step_temporaries"] + state["buckets"]
+
+
+def usable_card_gib(device: torch.device) -> float:
+    """GiB this process can reach on its GPU: what it holds now plus what the card still has free
+    (`torch.cuda.mem_get_info` sees other processes too, e.g. a parent that keeps a model on the card)."""
+    free, _total = torch.cuda.mem_get_info(device)
+    return (torch.cuda.memory_reserved(device) + free) / GIB
 
 
 @contextlib.contextmanager
-def saved_tensor_bytes():
-    """Counts the bytes of distinct storages autograd saves for backward in the block: `[bytes]`."""
-    seen, total = set(), [0]
+def saved_tensor_bytes(exclude=()):
+    """Counts the bytes of distinct storages autograd saves for backward in the block: `[bytes]`.
+    Storages of the tensors in `exclude` (the weights, counted on their own) are not counted."""
+    seen, total = {tensor.untyped_storage().data_ptr() for tensor in exclude}, [0]
 
     def pack(tensor):
         storage = tensor.untyped_storage()
@@ -109,7 +114,7 @@ def probe_step_gib(model, batch: dict, device: torch.device, dtype: torch.dtype,
                 model(**batch).loss.backward()
             used = torch.cuda.max_memory_allocated(device)
         else:
-            with saved_tensor_bytes() as saved, torch.autocast(device.type, dtype=dtype):
+            with saved_tensor_bytes(model.parameters()) as saved, torch.autocast(device.type, dtype=dtype):
                 loss = model(**batch).loss
             loss.backward()
             used = saved[0] + sum(p.numel() * p.element_size() for p in model.parameters())
@@ -132,7 +137,10 @@ def fit_micro_batches(model, run: RunConfig, dataset, collate, device: torch.dev
     model.to(device)
     model.train()
     samples = [dataset[i] for i in range(min(len(dataset), run.batch_size // world_size))]
-    extra = optimizer_state_bytes(model, run, world_size)
+    extra = step_state_bytes(model, run, world_size)
+    budget = run.memory_budget_gib
+    if device.type == "cuda":
+        budget = min(budget, usable_card_gib(device))
 
     def measure(batch: int, layers: int) -> float:
         set_checkpointed_layers(model, layers)
@@ -140,7 +148,7 @@ def fit_micro_batches(model, run: RunConfig, dataset, collate, device: torch.dev
         return probe_step_gib(model, collate(examples), device, run.dtype, extra)
 
     batches = candidate_batches(run.batch_size, world_size, largest)
-    fit = choose_micro_batch(batches, len(decoder_layers(model)), measure, run.memory_budget_gib)
+    fit = choose_micro_batch(batches, len(decoder_layers(model)), measure, budget)
     set_checkpointed_layers(model, fit.checkpointed_layers)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the run's peak is its own, not the probe's

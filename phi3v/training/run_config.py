@@ -22,6 +22,16 @@ PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # precision -> torch
 PRECISIONS = tuple(PRECISION_DTYPES)
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate's trackers a run may report to
+# sample_mean: each sample's loss is the mean over its own supervised tokens, samples averaged (the
+# recipe: HF Trainer at per-device batch 1); token_mean: the mean over every supervised token of the
+# effective batch (HF Trainer since 4.46, with num_items_in_batch).
+LOSS_REDUCTIONS = ("sample_mean", "token_mean")
+# base: LoRA adapters in the base weights' dtype (the recipe's `add_adapter`, peft 0.11); fp32: upcast
+# (current peft's `get_peft_model` default, autocast_adapter_dtype=True).
+ADAPTER_DTYPES = ("base", "fp32")
+# length: attend to every token of a sample (padding masked); pad_id: mask every position holding the pad
+# id, the `<|endoftext|>` ending each turn included (the recipe's NLVR2 collator: `input_ids != pad`).
+ATTENTION_MASKS = ("length", "pad_id")
 
 
 class Strategy(str, enum.Enum):
@@ -65,6 +75,8 @@ LORA_FIELDS = ("lora_rank", "lora_alpha")
 # Settings beyond the recipe: a run config written before they existed reads with them off.
 OPTION_FIELDS = ("memory_budget_gib", "checkpointed_layers", "compile_layers", "fused_kernels",
                  "frozen_vision_no_grad")
+# The recipe's behaviours made settings later: a run config without them takes the recipe's value.
+RECIPE_SETTING_FIELDS = ("loss_reduction", "adapter_dtype", "attention_mask")
 
 
 def torch_dtype(precision: str):
@@ -116,6 +128,9 @@ class RunConfig:
     # false: on the language model only (the recipe's --use_lora --freeze_vision_model).
     lora_on_vision: bool = True
     report_to: tuple[str, ...] = ()  # experiment trackers (TRACKERS); empty: none
+    loss_reduction: str = "sample_mean"  # LOSS_REDUCTIONS; the recipe's: sample_mean
+    adapter_dtype: str = "base"  # ADAPTER_DTYPES (LoRA/QLoRA); the recipe's: base
+    attention_mask: str = "length"  # ATTENTION_MASKS; the recipe's: pad_id for NLVR2, length otherwise
     # Beyond the recipe, off by default (phi3v.training.optimizations, phi3v.training.memory_fit):
     memory_budget_gib: float | None = None  # pick per-device batch + checkpointed layers that fit
     checkpointed_layers: int | None = None  # recompute only the first N decoder layers (None: all)
@@ -135,8 +150,15 @@ class RunConfig:
         if self.run == BASE_RUN:
             self._refuse(f"the name {BASE_RUN!r} is the model before fine-tuning — name the run otherwise")
         check_precision_attention(self.precision, self.attention, f"run {self.run!r}")
+        for key, choices in (("loss_reduction", LOSS_REDUCTIONS), ("adapter_dtype", ADAPTER_DTYPES),
+                             ("attention_mask", ATTENTION_MASKS)):
+            if getattr(self, key) not in choices:
+                self._refuse(f"{key}={getattr(self, key)!r} — choose one of {', '.join(choices)}")
         if self.train_turns not in TRAIN_TURNS:
             self._refuse(f"train_turns={self.train_turns!r} — choose one of {', '.join(TRAIN_TURNS)}")
+        if self.attention_mask == "pad_id" and self.packing:
+            self._refuse("attention_mask: pad_id masks by token id in padded batches; packing has no mask — "
+                         "remove one of the two")
         if not self.lora_on_vision and not self.strategy.is_lora:
             self._refuse("lora_on_vision: false only applies to LoRA runs — remove it, or use strategy "
                          "frozen_vision to freeze the vision model of a full-parameter run")
@@ -187,7 +209,8 @@ class RunConfig:
         if not isinstance(data, dict):
             raise UserError(f"a run config is a mapping of its fields, not {type(data).__name__}")
         name = data.get("run")
-        missing = [key for key in cls.fields() if key not in data and key not in OPTION_FIELDS]
+        missing = [key for key in cls.fields()
+                   if key not in data and key not in OPTION_FIELDS + RECIPE_SETTING_FIELDS]
         if missing:
             raise UserError(f"run config {name!r} lacks {', '.join(missing)} — resolve it with "
                             "phi3v.workflow.config.resolve_config")
@@ -229,3 +252,21 @@ def check_precision_attention(precision: str, attention: str, where: str) -> Non
     if precision == "fp16" and attention == "flash_attention_2":
         raise UserError(f"{where}: flash_attention_2 does not support fp16; use precision bf16, or "
                         "attention eager or sdpa for fp16 (the recipe uses eager)")
+
+
+# run fields a speed row may set (this project's best settings); the recipe's rows set none
+ROW_SETTINGS = ("per_device_batch_size", "gradient_checkpointing", "packing", *OPTION_FIELDS)
+
+
+def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
+              lora_rank: int = 64) -> RunConfig:
+    """The run config a speed row (`phi3v.training.speed`) trains with: recipe settings, effective batch of the row."""
+    strategy = Strategy(row["strategy"])
+    rank = dict(lora_rank=lora_rank, lora_alpha=2 * lora_rank) if strategy.needs_rank else {}
+    return RunConfig(
+        dataset=dataset_name, run=f"speed-{row['row']}", strategy=strategy, precision=row["precision"],
+        attention=row["attention"], learning_rate=1e-5, epochs=1, num_crops=num_crops,
+        batch_size=row["effective_batch"], warmup_steps=0, max_steps=warmup + steps, **rank,
+        deepspeed=row["deepspeed"],  # resolved by the workflow: the preset's `train.deepspeed`
+        **{key: row[key] for key in ROW_SETTINGS if row.get(key) is not None},  # beyond the recipe
+    )

@@ -29,25 +29,10 @@ import torch
 
 from phi3v.errors import UserError, entry_point
 from phi3v.files import atomic_output_dir, write_json_atomic
-from .run_config import OPTION_FIELDS, RunConfig, Strategy
+from .devices import local_device, local_rank
+from .run_config import speed_run
 
 WEIGHTS = ("random", "pretrained")
-# run fields a speed row may set (this project's best settings); the recipe's rows set none
-ROW_SETTINGS = ("per_device_batch_size", "gradient_checkpointing", "packing", *OPTION_FIELDS)
-
-
-def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
-              lora_rank: int = 64) -> RunConfig:
-    """The run config a speed row trains with: recipe settings, effective batch of the row."""
-    strategy = Strategy(row["strategy"])
-    rank = dict(lora_rank=lora_rank, lora_alpha=2 * lora_rank) if strategy.needs_rank else {}
-    return RunConfig(
-        dataset=dataset_name, run=f"speed-{row['row']}", strategy=strategy, precision=row["precision"],
-        attention=row["attention"], learning_rate=1e-5, epochs=1, num_crops=num_crops,
-        batch_size=row["effective_batch"], warmup_steps=0, max_steps=warmup + steps, **rank,
-        deepspeed=row["deepspeed"],  # resolved by the workflow: the preset's `train.deepspeed`
-        **{key: row[key] for key in ROW_SETTINGS if row.get(key) is not None},  # beyond the recipe
-    )
 
 
 def write_random_weights(base_model: Path, folder: Path) -> Path:
@@ -60,8 +45,8 @@ def write_random_weights(base_model: Path, folder: Path) -> Path:
     from phi3v.processing_phi3v import Phi3VProcessor
 
     config = Phi3VConfig.from_pretrained(base_model)
-    on_gpu = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else torch.device("cpu")
+    device = local_device()
+    on_gpu = device.type == "cuda"
     model = Phi3VForCausalLM.random_init(config, device=device, dtype=torch.bfloat16 if on_gpu else torch.float32)
     model.save_pretrained(folder)
     Phi3VProcessor.from_pretrained(base_model).save_pretrained(folder)
@@ -119,13 +104,14 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
     work = work_dir(out_json, row["row"])
     try:
         model_dir = random_weights_once(base_model, work / "model") if weights == "random" else base_model
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        device = local_device()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         # fit ends with a barrier: when it returns, every process has loaded the model
         result = fit(run, base_model=model_dir, data_dir=data_dir, dataset_name=dataset_name,
                      checkpoint_dir=work / "checkpoints")
     finally:
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        if local_rank() == 0:
             shutil.rmtree(work, ignore_errors=True)
     accelerator = result.accelerator
     node_names = sorted(set(gather_object([node_name()])))  # one entry per process of the launch
@@ -145,6 +131,8 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
         "effective_batch": run.batch_size,
         "img_per_s": samples_per_s * images_per_sample,
         "tokens_per_s": statistics.median(entry["tokens"] / entry["step_s"] for entry in timed),
+        # the input's length, to set beside the recipe's 2443.23 tokens a DocVQA sample
+        "tokens_per_sample": sum(entry["tokens"] for entry in timed) / (len(timed) * run.batch_size),
         "peak_mem_gib": result.metrics["peak_mem_gib"],
         **mfu_entry(run, accelerator.unwrap_model(result.model).config, accelerator.device, result.timed,
                     accelerator.num_processes, samples_per_s=samples_per_s),

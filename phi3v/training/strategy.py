@@ -11,12 +11,15 @@ import importlib.util
 import torch
 
 from ..errors import UserError
+from .devices import local_device
+from .memory_plan import ZERO2_BUCKET_ELEMENTS, ZERO2_OVERLAP_COMM
 from .run_config import RunConfig, Strategy, loads_bf16
 
 VISION_PREFIX = "model.vision_embed_tokens."
 LM_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"]
 VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
                        "img_projection.0", "img_projection.2"]
+FLASH_MIN_CAPABILITY = (8, 0)  # flash-attn 2 runs on Ampere (sm80) and newer
 
 
 def weights_dtype(run: RunConfig) -> torch.dtype:
@@ -59,6 +62,14 @@ def _nf4_works(device: torch.device) -> str | None:
     return None
 
 
+def gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device)
+
+
+def capability_text(device: torch.device) -> str:
+    return "compute capability {}.{}".format(*torch.cuda.get_device_capability(device))
+
+
 def check_run(run: RunConfig, device: torch.device) -> None:
     """Refuse at start what this machine cannot do for the run (UserError naming why)."""
     name = run.run
@@ -71,8 +82,14 @@ def check_run(run: RunConfig, device: torch.device) -> None:
         if device.type != "cuda" or not is_flash_attn_2_available():
             raise UserError(f"run {name!r}: flash_attention_2 needs a CUDA GPU that flash-attn supports "
                             f"(this is {device.type}) — use attention sdpa or eager")
-    if run.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"run {name!r}: this GPU has no bf16 — use precision fp16 (attention sdpa or eager)")
+        if torch.cuda.get_device_capability(device) < FLASH_MIN_CAPABILITY:
+            raise UserError(f"run {name!r}: flash_attention_2 needs compute capability 8.0 or newer (Ampere); "
+                            f"{gpu_name(device)} has {capability_text(device)} — use attention sdpa or eager")
+    # emulated bf16 (pre-Ampere GPUs) is fp32 arithmetic at a fraction of the speed: not bf16 training
+    if (run.precision == "bf16" and device.type == "cuda"
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        raise UserError(f"run {name!r}: {gpu_name(device)} ({capability_text(device)}) has no native bf16 — "
+                        "use precision fp16 (attention sdpa or eager)")
     if run.precision == "fp16" and run.deepspeed and device.type != "cuda":
         raise UserError(f"run {name!r}: DeepSpeed has no fp16 on {device.type} — set deepspeed: false")
     if run.precision == "fp16" and not run.deepspeed and not _fp16_autocast_works(device):
@@ -102,13 +119,21 @@ def quantization_config(run: RunConfig):
                               bnb_4bit_compute_dtype=compute)
 
 
-def load_model(run: RunConfig, base_model: str):
-    """Load the base model the way the strategy needs it (dtype, attention, NF4 for QLoRA)."""
+def load_model(run: RunConfig, base_model: str, device: torch.device | None = None):
+    """Load the base model the way the strategy needs it (dtype, attention, NF4 for QLoRA).
+
+    On a GPU the weights load straight onto this process's own GPU (`device_map={"": index}`, the
+    way accelerate/peft/bitsandbytes place a 4-bit model per process; accelerate refuses to move
+    one later), not through host memory and not onto GPU 0.
+    """
     from ..modeling_phi3v import Phi3VForCausalLM
 
+    device = device or local_device()
     kwargs = {"dtype": weights_dtype(run), "attn_implementation": run.attention}
     if run.strategy is Strategy.QLORA:
         kwargs["quantization_config"] = quantization_config(run)
+    if device.type == "cuda":
+        kwargs["device_map"] = {"": device.index}
     return Phi3VForCausalLM.from_pretrained(base_model, **kwargs)
 
 
@@ -127,19 +152,37 @@ def apply_lora(model, run: RunConfig):
 
     QLoRA as the recipe: the NF4 base as loaded, no `prepare_model_for_kbit_training` (it would cast
     the unquantised weights to fp32 and make the inputs require grad); non-reentrant checkpointing
-    needs neither.
+    needs neither. `adapter_dtype: base` keeps the adapters in the base weights' dtype, as the
+    recipe's `add_adapter` (peft 0.11) did; `fp32` upcasts them (current peft's default).
     """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=run.lora_rank, lora_alpha=run.lora_alpha, lora_dropout=run.lora_dropout,
                         target_modules=lora_targets(run), init_lora_weights="gaussian",
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config, autocast_adapter_dtype=run.adapter_dtype == "fp32")
+    if run.adapter_dtype == "base":
+        adapters_in_base_dtype(model)
+    return model
 
 
-def build_model(run: RunConfig, base_model: str):
-    """The model ready to train: loaded, frozen or wrapped per strategy, checkpointing as asked."""
-    model = load_model(run, base_model)
+def adapters_in_base_dtype(model) -> None:
+    """Each adapter in its base weight's dtype, or fp32 over a 4-bit weight: what peft 0.11 (the recipe's
+    `add_adapter`) did; current peft puts them in the 4-bit layers' compute dtype instead."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
+            for adapters in (module.lora_A, module.lora_B):
+                adapters.to(dtype)
+
+
+def build_model(run: RunConfig, base_model: str, device: torch.device | None = None):
+    """The model ready to train on `device` (default: this process's, `local_device`): loaded, frozen
+    or wrapped per strategy, checkpointing as asked."""
+    model = load_model(run, base_model, device)
     # CLIP layers after the feature layer never reach the loss; the model keeps them for saving
     model.drop_unused_vision_layers()
     if run.strategy.is_lora:
@@ -174,7 +217,7 @@ def parameter_counts(model) -> tuple[int, int]:
 
 def deepspeed_config(run: RunConfig, accumulation_steps: int) -> dict:
     """The recipe's ZeRO-2 settings with every `auto` field filled from the run."""
-    bucket = int(5e8)
+    bucket = ZERO2_BUCKET_ELEMENTS
     return {
         "train_batch_size": run.batch_size,
         "train_micro_batch_size_per_gpu": run.per_device_batch_size,
@@ -184,7 +227,7 @@ def deepspeed_config(run: RunConfig, accumulation_steps: int) -> dict:
         "fp16": {"enabled": run.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "zero_optimization": {"stage": 2, "allgather_partitions": True, "allgather_bucket_size": bucket,
-                              "overlap_comm": True, "reduce_scatter": True, "reduce_bucket_size": bucket,
+                              "overlap_comm": ZERO2_OVERLAP_COMM, "reduce_scatter": True, "reduce_bucket_size": bucket,
                               "contiguous_gradients": True, "round_robin_gradients": True},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

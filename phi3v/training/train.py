@@ -3,8 +3,10 @@
     torchrun --nproc_per_node=N -m phi3v.training.train --run-json RUN --base-model DIR --data-dir DIR \\
         --dataset NAME --out-dir DIR --checkpoint-dir DIR
 
-Loss of an optimiser step: the mean over the supervised tokens of the whole effective batch (all
-micro-batches of all processes), so padding, packing or the process count never change it.
+Loss of an optimiser step (`RunConfig.loss_reduction`), over the whole effective batch (all
+micro-batches of all processes), so padding, packing, accumulation or the process count never change
+it: `sample_mean` (the recipe's) is the mean over samples of each sample's own token mean;
+`token_mean` is the mean over all supervised tokens.
 Data order: a permutation of the training set per epoch from (seed, epoch); optimiser step s takes
 the next `batch_size` samples, each process its slice, as `accumulation` micro-batches of
 `per_device_batch_size` samples (padded, or packed into one row). Resuming at step s therefore
@@ -37,9 +39,10 @@ from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
 from phi3v.processing_phi3v import IGNORE_INDEX
 from . import trackers
 from .checkpoint import keep_only_trainable_tensors, load_checkpoint, resume_point, save_checkpoint
+from .devices import local_device
 from .fingerprint import run_fingerprint
 from .memory_fit import fit_micro_batches
-from .optimizations import apply_optimizations, check_optimizations, settings_of
+from .optimizations import apply_optimizations, check_optimizations, core_model, settings_of
 from .run_config import RunConfig
 from .strategy import build_model, check_run, deepspeed_config, parameter_counts
 
@@ -64,8 +67,11 @@ def single_process_rendezvous() -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None):
-    """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise."""
+def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None, *, find_unused_parameters: bool = False):
+    """Accelerate around our own loop: DeepSpeed ZeRO-2 when asked, DDP (or one process) otherwise.
+
+    `find_unused_parameters`: DDP searches the graph for parameters without a gradient after every
+    backward; only where a micro-batch can leave some out (`ddp_finds_unused_parameters`)."""
     from accelerate import Accelerator, DeepSpeedPlugin
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -84,19 +90,30 @@ def make_accelerator(run: RunConfig, accumulation: int, tracker_dir=None):
                            gradient_accumulation_steps=accumulation, step_scheduler_with_optimizer=False,
                            **trackers.accelerator_options(run, tracker_dir))
     # Precision is ours (autocast + GradScaler): Accelerate would run fp16 on a CPU as plain fp32.
-    # A micro-batch without images leaves the vision tower without gradients: DDP must allow that.
     return Accelerator(mixed_precision="no", gradient_accumulation_steps=accumulation, cpu=on_cpu,
                        step_scheduler_with_optimizer=False,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
                        **trackers.accelerator_options(run, tracker_dir))
 
 
+def decay_parameter_names(model) -> set[str]:
+    """Parameters that take weight decay, by the recipe's transformers (4.38-4.43): all but biases and
+    nn.LayerNorm weights, so RMSNorm weights, CLIP's class_embedding and the separators are decayed."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    return {name for name in get_parameter_names(model, [torch.nn.LayerNorm]) if "bias" not in name}
+
+
 def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
-    """The recipe's AdamW; no weight decay on biases and norms (1-D tensors), as transformers does."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": run.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7)
+    """The recipe's AdamW with the recipe's weight-decay groups (`decay_parameter_names`)."""
+    decayed = decay_parameter_names(model)
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for name, p in params if name in decayed], "weight_decay": run.weight_decay},
+              {"params": [p for name, p in params if name not in decayed], "weight_decay": 0.0}]
+    # an empty group (frozen_vision trains no bias or LayerNorm) would be dropped by DeepSpeed, not by the scheduler
+    groups = [group for group in groups if group["params"]]
+    return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7,
+                             fused=fused_adamw([p for _, p in params]))
 
 
 def linear_schedule_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int,
@@ -111,11 +128,29 @@ def linear_schedule_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def step_plan(num_samples: int, run: RunConfig) -> tuple[int, int]:
+def fused_adamw(params) -> bool | None:
+    """AdamW's `fused` flag: the fused kernel (one launch for every tensor) on CUDA; elsewhere None,
+    torch's default (foreach), whose bits the CPU demo is pinned to."""
+    return True if params and all(p.is_cuda for p in params) else None
+
+
+def ddp_finds_unused_parameters(model, dataset: ConversationDataset) -> bool:
+    """True when a micro-batch can leave trained parameters without a gradient: a sample without
+    images while the vision tower trains. Nothing else goes unused (the CLIP layers after the
+    feature layer are dropped), so DDP skips its per-step search of the graph otherwise."""
+    vision_trains = any(p.requires_grad for p in core_model(model).model.vision_embed_tokens.parameters())
+    return vision_trains and any(not record.image_paths for record in dataset.records)
+
+
+def step_plan(num_samples: int, run: RunConfig, train_jsonl: Path) -> tuple[int, int]:
     """(optimiser steps per epoch, total optimiser steps); an incomplete last batch is dropped."""
+    if num_samples == 0:
+        raise UserError(f"{train_jsonl} holds no records: the training split is empty — write the training "
+                        "records into it (a custom dataset), or delete it and rerun the workflow to convert the "
+                        "dataset again")
     steps_per_epoch = num_samples // run.batch_size
     if steps_per_epoch == 0:
-        raise UserError(f"run {run.run!r}: the training split has {num_samples} samples, fewer than "
+        raise UserError(f"run {run.run!r}: the training split {train_jsonl} has {num_samples} samples, fewer than "
                         f"batch_size={run.batch_size} — lower batch_size or raise max_train_samples")
     total = run.max_steps if run.max_steps is not None else run.epochs * steps_per_epoch
     return steps_per_epoch, total
@@ -151,13 +186,29 @@ def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation
 
 
 def collate_for(run: RunConfig, pad_token_id: int):
-    """One row per micro-batch without padding (packing), or a padded (B, T) batch."""
-    return collate_packed if run.packing else functools.partial(collate_padded, pad_token_id=pad_token_id)
+    """One row per micro-batch without padding (packing; under flash attention with the varlen
+    kernel's sample boundaries), or a padded (B, T) batch."""
+    if run.packing:
+        return functools.partial(collate_packed, flash_attention=run.attention == "flash_attention_2")
+    return functools.partial(collate_padded, pad_token_id=pad_token_id, mask_pad_id=run.attention_mask == "pad_id")
 
 
 def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
     """Tokens the loss counts: labels shift by one, so position 0 is never a target."""
     return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+def loss_items(batch: dict, loss_reduction: str) -> torch.Tensor:
+    """What the loss averages over in a collated batch: supervised tokens (`token_mean`) or samples
+    with at least one supervised token (`sample_mean`; packed rows hold several samples)."""
+    if loss_reduction == "token_mean":
+        return supervised_tokens(batch["labels"])
+    from phi3v.modeling_phi3v import sample_segments
+
+    labels = batch["labels"]
+    supervised = labels[:, 1:] != IGNORE_INDEX
+    samples = sample_segments(labels, batch.get("position_ids"))[:, 1:][supervised].unique()
+    return torch.tensor(samples.numel())
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -174,11 +225,13 @@ def train(run: RunConfig, *, base_model, data_dir, dataset_name: str, out_dir, c
     result = fit(run, base_model=base_model, data_dir=data_dir, dataset_name=dataset_name,
                  checkpoint_dir=checkpoint_dir, tracker_dir=Path(out_dir) / TRACKERS, progress=progress)
     accelerator = result.accelerator
-    if accelerator.is_main_process:
-        write_outputs(accelerator.unwrap_model(result.model), run, base_model=Path(base_model),
-                      data_dir=Path(data_dir), out_dir=Path(out_dir), log=result.log, metrics=result.metrics)
-    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(result.model)
+    # The process group ends before the main process writes (a LoRA merge of the full model takes
+    # minutes): no process waits in a barrier that could time out; the launcher waits for all.
     accelerator.end_training()
+    if accelerator.is_main_process:
+        write_outputs(model, run, base_model=Path(base_model), data_dir=Path(data_dir), out_dir=Path(out_dir),
+                      log=result.log, metrics=result.metrics)
     return result.metrics
 
 
@@ -200,7 +253,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
     data_dir, checkpoint_dir = Path(data_dir), Path(checkpoint_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = local_device()  # GPU LOCAL_RANK, current from here on, before anything touches CUDA
     check_run(run, device)
     check_optimizations(run, device)
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
@@ -214,11 +267,11 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run.num_crops,
                                   run.max_train_samples, train_turns=run.train_turns, seed=run.seed,
                                   cache_bytes=cache_bytes)
-    steps_per_epoch, total_steps = step_plan(len(dataset), run)
+    steps_per_epoch, total_steps = step_plan(len(dataset), run, train_jsonl)
     fingerprint = run_fingerprint(run, base_model=base_model, train_jsonl=train_jsonl, processes=world_size)
 
     set_seed(run.seed)  # same LoRA init and data order on every process
-    model = build_model(run, str(base_model))
+    model = build_model(run, str(base_model), device)
     check_compatible(model, processor, str(base_model))
     micro_fit = None
     if run.memory_budget_gib is not None:  # the per-device batch sets accumulation and DeepSpeed's config
@@ -228,7 +281,8 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
                                   checkpointed_layers=micro_fit.checkpointed_layers, memory_budget_gib=None)
     apply_optimizations(model, run)
     accumulation = effective_batch_plan(run.batch_size, run.per_device_batch_size, world_size)
-    accelerator = make_accelerator(run, accumulation, tracker_dir)
+    accelerator = make_accelerator(run, accumulation, tracker_dir,
+                                   find_unused_parameters=ddp_finds_unused_parameters(model, dataset))
     uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     if uses_deepspeed != run.deepspeed or accelerator.num_processes != world_size:
         raise UserError(f"run {run.run!r}: asked for deepspeed={run.deepspeed} on {world_size} "
@@ -270,16 +324,16 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(accumulation)]  # kept on the host until their turn
-        # every process needs the effective batch's token count before its first backward
-        window_tokens = accelerator.reduce(
-            sum(supervised_tokens(b["labels"]) for b in micro).to(accelerator.device), "sum")
+        # every process needs the effective batch's token (or sample) count before its first backward
+        window_items = accelerator.reduce(
+            sum(loss_items(b, run.loss_reduction) for b in micro).to(accelerator.device), "sum")
         step_loss = torch.zeros((), device=accelerator.device)
         for batch in micro:
             batch = to_device(batch, accelerator.device, input_dtype)
             with accelerator.accumulate(model):
                 with autocast:
-                    # loss = this micro-batch's token-loss sum / the effective batch's token count
-                    loss = model(**batch, num_items_in_batch=window_tokens).loss
+                    # loss = this micro-batch's token-loss (or sample-mean) sum / the effective batch's count
+                    loss = model(**batch, num_items_in_batch=window_items, loss_reduction=run.loss_reduction).loss
                 # Accelerate/DeepSpeed divide by `accumulation`, DDP averages over processes: undo both
                 scaled = loss * (accumulation * accelerator.num_processes)
                 accelerator.backward(scaler.scale(scaled) if scaler else scaled)
@@ -346,8 +400,10 @@ def check_same_fit(accelerator, run: RunConfig) -> None:
 
 
 def to_device(batch: dict, device: torch.device, pixel_dtype: torch.dtype | None) -> dict:
-    """Move a collated batch; DeepSpeed runs without autocast, so pixels take the weights' dtype."""
-    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if v is not None}
+    """Move a collated batch (tensors; plain numbers stay); DeepSpeed runs without autocast, so
+    pixels take the weights' dtype."""
+    moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+             for k, v in batch.items() if v is not None}
     if pixel_dtype is not None and "pixel_values" in moved:
         moved["pixel_values"] = moved["pixel_values"].to(pixel_dtype)
     return moved
@@ -417,15 +473,28 @@ def save_processor(base_model: Path, run: RunConfig, folder: Path) -> None:
     Phi3VProcessor.from_pretrained(base_model, num_crops=run.num_crops).save_pretrained(folder)
 
 
+def save_adapter(model, folder: Path) -> None:
+    """The LoRA weights and `adapter_config.json`, the same bytes for the same run."""
+    for config in model.peft_config.values():
+        # peft keeps target_modules as a set and writes list(set): an order that changes with the hash seed
+        for key, value in vars(config).items():
+            if isinstance(value, set):
+                setattr(config, key, sorted(value))
+    model.save_pretrained(folder, save_embedding_layers=False)  # only LoRA weights train
+
+
 def export_merged_lora(base_model: Path, adapter_dir: Path, folder: Path) -> None:
     """Merge the adapter into a fresh full-precision base (every CLIP layer back) and save it."""
     from peft import PeftModel
 
     from phi3v.modeling_phi3v import Phi3VForCausalLM
 
+    from .lora_adapter import check_adapter_fits
+
     base = Phi3VForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     saved_dtype = base.config.dtype or torch.float32  # the base checkpoint's own dtype
     base.drop_unused_vision_layers()  # as in training: the adapter has nothing there; saving restores them
+    check_adapter_fits(adapter_dir, base, str(base_model))
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.to(getattr(torch, str(saved_dtype).removeprefix("torch.")))
     merged.save_pretrained(folder)
@@ -438,7 +507,7 @@ def write_outputs(model, run: RunConfig, *, base_model: Path, data_dir: Path, ou
     out_dir.mkdir(parents=True, exist_ok=True)
     if run.strategy.is_lora:
         with atomic_output_dir(out_dir / ADAPTER) as adapter_dir:
-            model.save_pretrained(adapter_dir, save_embedding_layers=False)  # only LoRA weights train
+            save_adapter(model, adapter_dir)
         with atomic_output_dir(out_dir / MODEL) as model_dir:
             export_merged_lora(base_model, out_dir / ADAPTER, model_dir)
             save_processor(base_model, run, model_dir)

@@ -224,6 +224,18 @@ def _check_datasets(config: dict) -> None:
         dataset.setdefault("train_turns", recipe_train_turns(dataset["task"]))
 
 
+def _check_cpu_hardware(config: dict) -> None:
+    """GPUs per node on the CPU accelerator would be ignored (a CPU run is one process a node): refuse them."""
+    hardware = config["hardware"]
+    if hardware["accelerator"] == "cpu" and hardware["gpus_per_node"] != 1:
+        raise UserError(
+            f"config key `hardware.gpus_per_node` is {hardware['gpus_per_node']} but `hardware.accelerator` is cpu, "
+            "which runs one process a node and uses no GPU — to train on GPUs set "
+            f"`--config 'hardware={{accelerator: cuda, gpus_per_node: {hardware['gpus_per_node']}}}'`; "
+            "on CPUs set `gpus_per_node: 1` (or leave it out)"
+        )
+
+
 def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dict:
     """Snakemake's config (config.yaml + --config) -> the resolved, validated configuration."""
     schema = load_schema(repo_root)
@@ -233,6 +245,7 @@ def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> di
     merged = coerce_strings(deep_merge(load_preset(preset, repo_root), config), schema, schema)
     check_with_schema(merged, schema)
     merged = fill_defaults(merged, repo_root)
+    _check_cpu_hardware(merged)
     _check_datasets(merged)
     matrix.expand(merged)
     if active_speed_rows(merged) and merged["speed"]["dataset"] not in merged["datasets"]:
@@ -340,8 +353,11 @@ def evaluation_options(config: dict, dataset: str, run: str) -> dict:
         "precision": precision,
         "attention": attention,
         "batch_size": evaluation["batch_size"],
+        "stop_tokens": evaluation["stop_tokens"],
         "max_new_tokens": evaluation["max_new_tokens"],
         "max_samples": evaluation["max_samples"],
+        "auroc": data.get("task") == "hateful_memes",  # the dataset's official metric
+        "lmms_eval": evaluation["lmms_eval"] and data.get("task") in ("docvqa", "docvqa_full"),
     }
 
 

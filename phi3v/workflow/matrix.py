@@ -37,7 +37,8 @@ def hardware_gaps(config: dict, attention: str, nodes: int = 1, gpus: int = 1) -
     return gaps
 
 
-ROW_ANNOTATIONS = ("skip_reason", "configured_attention")  # keys of an expanded row that are not run settings
+# keys of an expanded row that are not run settings
+ROW_ANNOTATIONS = ("skip_reason", "configured_attention", "seed_group", "seeds")
 
 
 def _apply_fallback(config: dict, row: dict) -> dict:
@@ -82,7 +83,8 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
     fields = {"num_crops": data["num_crops"], "train_turns": data["train_turns"],
               **_applicable(config["train"], strategy),
               **row, **_applicable(config["run_overrides"], strategy)}
-    fields.pop("skip_reason", None)  # present when an already expanded config is resolved again
+    for annotation in ("skip_reason", "seed_group", "seeds"):  # present when an already expanded config is resolved again
+        fields.pop(annotation, None)
     fields = _apply_fallback(config, fields)
     configured_attention = fields.pop("configured_attention", None)
     fields["run"] = run_id(fields["strategy"], fields["precision"], fields["attention"])
@@ -105,6 +107,23 @@ def expand_run(config: dict, index: int, row: dict) -> dict:
         fix = "set `deepspeed: false` (in `train` or `run_overrides`) to train it without ZeRO-2"
     fallback = {"configured_attention": configured_attention} if configured_attention else {}
     return {**run.to_dict(), **fallback, "skip_reason": _skip_or_raise(config, gaps, where, fix)}
+
+
+def expand_seeds(config: dict, index: int, row: dict) -> list[dict]:
+    """A run row -> one run per seed of its `seeds` (else of `train.seeds`). Several seeds: ids
+    `<run>-seed<n>` with `seed_group: <run>`; one seed (or none) keeps the plain id."""
+    seeds = row.get("seeds") or config["train"].get("seeds")
+    if not seeds:
+        return [expand_run(config, index, row)]
+    grouped = len(seeds) > 1 or row.get("seed_group") is not None  # an expanded seed of a group stays one
+    runs = []
+    for seed in seeds:
+        run = expand_run(config, index, {**row, "seed": seed})
+        if grouped:
+            group = run_id(run["strategy"], run["precision"], run["attention"])
+            run.update(run=f"{group}-seed{seed}", seed_group=group, seeds=[seed])
+        runs.append(run)
+    return runs
 
 
 def deepspeed_gap(config: dict, deepspeed: bool, precision: str) -> str | None:
@@ -147,7 +166,8 @@ def _select(config: dict, patterns: list[str] | None) -> None:
         return
     def wanted(name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-    runs = [run for run in config["runs"] if wanted(f"{run['dataset']}/{run['run']}")]
+    runs = [run for run in config["runs"] if wanted(f"{run['dataset']}/{run['run']}")
+            or (run.get("seed_group") and wanted(f"{run['dataset']}/{run['seed_group']}"))]  # all its seeds
     rows = [row for row in config["speed"]["rows"] if wanted(f"speed/{row['row']}")]
     if not runs and not rows:
         examples = [f"{r['dataset']}/{r['run']}" for r in config["runs"][:2]] + ["speed/*"]
@@ -160,7 +180,9 @@ def _select(config: dict, patterns: list[str] | None) -> None:
 
 def expand(config: dict) -> None:
     """Expand, check and select the runs and speed rows of a schema-valid config, in place."""
-    config["runs"] = [expand_run(config, i, row) for i, row in enumerate(config["runs"])]
+    if config["run_overrides"].get("seeds"):
+        raise UserError("config key `run_overrides.seeds`: set `seeds` in `train` (every run) or on a run")
+    config["runs"] = [run for i, row in enumerate(config["runs"]) for run in expand_seeds(config, i, row)]
     config["speed"]["rows"] = [expand_speed_row(config, i, row) for i, row in enumerate(config["speed"]["rows"])]
     for dataset in config["datasets"]:
         _check_unique([r["run"] for r in config["runs"] if r["dataset"] == dataset], f"runs ({dataset})")

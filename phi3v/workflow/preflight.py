@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from phi3v.errors import UserError
+from phi3v.reporting.results import skipped_lines  # noqa: F401  (the console's lines; the figures' too)
 
 
 def yaml_error_message(path: str | os.PathLike, error: yaml.YAMLError) -> str:
@@ -60,12 +61,3 @@ def check_custom_dataset_paths(config: dict, workdir: str | os.PathLike = ".") -
                 f"{where}: {dataset['path']!r} is a file, not a folder — give the folder that holds "
                 f"{name}_<split>.jsonl and images/, not one of its files"
             )
-
-
-def skipped_lines(config: dict) -> list[str]:
-    """One console line per selected run or speed row that will not run, with its reason."""
-    lines = [f"skipped run {run['dataset']}/{run['run']}: {run['skip_reason']} (on_unsupported: skip)"
-             for run in config["runs"] if run.get("skip_reason")]
-    lines += [f"skipped speed row {row['row']}: {row['skip_reason']} (on_unsupported: skip)"
-              for row in config["speed"]["rows"] if row.get("skip_reason")]
-    return lines

@@ -121,6 +121,21 @@ def read_partition(name: str | None, run: Callable[..., subprocess.CompletedProc
     return Partition(name, None if not max_nodes.isdigit() else int(max_nodes), node_gpus)
 
 
+def local_gpu_memory_gib() -> list[float]:
+    """Memory (GiB) of each NVIDIA GPU of this machine as `nvidia-smi` lists them; [] without nvidia-smi.
+    Read without torch: Snakemake asks while planning."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if listed.returncode != 0:
+        return []
+    return [int(line) / 1024 for line in listed.stdout.split() if line.strip().isdigit()]  # MiB -> GiB
+
+
 def cluster_jobs(config: dict) -> Iterator[tuple[str, str, int, int]]:
     """(rule, what asks, nodes, GPUs per node) of the jobs whose size the config sets."""
     hardware = config["hardware"]
@@ -161,13 +176,15 @@ def check_partitions(config: dict, partitions: Mapping[str, str | None],
 
 def check_cluster(config: dict, *, slurm: bool, partition: str | None, machine_gpus: int | None,
                   rule_partitions: Mapping[str, str] = {},
-                  read: Callable[[str | None], Partition | None] = read_partition) -> None:
+                  read: Callable[[str | None], Partition | None] = read_partition,
+                  local_gpus: int | None = None) -> None:
     """Refuse, before any job is submitted, what the scheduler could never run.
 
     `partition`: the profile's default `slurm_partition` (None when the profile sets none);
     `rule_partitions`: a rule's own `slurm_partition` (set-resources); `read`: how a partition's
     limits are learnt (`read_partition` asks SLURM); `machine_gpus`: the N of `--resources gpu=N`
-    (None when not given).
+    (None when not given); `local_gpus`: the GPUs nvidia-smi lists here, checked when `machine_gpus`
+    is not given (None: not looked up).
     """
     hardware = config["hardware"]
     if slurm:
@@ -185,13 +202,25 @@ def check_cluster(config: dict, *, slurm: bool, partition: str | None, machine_g
             f"config key `hardware.nodes` is {hardware['nodes']}: runs on several nodes need SLURM; "
             "run with `--workflow-profile profiles/slurm`, or set `--config 'hardware={nodes: 1}'`"
         )
-    if hardware["accelerator"] != "cuda" or machine_gpus is None:
+    if hardware["accelerator"] != "cuda" or (machine_gpus is None and local_gpus is None):
         return
     wanted = [("config key `hardware.gpus_per_node`", hardware["gpus_per_node"])]
     wanted += [
         (f"speed row {row['row']}", row["gpus"])
         for row in config["speed"]["rows"] if row["skip_reason"] is None
     ]
+    if machine_gpus is None:
+        for what, gpus in wanted:
+            if gpus > local_gpus:
+                found = f"{local_gpus} CUDA GPU(s)" if local_gpus else "no CUDA GPU"
+                lower = (f"lower it (`--config 'hardware={{gpus_per_node: {local_gpus}}}'`, `runs_filter` for a "
+                         "speed row), " if local_gpus else "")
+                raise UserError(
+                    f"{what} asks for {gpus} GPUs but nvidia-smi finds {found} on this machine; {lower}run it on "
+                    "a cluster (`--workflow-profile profiles/slurm`), or rehearse the paper preset on a CPU with "
+                    "`--configfile tests/workflow/paper_rehearsal.yaml` (`--resources gpu=N` states the GPUs yourself)"
+                )
+        return
     for what, gpus in wanted:
         if gpus > machine_gpus:
             raise UserError(

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from phi3v.errors import UserError
-from phi3v.launch import claim_gpus, first_node, launch_command, launcher_command, node_address
+from phi3v.launch import (claim_gpus, first_node, launch_command, launcher_command, node_address,
+                          rendezvous_port, visible_gpus)
 
 SLURM_2_NODES = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]"}
 
@@ -39,13 +40,13 @@ def test_rendezvous_goes_to_the_node_address_slurm_knows(tmp_path):
     assert node_address("node2", env) == "node2"  # nothing known: the name itself
     assert node_address("gpu07", {"PATH": str(tmp_path / "none")}) == "gpu07"  # no scontrol
     command = launch_command(["m"], processes_per_node=1, nodes=2, python="py", env=env)
-    assert "--rdzv-endpoint=127.0.0.1:29500" in command
+    assert "--rdzv-endpoint=127.0.0.1:20009" in command  # the port of job 9
 
 
 def test_several_nodes_use_srun_and_rendezvous_on_the_first_node():
     command = launch_command(["phi3v.training.train"], processes_per_node=8, nodes=2, python="py", env=SLURM_2_NODES)
     assert command[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert "--nnodes=2" in command and "--rdzv-endpoint=gpu07:29500" in command and "--rdzv-id=42" in command
+    assert "--nnodes=2" in command and "--rdzv-endpoint=gpu07:20042" in command and "--rdzv-id=42" in command
     assert command[-2:] == ["-m", "phi3v.training.train"]
 
 
@@ -69,6 +70,29 @@ def test_concurrent_claims_get_disjoint_gpus(tmp_path):
         assert sorted(first + second) == [0, 1, 2, 3]
     with claim_gpus(4, tmp_path, total=4) as all_gpus:  # released after the blocks
         assert all_gpus == [0, 1, 2, 3]
+
+
+def test_claimed_gpus_map_through_an_inherited_cuda_visible_devices(tmp_path):
+    # the machine's GPUs for this workflow are 4-7: claimed GPU i is the i-th of them
+    inherited = {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}
+    with visible_gpus(2, total=4, lock_dir=tmp_path, env=dict(inherited)) as first, \
+            visible_gpus(2, total=4, lock_dir=tmp_path, env=dict(inherited)) as second:
+        assert (first["CUDA_VISIBLE_DEVICES"], second["CUDA_VISIBLE_DEVICES"]) == ("4,5", "6,7")
+    # locks name the GPU, not its index: a run that sees only GPU 6 keeps another off it
+    with visible_gpus(1, total=1, lock_dir=tmp_path, env={"CUDA_VISIBLE_DEVICES": "6"}) as alone, \
+            visible_gpus(1, total=2, lock_dir=tmp_path, env={"CUDA_VISIBLE_DEVICES": "6,7"}) as beside:
+        assert (alone["CUDA_VISIBLE_DEVICES"], beside["CUDA_VISIBLE_DEVICES"]) == ("6", "7")
+    with visible_gpus(1, total=2, lock_dir=tmp_path, env={}) as plain:  # nothing inherited: the machine's own
+        assert plain["CUDA_VISIBLE_DEVICES"] == "0"
+    with pytest.raises(UserError, match=r"CUDA_VISIBLE_DEVICES='0,1' shows 2 GPU\(s\) but jobs are to share 4"):
+        with visible_gpus(1, total=4, lock_dir=tmp_path, env={"CUDA_VISIBLE_DEVICES": "0,1"}):
+            pass
+
+
+def test_multi_node_jobs_meet_at_a_rendezvous_port_of_their_own():
+    ports = [rendezvous_port(str(job)) for job in range(4180, 4190)]
+    assert len(set(ports)) == 10 and all(20000 <= port < 30000 for port in ports)
+    assert rendezvous_port("4180") == rendezvous_port("4180") and 20000 <= rendezvous_port("4180_3") < 30000
 
 
 def test_claim_waits_then_times_out_and_more_than_the_machine_has_is_refused(tmp_path):

@@ -123,7 +123,7 @@ def test_allocation_is_read_with_scontrol_when_the_job_step_removed_it(tmp_path)
     finally:
         os.environ["PATH"] = old_path
     assert command[:5] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert "--rdzv-endpoint=gpu03:29500" in command and "--rdzv-id=77" in command
+    assert "--rdzv-endpoint=gpu03:20077" in command and "--rdzv-id=77" in command
 
 
 def test_concurrent_launches_run_on_disjoint_gpus(tmp_path):

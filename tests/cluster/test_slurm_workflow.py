@@ -1,6 +1,7 @@
-"""The workflow through a real SLURM (cluster/local_slurm.sh, two nodes on this host) with
+"""The workflow through a real SLURM (cluster/local_slurm.sh, nodes on this host) with
 profiles/slurm: the demo slice gives the same results as a local run; a speed row on two nodes runs
-one torchrun agent per SLURM node, as training on several nodes does."""
+one torchrun agent per SLURM node, as training on several nodes does; a training job that SLURM
+requeues comes back by itself and resumes from its checkpoint."""
 
 import contextlib
 import hashlib
@@ -9,7 +10,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,7 +64,7 @@ def slurm_profile(folder: Path, logs: Path) -> Path:
     return folder
 
 
-def run_through_slurm(profile: Path, env: dict, *config: str, targets: list[Path]) -> subprocess.CompletedProcess:
+def start_through_slurm(profile: Path, env: dict, *config: str, targets: list[Path]) -> subprocess.Popen:
     """Snakemake with the SLURM profile; bounded by `timeout`, as a waiting Snakemake ignores SIGTERM.
 
     Jobs are seen done at the plugin's next status check (its interval grows by 10 s while nothing
@@ -69,7 +73,13 @@ def run_through_slurm(profile: Path, env: dict, *config: str, targets: list[Path
     command = ["timeout", "-k", "10", "400", *SNAKEMAKE, "--workflow-profile", str(profile), "--config", *config,
                "--", *map(str, targets)]
     env = {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=430)
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_through_slurm(profile: Path, env: dict, *config: str, targets: list[Path]) -> subprocess.CompletedProcess:
+    snakemake = start_through_slurm(profile, env, *config, targets=targets)
+    stdout, stderr = snakemake.communicate(timeout=430)
+    return subprocess.CompletedProcess(snakemake.args, snakemake.returncode, stdout, stderr)
 
 
 def weights_hash(model_dir: Path) -> str:
@@ -148,3 +158,100 @@ def test_the_workflow_through_slurm(tmp_path, local_demo_slice, two_node_slurm):
     assert result["deepspeed"] is deepspeed
     assert result["img_per_s"] > 0 and result["steps_measured"] == 2
     assert not [path for path in (results / "speed").iterdir() if path.name.startswith(".")]  # no scratch left
+
+
+@pytest.fixture
+def one_node_slurm(tmp_path):
+    with running_slurm(tmp_path / "slurm", nodes=1) as env:
+        yield env
+
+
+# Long enough that the job is still training when its first checkpoint appears.
+REQUEUED_RUN = "run_overrides={max_steps: 16, epochs: 1, checkpoint_every: 2}"
+
+
+def slurm_job_state(job_id: str, env: dict) -> dict:
+    return slurm_jobs([job_id], env).get(job_id, {})
+
+
+def queue_state(job_id: str, env: dict) -> str:
+    """squeue's state and reason of a job (`COMPLETING None`, `PENDING BeginTime`, ...)."""
+    shown = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T %r"], env=env,
+                           capture_output=True, text=True)
+    return shown.stdout.strip()
+
+
+def the_run_json(config: list[str], dataset: str, run: str) -> tuple[str, int]:
+    """(run config as JSON, training threads) of `run`, resolved from `--config` values as the workflow does."""
+    from phi3v.workflow import config as settings
+
+    overrides = {"preset": "demo"}  # config.yaml
+    overrides.update((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in config))
+    resolved = settings.resolve_config(overrides)
+    return settings.run_config(resolved, dataset, run).to_json(), resolved["resources"]["train"]["threads"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the local SLURM runs its daemons as root")
+@pytest.mark.skipif(not slurm_installed(), reason="SLURM is not installed (.ci/run installs it with apt-get)")
+def test_a_requeued_training_job_resumes_from_its_checkpoint(tmp_path, local_demo_slice, one_node_slurm):
+    """profiles/slurm submits with --requeue: a training job that SLURM requeues while it runs (as on
+    preemption) starts again by itself, resumes from its newest checkpoint, and ends bit-identical
+    to an uninterrupted run."""
+    from phi3v.layout import ResultsLayout
+    from phi3v.training.checkpoint import complete_checkpoints
+
+    assert local_demo_slice.run.returncode == 0, local_demo_slice.run.stderr[-3000:]
+    results, env = tmp_path / "results", one_node_slurm
+    layout = ResultsLayout(results)
+    for folder in PREPARED:
+        shutil.copytree(local_demo_slice.results / folder, results / folder)
+    config = [*demo_slice_config(results, runs=[RUN]), REQUEUED_RUN]
+    run_json, threads = the_run_json(config, "docvqa", RUN)
+    # The uninterrupted reference, beside the SLURM run: the same run config and thread count.
+    straight = subprocess.Popen(
+        [sys.executable, "-m", "phi3v.training.train", "--run-json", run_json, "--base-model", str(layout.base_model),
+         "--data-dir", str(layout.data("docvqa")), "--dataset", "docvqa", "--out-dir", str(tmp_path / "straight"),
+         "--checkpoint-dir", str(tmp_path / "straight_checkpoints")],
+        env={**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    profile = slurm_profile(tmp_path / "profile", tmp_path / "slurm_logs")
+    snakemake = start_through_slurm(profile, env, *config, targets=[layout.metrics("docvqa", RUN)])
+    try:
+        deadline = time.monotonic() + 300
+        while not complete_checkpoints(layout.checkpoints("docvqa", RUN)):
+            assert snakemake.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.1)
+        squeue = subprocess.run(["squeue", "--noheader", "--format=%i"], env=env, capture_output=True, text=True)
+        [job_id] = squeue.stdout.split()
+        requeue = subprocess.run(["scontrol", "requeue", job_id], env=env, capture_output=True, text=True)
+        assert requeue.returncode == 0, requeue.stderr
+        # SLURM holds a requeued job until its begin time (about 2 minutes later) so that no new start
+        # carries a credential the kill revoked (one started in the kill's second fails): start it 3 s on.
+        while queue_state(job_id, env) != "PENDING BeginTime":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"], env=env, check=True)
+        stdout, stderr = snakemake.communicate(timeout=430)
+        assert snakemake.returncode == 0, (stdout + stderr)[-6000:]
+        assert straight.wait(timeout=300) == 0, straight.stderr.read()[-3000:]
+    finally:
+        if snakemake.poll() is None:  # `timeout` passes SIGINT on: Snakemake cancels its job and stops
+            snakemake.send_signal(signal.SIGINT)
+            snakemake.wait(timeout=60)
+        if straight.poll() is None:
+            straight.kill()
+
+    job = slurm_job_state(job_id, env)
+    assert (job["JobState"], job["Requeue"], job["Restarts"]) == ("COMPLETED", "1", "1")
+    # The second start resumed (the job's log is rewritten by each start) ...
+    log = layout.log("train", "docvqa", RUN).read_text()
+    [resumed_at] = re.findall(rf"run '{RUN}': resuming from step (\d+)", log)
+    assert 2 <= int(resumed_at) < 16
+    # ... and ended where an uninterrupted run ends, to the bit.
+    provenance = json.loads(layout.provenance("docvqa", RUN).read_text())
+    assert provenance["run"] == json.loads(run_json)
+    assert weights_hash(layout.model("docvqa", RUN)) == weights_hash(tmp_path / "straight" / "model")
+    losses = [[entry["loss"] for entry in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines())]
+              for folder in (layout.run_dir("docvqa", RUN), tmp_path / "straight")]
+    assert losses[0] == losses[1] and len(losses[0]) == 16

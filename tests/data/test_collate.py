@@ -104,3 +104,15 @@ def test_effective_batch_plan():
         effective_batch_plan(64, 3, 2)
     with pytest.raises(UserError, match="per_device_batch_size=0"):
         effective_batch_plan(64, 0, 1)
+
+
+def test_pad_id_mask_hides_every_pad_id_as_the_recipes_nlvr2_collator():
+    """attention_mask: pad_id masks the pad id inside a sample too (the `<|endoftext|>` ending a turn);
+    the default masks only the padding."""
+    pad = 9
+    examples = [{"input_ids": [1, 5, pad, 6, 7], "labels": [-100, 5, pad, 6, 7]},
+                {"input_ids": [1, 8, pad], "labels": [-100, 8, pad]}]
+    by_length = collate_padded(examples, pad_token_id=pad)["attention_mask"]
+    by_id = collate_padded(examples, pad_token_id=pad, mask_pad_id=True)["attention_mask"]
+    assert by_length.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert by_id.tolist() == [[1, 1, 0, 1, 1], [1, 1, 0, 0, 0]]

@@ -43,6 +43,8 @@ def demo_config() -> dict:
         "model": {"source": "demo", "id": "microsoft/Phi-3.5-vision-instruct", "revision": None,
                   "cache_dir": None},
         "hardware": {"accelerator": "cpu", "gpus_per_node": 1, "nodes": 1},
+        "evaluation": {"batch_size": 16, "stop_tokens": "eos", "max_new_tokens": 16, "max_samples": None,
+                       "base_precision": "bf16", "base_attention": "sdpa"},
         "datasets": {
             "docvqa": {"source": "synthetic", "metric": "anls", "eval_split": "test", "num_crops": 1},
             "hateful_memes": {"source": "synthetic", "metric": "accuracy", "eval_split": "test",

@@ -40,7 +40,9 @@ def test_gold_answers_score_100_and_majority_baseline():
     assert [row["id"] for row in rows] == ["a", "b", "c", "d"]
     assert set(rows[0]) == {"id", "prediction", "answers", "score"}
     scores = summarize(rows, metric="accuracy", majority="yes", dataset="hm", run="base", split="test")
-    assert SCORES_FIELDS <= set(scores) and "anls_recipe" not in scores
+    assert SCORES_FIELDS <= set(scores) and "anls_recipe" not in scores and "auroc" not in scores
+    assert scores["per_example"] == {"id": ["a", "b", "c", "d"], "score": [1.0] * 4,
+                                     "majority_baseline": [1.0, 0.0, 1.0, 1.0]}
     assert scores["score"] == 100.0 and scores["n"] == 4
     assert scores["majority_baseline"] == 75.0
 
@@ -49,10 +51,25 @@ def test_anls_scores_report_both_definitions():
     answers = [["Paris", "paris city"], ["42"]]
     rows = scored_predictions(["q1", "q2"], ["paris", "42."], answers, "anls")
     scores = summarize(rows, metric="anls", majority="42", dataset="docvqa", run="r", split="test")
-    assert scores["anls_official"] == 100.0
+    # official: "paris" = "paris" (1); "42." vs "42": the dot stays, 1 edit over 3 characters (2/3)
+    assert scores["anls_official"] == pytest.approx(100 * (1 + 2 / 3) / 2, abs=1e-4)
+    assert [row["anls_official"] for row in rows] == [1.0, pytest.approx(2 / 3, abs=1e-6)]
+    assert scores["per_example"] == {"id": ["q1", "q2"], "score": [0.8, 1.0],
+                                     "anls_official": [1.0, round(2 / 3, 6)], "majority_baseline": [0.0, 1.0]}
     assert scores["score"] == scores["anls_recipe"] == pytest.approx(100 * (0.8 + 1.0) / 2)
     assert scores["majority_baseline"] == 50.0
     assert scores["accuracy"] == 100.0  # exact match lower-cases, so "paris" matches "Paris"
+
+
+def test_auroc_from_the_probability_of_yes():
+    answers = [["Yes."], ["No."], ["yes"], ["no"]]
+    rows = scored_predictions(["a", "b", "c", "d"], ["Yes.", "Yes.", "No.", "No."], answers, "accuracy",
+                              yes_probabilities=[0.9, 0.6, 0.6, 0.2])
+    scores = summarize(rows, metric="accuracy", majority="no", dataset="hm", run="r", split="test")
+    # pairs (yes, no): (0.9, 0.6) 1, (0.9, 0.2) 1, (0.6, 0.6) tie 0.5, (0.6, 0.2) 1 -> 3.5 / 4
+    assert scores["auroc"] == 87.5 and scores["accuracy"] == 50.0
+    assert scores["per_example"]["p_yes"] == [0.9, 0.6, 0.6, 0.2]
+    assert scores["per_example"]["is_yes"] == [True, False, True, False]
 
 
 def test_bad_arguments_are_user_errors():
@@ -62,6 +79,8 @@ def test_bad_arguments_are_user_errors():
                        ("max_new_tokens", True), ("max_samples", 0)]:
         with pytest.raises(UserError, match=key):
             check_arguments(**{**good, key: value})
+    with pytest.raises(UserError, match="lmms_eval = true needs metric anls"):
+        check_arguments(**{**good, "metric": "accuracy", "lmms_eval": True})
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
@@ -117,7 +136,8 @@ def tiny_model(tmp_path_factory):
     from phi3v.training import demo_model as pretrain
 
     folder = tmp_path_factory.mktemp("model")
-    texts = ["Who signed it? Answer briefly. Ann Lee", "What is the total? 42", "What is the date? May 3"]
+    texts = ["Who signed it? Answer briefly. Ann Lee", "What is the total? 42", "What is the date? May 3",
+             *["Yes. No."] * 4]
     pretrain.write_random_base(folder, texts=texts, vocab_size=300, seed=0)
     return folder
 
@@ -140,6 +160,52 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path, precision):
     assert scores["score"] == pytest.approx(100 * sum(row["score"] for row in rows) / 3, abs=1e-3)
     assert scores["majority_answer"] == "Ann Lee"
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_yes_probability_and_lmms_eval_protocol_on_a_tiny_model(tiny_model, tmp_path):
+    from phi3v.data.dataset import load_eval_examples
+    from phi3v.evaluation.evaluate import lmms_eval_prompt
+    from phi3v.processing_phi3v import Phi3VProcessor
+
+    data = tmp_path / "data"
+    write_tiny_dataset(data)
+    examples = load_eval_examples(data / "docvqa_test.jsonl", data / "images")
+    from phi3v.data.sources.docvqa import PROMPT_SUFFIX
+    from phi3v.evaluation.evaluate import RECIPE_DOCVQA_SUFFIX
+
+    assert RECIPE_DOCVQA_SUFFIX == PROMPT_SUFFIX  # the converter's prompt, which lmms-eval's replaces
+    assert lmms_eval_prompt(examples[0].prompt_user) == (
+        "<|image_1|>\nWhat is the total?\nAnswer the question using a single word or phrase.")
+    common = dict(model_dir=tiny_model, data_dir=data, split="test", run_name="base", num_crops=1,
+                  precision="bf16", attention="sdpa", batch_size=2, max_new_tokens=4)
+    scores = evaluate(dataset_name="docvqa", metric="anls", out_dir=tmp_path / "lmms", lmms_eval=True, **common)
+    rows = [json.loads(line) for line in (tmp_path / "lmms" / "predictions.jsonl").read_text().splitlines()]
+    assert all(isinstance(row["lmms_eval_prediction"], str) for row in rows)
+    assert [row["anls_lmms_eval"] for row in rows] == scores["per_example"]["anls_lmms_eval"]
+    assert scores["anls_lmms_eval"] == pytest.approx(100 * sum(r["anls_lmms_eval"] for r in rows) / 3, abs=1e-3)
+
+    # A yes/no split: the probability of "yes" comes from the first generated position.
+    for name in ("docvqa_test.jsonl", "docvqa_train.jsonl"):
+        path = data / name
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for index, record in enumerate(records):
+            record["conversations"][0]["assistant"] = "Yes." if index % 2 else "No."
+            record.pop("answers", None)
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    scores = evaluate(dataset_name="docvqa", metric="accuracy", out_dir=tmp_path / "yes", auroc=True, **common)
+    p_yes = scores["per_example"]["p_yes"]
+    assert len(p_yes) == 3 and all(0 < p < 1 for p in p_yes)
+    assert scores["per_example"]["is_yes"] == [True, False, False]  # file order test-2, 0, 1; rows sorted by id
+    # AUROC of one positive (p_yes[0]) against two negatives, ties counting half
+    expected = sum((p_yes[0] > p) + 0.5 * (p_yes[0] == p) for p in (p_yes[1], p_yes[2])) / 2
+    assert scores["auroc"] == pytest.approx(100 * expected)
+    processor = Phi3VProcessor.from_pretrained(tiny_model)
+    yes = processor.tokenizer("Yes.", add_special_tokens=False)["input_ids"][0]
+    assert yes != processor.tokenizer("No.", add_special_tokens=False)["input_ids"][0]
+    with pytest.raises(UserError, match="auroc needs a yes/no task"):
+        write_tiny_dataset(tmp_path / "other")
+        evaluate(**{**common, "data_dir": tmp_path / "other"}, dataset_name="docvqa", metric="accuracy",
+                 out_dir=tmp_path / "no", auroc=True)
 
 
 def test_two_processes_give_the_same_predictions_as_one(tiny_model, tmp_path):

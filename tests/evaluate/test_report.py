@@ -4,7 +4,7 @@ import pytest
 from .conftest import demo_config, report_files
 
 from phi3v.errors import UserError
-from phi3v.reporting.figures import figure_file_names, throughput_figure, write_figures
+from phi3v.reporting.figures import figure_file_names, nothing_ran_figure, throughput_figure, write_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -21,13 +21,29 @@ def test_figures_are_written_under_their_declared_names(results_dir, tmp_path):
         assert data.startswith(PNG_SIGNATURE) and len(data) > 5000, path.name
 
 
-def test_no_figures_for_skipped_runs(results_dir, tmp_path):
+def test_when_nothing_ran_one_figure_says_what_was_skipped_and_why(results_dir, tmp_path):
+    # e.g. `runs_filter=[speed/*]` on a machine that runs none of the rows: the workflow's declared
+    # figures folder must still be written (it was missing: MissingOutputException after the other jobs)
     config = demo_config()
     for run in config["runs"]:
         run["skip_reason"] = "needs GPU"
     for row in config["speed"]["rows"]:
+        row["skip_reason"] = "needs 2 nodes, the partition has 1"
+    [path] = write_figures(config, report_files(results_dir, config), tmp_path / "figures")
+    assert [path.name] == figure_file_names(config) == ["not_run.png"] and path.parent == tmp_path / "figures"
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    shown = "\n".join(text.get_text() for text in nothing_ran_figure(config).axes[0].texts)
+    assert "skipped run docvqa/full-bf16-sdpa: needs GPU (on_unsupported: skip)" in shown
+    row = config["speed"]["rows"][0]["row"]
+    assert f"skipped speed row {row}: needs 2 nodes, the partition has 1 (on_unsupported: skip)" in shown
+
+
+def test_skipped_speed_rows_beside_finished_runs_get_no_speed_figures(results_dir, tmp_path):
+    config = demo_config()
+    for row in config["speed"]["rows"]:
         row["skip_reason"] = "needs GPU"
-    assert write_figures(config, report_files(results_dir, config), tmp_path) == [] == figure_file_names(config)
+    names = [path.name for path in write_figures(config, report_files(results_dir, config), tmp_path)]
+    assert names == figure_file_names(config) and names[-1] == "scores_ucf101.png"
 
 
 def test_bad_training_log_line_is_named(results_dir, tmp_path):
@@ -68,3 +84,11 @@ def test_gpu_speed_figure_labels_each_bar_group_with_its_hardware():
     assert title == "Training throughput: Phi-3.5-vision-instruct (random weights) on 8x NVIDIA H100 80GB HBM3"
     assert legend[0] == "measured: 8x NVIDIA H100 80GB HBM3"
     assert legend[1:] and all(label.startswith("recipe: 8x ") for label in legend[1:])
+
+
+def test_score_bars_reach_to_their_intervals():
+    from phi3v.reporting.figures import error_bars
+    from phi3v.reporting.uncertainty import Estimate
+
+    bars = error_bars([Estimate(60.0, None, (50.0, 75.0)), Estimate(40.0, 2.0, None)])
+    assert bars == [[10.0, 0.0], [15.0, 0.0]]

@@ -1,8 +1,13 @@
 """Regenerated tables: committed golden files, values computed from the fixture results,
-byte-identical regeneration, errors naming run and file."""
+byte-identical regeneration, errors naming run and file.
+
+After a reviewed change of the tables, rewrite the golden files with
+`python -m tests.evaluate.regenerate_golden` and review `git diff tests/evaluate/golden`."""
 
 import json
 import shutil
+
+import numpy as np
 
 import pytest
 from .conftest import FIXTURES, GOLDEN, demo_config, report_files
@@ -54,20 +59,74 @@ def test_measured_rows_show_the_fixture_results_beside_the_recipe(results_dir, t
         scores = fixture_json("eval", table.dataset, run["run"], "scores.json")
         metrics = fixture_json("runs", table.dataset, run["run"], "metrics.json")
         shown = round(scores["score"], table.decimals)
-        assert cells[table.metric_column] == f"{shown:.{table.decimals}f}"
+        low, high = interval_of(scores["per_example"]["score"], table.decimals)
+        assert cells[table.metric_column] == f"{shown:.{table.decimals}f} [{low}, {high}]"
         assert cells[column["Final loss"]] == f"{metrics['final_loss']:.4f}"
         recipe = cells[column["Recipe"]]
         if recipe != "—":  # a recipe row of the same strategy and precision
             assert recipe in [row.reference for row in table.rows
                               if (row.strategy, row.precision) == (run["strategy"], run["precision"])]
-            assert float(cells[column["Δ"]]) == pytest.approx(shown - float(recipe))
+            delta, side = cells[column["Δ"]].split()
+            assert float(delta) == pytest.approx(shown - float(recipe))
+            assert side == ("(inside)" if float(low) <= float(recipe) <= float(high) else "(outside)")
     if runs:
         base = fixture_json("eval", table.dataset, "base", "scores.json")
-        assert f"{base['score']:.{table.decimals}f}. Majority baseline" in text
+        low, high = interval_of(base["per_example"]["score"], table.decimals)
+        assert f"{base['score']:.{table.decimals}f} [{low}, {high}]" in text.split("Before fine-tuning")[1]
+        low, high = interval_of(base["per_example"]["majority_baseline"], table.decimals)
+        assert f"answer): {base['majority_baseline']:.{table.decimals}f} [{low}, {high}]. Evaluated" in text
         assert f"n = {base['n']}." in text
     else:
         assert all(line.endswith("not in this preset |") for line in text.splitlines()[4:4 + len(table.rows)]
                    if "results comming soon" not in line)
+
+
+def interval_of(values, decimals):
+    """The 95% interval of the mean of `values` in percent, as the tables print it (independently:
+    the same fixed-seed resample counts, the percentiles of the resampled means)."""
+    import numpy as np
+    from phi3v.evaluation.statistics import resample_counts
+
+    counts = resample_counts(len(values))
+    means = 100 * counts @ np.asarray(values) / len(values)
+    return [f"{value:.{decimals}f}" for value in np.percentile(means, [2.5, 97.5])]
+
+
+def test_official_scores_carry_their_intervals(results_dir, tmp_path):
+    from phi3v.evaluation.statistics import auroc_of_counts, resample_counts
+
+    files = generated(results_dir, tmp_path)
+    docvqa = fixture_json("eval", "docvqa", "full-bf16-sdpa", "scores.json")
+    header = split_cells(files["docvqa.md"].decode().splitlines()[2])
+    cells = table_row(files["docvqa.md"].decode(), "`full-bf16-sdpa`")
+    low, high = interval_of(docvqa["per_example"]["anls_official"], 2)
+    assert cells[header.index("ANLS (official)")] == f"{docvqa['anls_official']:.2f} [{low}, {high}]"
+
+    memes = fixture_json("eval", "hateful_memes", "full-bf16-sdpa", "scores.json")
+    text = files["hateful_memes.md"].decode()
+    header = split_cells(text.splitlines()[2])
+    resampled = auroc_of_counts(memes["per_example"]["p_yes"], memes["per_example"]["is_yes"])(resample_counts(50))
+    low, high = (f"{100 * v:.1f}" for v in np.nanpercentile(resampled, [2.5, 97.5]))
+    assert table_row(text, "`full-bf16-sdpa`")[header.index("AUROC")] == f"{memes['auroc']:.1f} [{low}, {high}]"
+    base = fixture_json("eval", "hateful_memes", "base", "scores.json")
+    assert f"AUROC {base['auroc']:.1f} [" in text
+
+
+def test_lmms_eval_column_only_when_configured(results_dir, tmp_path):
+    assert "lmms-eval" not in generated(results_dir, tmp_path / "off")["docvqa.md"].decode()
+    config = demo_config()
+    config["evaluation"] = {"lmms_eval": True}
+    for run in ("base", "full-bf16-sdpa", "full-bf16-eager", "lora-bf16-sdpa"):
+        path = results_dir / "eval" / "docvqa" / run / "scores.json"
+        scores = json.loads(path.read_text())
+        scores["anls_lmms_eval"] = 50.0
+        scores["per_example"]["anls_lmms_eval"] = [1.0, 0.0] * (scores["n"] // 2)
+        path.write_text(json.dumps(scores))
+    text = generated(results_dir, tmp_path / "on", config)["docvqa.md"].decode()
+    header = split_cells(text.splitlines()[2])
+    low, high = interval_of([1.0, 0.0] * 20, 2)
+    assert table_row(text, "`full-bf16-sdpa`")[header.index("ANLS (lmms-eval)")] == f"50.00 [{low}, {high}]"
+    assert "`ANLS (lmms-eval)`: the same model answering as lmms-eval's `docvqa_val` asks" in text
 
 
 def test_speed_rows_show_the_fixture_measurements(results_dir, tmp_path):
@@ -216,3 +275,57 @@ def test_rows_moved_by_attention_fallback_say_so_and_keep_their_recipe_row():
     flash_lora = [r for r in a100.rows if r.strategy == "lora" and r.flash_attention]
     assert flash_lora and all(matches_speed_row(row, r, a100) for r in flash_lora)
     assert fallback_notes({**row, "configured_attention": None}) == []
+
+
+def seeded_results(results_dir, config, scores_of_seeds):
+    """`docvqa/full-bf16-sdpa` as three seeds (ids `-seed<n>`), each a copy of the fixture run whose
+    per-example recipe scores are `scores_of_seeds[n]`."""
+    runs = []
+    for run in config["runs"]:
+        if (run["dataset"], run["run"]) != ("docvqa", "full-bf16-sdpa"):
+            runs.append(run)
+            continue
+        for seed, values in enumerate(scores_of_seeds):
+            name = f"full-bf16-sdpa-seed{seed}"
+            runs.append({**run, "run": name, "seed": seed, "seed_group": "full-bf16-sdpa", "seeds": [seed]})
+            for kind in ("eval", "runs"):
+                shutil.copytree(results_dir / kind / "docvqa" / "full-bf16-sdpa", results_dir / kind / "docvqa" / name)
+            path = results_dir / "eval" / "docvqa" / name / "scores.json"
+            scores = json.loads(path.read_text())
+            scores["per_example"]["score"] = values
+            scores["score"] = 100 * sum(values) / len(values)
+            path.write_text(json.dumps(scores))
+            metrics = results_dir / "runs" / "docvqa" / name / "metrics.json"
+            metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "final_loss": 1.0 + seed}))
+    return {**config, "runs": runs}
+
+
+def test_seeds_show_mean_spread_and_the_interval_of_their_mean(results_dir, tmp_path):
+    from phi3v.evaluation.statistics import bootstrap_interval, mean_of_counts
+
+    seeds = [[1.0] * 20 + [0.0] * 20, [1.0] * 24 + [0.0] * 16, [1.0] * 28 + [0.0] * 12]  # 50, 60, 70
+    config = seeded_results(results_dir, demo_config(), seeds)
+    text = generated(results_dir, tmp_path, config)["docvqa.md"].decode()
+    cells = table_row(text, "`full-bf16-sdpa`")
+    low, high = bootstrap_interval([mean_of_counts(values) for values in seeds], 40)
+    header = split_cells(text.splitlines()[2])
+    # mean 60, sample standard deviation 10; the interval of the per-example mean over the seeds
+    assert cells[header.index("ANLS")] == f"60.00 ± 10.00 [{100 * low:.2f}, {100 * high:.2f}]"
+    assert 100 * low < 60 < 100 * high
+    assert cells[header.index("Final loss")] == "2.0000"  # mean of 1, 2, 3
+    assert cells[header.index("Note")].startswith("`full-bf16-sdpa` (seeds 0, 1, 2); differs:")
+    assert cells[header.index("Δ")] == f"{60 - 83.65:+.2f} (outside)"
+
+    from phi3v.reporting.figures import write_figures
+    paths = write_figures(config, report_files(results_dir, config), tmp_path / "figures")
+    assert {path.name for path in paths} >= {"scores_docvqa.png", "loss_docvqa.png"}
+
+
+def test_seeds_evaluated_on_different_examples_are_refused(results_dir, tmp_path):
+    config = seeded_results(results_dir, demo_config(), [[1.0, 0.0] * 20] * 3)
+    path = results_dir / "eval" / "docvqa" / "full-bf16-sdpa-seed2" / "scores.json"
+    scores = json.loads(path.read_text())
+    scores["per_example"]["id"][0] = "test-9999999999"
+    path.write_text(json.dumps(scores))
+    with pytest.raises(UserError, match=r"run docvqa/full-bf16-sdpa: the seeds were evaluated on different examples"):
+        generated(results_dir, tmp_path, config)

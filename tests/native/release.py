@@ -18,12 +18,12 @@ REMOTE_CODE_FILES = ("configuration_phi3_v.py", "modeling_phi3_v.py", "processin
 RELEASE_PREPROCESSOR_KEYS = {"auto_map": {"AutoProcessor": "processing_phi3_v.Phi3VProcessor"}}
 
 
-def write_release_folder(folder: Path, num_crops: int = 4) -> Path:
+def write_release_folder(folder: Path, num_crops: int = 4, seed: int = 0, **config_overrides) -> Path:
     """Tiny weights in the release's key layout (sharded, hub config keys incl. auto_map) plus its processor files."""
     tokenizer = build_tiny_tokenizer(CORPUS, VOCAB_SIZE)
     config = Phi3VConfig.tiny(VOCAB_SIZE, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                              pad_token_id=tokenizer.pad_token_id)
-    write_official_checkpoint(folder, config, seed=0, shard_size=60_000)
+                              pad_token_id=tokenizer.pad_token_id, **config_overrides)
+    write_official_checkpoint(folder, config, seed=seed, shard_size=60_000)
     Phi3VProcessor(Phi3VImageProcessor(num_crops=num_crops, crop_size=config.crop_size), tokenizer).save_pretrained(folder)
     preprocessor = folder / "preprocessor_config.json"
     preprocessor.write_text(json.dumps({**json.loads(preprocessor.read_text()), **RELEASE_PREPROCESSOR_KEYS}, indent=2))

@@ -28,8 +28,8 @@ def ids(tokenizer, text, bos=True):
 
 def test_tiny_tokenizer_has_phi_special_tokens(tiny_tokenizer):
     tok = tiny_tokenizer
-    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
-    assert tok.pad_token == "<|endoftext|>"
+    assert (tok.unk_token_id, tok.bos_token_id) == (0, 1) and tok.convert_tokens_to_ids("</s>") == 2
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>"  # as the release's tokenizer_config.json
     names = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>", "<|image|>"]
     special_ids = tok.convert_tokens_to_ids(names)
     assert len(set(special_ids)) == 6 and max(special_ids) == len(tok) - 1
@@ -78,7 +78,7 @@ def test_chat_template_and_generation_prompt(processor, tiny_tokenizer):
 
 def test_generation_stops_at_the_end_of_the_assistant_turn(processor, tiny_tokenizer):
     vocab = tiny_tokenizer.get_vocab()
-    assert processor.stop_token_ids == [vocab["<|end|>"], vocab["<|endoftext|>"], vocab["</s>"]]
+    assert processor.stop_token_ids == [vocab["<|end|>"], vocab["<|endoftext|>"]]  # eos is <|endoftext|>
 
 
 def test_processor_falls_back_to_the_builtin_template():

@@ -42,7 +42,8 @@ SEED_COMMANDS = [
 # What any command decides, given or by the script's defaults; the rest are the preset's choices.
 DECIDED = ("dataset", "strategy", "precision", "attention", "batch_size", "per_device_batch_size", "num_crops",
            "deepspeed", "train_turns", "freeze_token_embeddings", "lora_on_vision", "warmup_steps",
-           "weight_decay", "max_grad_norm", "gradient_checkpointing")
+           "weight_decay", "max_grad_norm", "gradient_checkpointing", "loss_reduction", "adapter_dtype",
+           "attention_mask")
 GIVEN = {"--learning_rate": ("learning_rate",), "--num_train_epochs": ("epochs",),
          "--lora_rank": ("lora_rank", "lora_alpha"), "--lora_alpha_ratio": ("lora_alpha",)}
 
@@ -112,12 +113,12 @@ def test_every_table_row_has_its_command(paper):
 def test_the_preset_differs_only_where_it_says_why(paper):
     _, _, run = resolve(shlex.split(HATEFUL_TEMPLATE.format(out=OUT, lr="5e-5", epochs=2)), 4)
     preset_run = run_config(paper, "hateful_memes", "full-bf16-flash_attention_2")
-    # the scripts set no seed (the HF Trainer's 42) and save no intermediate checkpoints; the preset
-    # fixes seed 0 and checkpoints every 200 steps so that a run resumes
+    # the scripts save no intermediate checkpoints; the preset checkpoints every 200 steps so that a
+    # run resumes (the same numbers); the seed is the HF Trainer's 42 in both
     assert (run.seed, run.checkpoint_every) == (42, None)
-    assert (preset_run.seed, preset_run.checkpoint_every) == (0, 200)
+    assert (preset_run.seed, preset_run.checkpoint_every) == (42, 200)
     same = {key for key in run.to_dict() if getattr(run, key) == getattr(preset_run, key)}
-    assert set(run.to_dict()) - same == {"seed", "checkpoint_every"}
+    assert set(run.to_dict()) - same == {"checkpoint_every"}
 
 
 def test_the_workflow_snippet_resolves_to_the_same_run():
@@ -213,3 +214,28 @@ def test_a_run_evaluates_before_and_after(offline_hub, cache, tmp_path, capsys):
     assert f"Accuracy after finetuning: {after['score'] / 100:.4f}" in printed
     assert list((out / "trackers").rglob("events.out.tfevents.*"))
     assert (out / "adapter" / "adapter_config.json").is_file()
+
+
+def test_qlora_evaluates_the_4bit_base_before_training_one_example_at_a_time(offline_hub, cache, tmp_path,
+                                                                              monkeypatch):
+    """The QLoRA scripts evaluate the model as loaded, 4-bit; every script generates one example at a
+    time and stops at the tokenizer's eos (NLVR2 too, whatever --batch_size_per_gpu)."""
+    pytest.importorskip("bitsandbytes")
+    import phi3v.evaluation.evaluate as evaluation
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def first_evaluation(**kwargs):
+        asked.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(evaluation, "evaluate", first_evaluation)
+    words = ["nlvr2", "--output_dir", str(tmp_path / "out"), "--use_qlora", "--bf16", "--batch_size_per_gpu", "2"]
+    with pytest.raises(Stop):
+        main(words + size_flags(words, cache))
+    [before] = asked
+    assert before["run_name"] == "base" and before["quantization_config"].load_in_4bit
+    assert (before["batch_size"], before["stop_tokens"]) == (1, "eos")

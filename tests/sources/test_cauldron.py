@@ -150,3 +150,16 @@ def test_download_fetches_one_configuration(download, config, tmp_path, monkeypa
     assert record["allow_patterns"] == [f"{config}/train-*.parquet"]
     assert sorted(record["files"]) == [f"{config}/train-0000{i}-of-00002-x.parquet" for i in range(2)]
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["SOURCE.json", config]
+
+
+def test_hateful_memes_keeps_the_first_turn_only_as_the_recipe_reads_it(tmp_path):
+    """The recipe's Hateful Memes collator trains texts[0] and its evaluation scores texts[0]: a row's
+    later turns never reach the model, here neither (NLVR2 keeps them: its collator trains every turn)."""
+    raw = tmp_path / "raw"
+    rows = meme_rows(3)
+    rows[2] = (rows[2][0], [rows[2][1][0], ("Why?", "It mocks a group.")])
+    write_cauldron(raw, "hateful_memes", rows)
+    cauldron.convert_hateful_memes(raw, tmp_path / "out", eval_size=1)
+    train = read_jsonl(tmp_path / "out/hateful_memes_train.jsonl")
+    assert [len(record["conversations"]) for record in train] == [1, 1]
+    assert train[1]["conversations"][0]["assistant"] == rows[2][1][0][1]

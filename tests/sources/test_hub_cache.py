@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import huggingface_hub
 import pytest
 import torch
 import yaml
+from PIL import Image
 from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
 from safetensors import safe_open
 
 from phi3v.configuration_phi3v import Phi3VConfig
 from phi3v.data.records import validate_dataset
 from phi3v.data.sources import cauldron, docvqa, hub, ucf101
-from phi3v.hub_cache import MODEL_ID, main
+from phi3v.hub_cache import MODEL_ID, PHI3_VISION_ID, main
 from phi3v.testing import official_key_shapes
 
-REPOS = {MODEL_ID: "model", docvqa.REPO_ID: "dataset", cauldron.REPO_ID: "dataset", ucf101.HUB_REPO_ID: "dataset"}
+REPOS = {MODEL_ID: "model", PHI3_VISION_ID: "model", docvqa.REPO_ID: "dataset", cauldron.REPO_ID: "dataset",
+         ucf101.HUB_REPO_ID: "dataset"}
 
 
 def test_huggingface_hub_reads_the_cache_as_its_own(offline_hub):
@@ -162,3 +165,28 @@ def test_every_task_of_the_schema_has_its_download_and_convert(task):
     from phi3v.data.sources import source_function
 
     assert callable(source_function("download", task)) and callable(source_function("convert", task))
+
+
+def test_phi3_vision_loads_through_the_same_classes_from_its_release_layout(offline_hub, tmp_path):
+    """`datasets.<d>.model: microsoft/Phi-3-vision-128k-instruct` (the model of the recipe's DocVQA and Hateful
+    Memes tables): its own config.json (`su` rope scaling at 128k positions) and processor files load
+    through Phi3VForCausalLM and Phi3VProcessor, and its long-context factors apply past 4096 positions."""
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
+    from phi3v.processing_phi3v import Phi3VProcessor
+
+    out = tmp_path / "phi3_vision"
+    hub.download_model(PHI3_VISION_ID, out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_scaling"]["type"] == "su" and config["max_position_embeddings"] == 131072
+    assert config["original_max_position_embeddings"] == 4096
+    model = Phi3VForCausalLM.from_pretrained(out, dtype=torch.float32)
+    processor = Phi3VProcessor.from_pretrained(out)
+    assert processor.image_processor.num_crops == 16
+    assert model.config.rope_parameters["rope_type"] == "longrope"
+    # the long-context attention factor of `su` at 128k: sqrt(1 + ln(131072 / 4096) / ln(4096))
+    assert model.model.rotary_emb.attention_scaling == pytest.approx(math.sqrt(1 + math.log(32) / math.log(4096)))
+    inputs = processor(processor.generation_prompt("<|image_1|>\nWhat is it?"),
+                       [Image.new("RGB", (60, 40), (200, 30, 30))])
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()

@@ -84,3 +84,19 @@ def test_generators_are_deterministic_and_labels_balanced():
     labels = syn.balanced_labels(random.Random(0), 9)
     assert labels.count(True) == 4 and labels.count(False) == 5
     assert syn.balanced_labels(random.Random(0), 20) != syn.balanced_labels(random.Random(1), 20)
+
+
+def test_form_pages_average_the_recipes_docvqa_image_tokens():
+    """At num_crops 16 (336-pixel crops, 24x24 patches merged 2x2 -> 144 a crop) five pages in six are
+    4x4 crops (2509 tokens) and one 4x3 (1933): 2413 image tokens on average, the recipe's 2443.23
+    tokens a sample less its ~30 text tokens. At the demo's num_crops 2 both shapes give the same crops."""
+    from phi3v.processing_phi3v import Phi3VImageProcessor
+
+    processor = Phi3VImageProcessor(crop_size=336, num_crops=16)
+    sizes = [syn.form_page_size(i) for i in range(syn.NARROW_FORM_EVERY)]
+    tokens = [processor.num_image_tokens(height, width) for width, height in sizes]
+    assert sorted(set(tokens)) == [1933, 2509]
+    assert sum(tokens) / len(tokens) == pytest.approx(2413, abs=1)
+    assert 2443.23 - sum(tokens) / len(tokens) == pytest.approx(30, abs=5)  # the prompt's text tokens
+    demo = {processor.hd_size(height, width, num_crops=2) for width, height in sizes}
+    assert len(demo) == 1

@@ -266,3 +266,17 @@ def test_download_fetches_the_recipe_archive_into_the_raw_folder(tmp_path, monke
     assert archive == tmp_path / "raw" / "UCF101_subset.tar.gz"
     assert hub.read_source_record(tmp_path / "raw")["commit"] == commit
     assert ucf101.convert_ucf101(tmp_path / "raw", tmp_path / "out", splits=("val",))["val"]["records"] == 2
+
+
+def test_command_line_is_the_recipes_convert_script(offline_hub, tmp_path, capsys):
+    """`phi3v convert-ucf101 --out_dir --tmp_dir`: the recipe's convert_ucf101.py (tmp_dir new, then removed)."""
+    from phi3v.cli import main
+
+    out, tmp = tmp_path / "ucf101", tmp_path / "tmp"
+    assert main(["convert-ucf101", "--out_dir", str(out), "--tmp_dir", str(tmp)]) == 0
+    assert not tmp.exists()
+    assert all((out / f"ucf101_{split}.jsonl").is_file() for split in ("train", "val", "test"))
+    assert f"UCF-101 in {out}: train:" in capsys.readouterr().out
+    tmp.mkdir()
+    assert main(["convert-ucf101", "--out_dir", str(tmp_path / "again"), "--tmp_dir", str(tmp)]) == 2
+    assert "exists" in capsys.readouterr().err and not (tmp_path / "again").exists()

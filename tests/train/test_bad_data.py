@@ -52,3 +52,20 @@ def test_duplicate_ids_are_refused_naming_both_lines(tiny_base, tmp_path, capsys
     assert code == 2
     assert (f"error: {train_file}:10: duplicate id 'train-0000000002' (first used at {train_file}:3)"
             in capsys.readouterr().err)
+
+
+def test_an_empty_training_split_is_named_with_a_fix_that_helps(tiny_base, tmp_path, capsys):
+    from phi3v.training.train import main
+
+    data = write_colour_dataset(tmp_path / "data")
+    train_file = data / f"{DATASET}_train.jsonl"
+    train_file.write_text("")
+    code = main(["--run-json", base_run(max_steps=4).to_json(), "--base-model", str(tiny_base),
+                 "--data-dir", str(data), "--dataset", DATASET, "--out-dir", str(tmp_path / "out"),
+                 "--checkpoint-dir", str(tmp_path / "ckpt")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (f"error: {train_file} holds no records: the training split is empty — write the training records into "
+            "it (a custom dataset), or delete it and rerun the workflow to convert the dataset again") in err
+    assert "batch_size" not in err
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,6 @@
 """What a training job leaves on disk: exports interrupted by a kill are cleaned up by the next
-write, exported folders get the user's normal permissions, and a failed job leaves no stale
-adapter/ and prints its own error on Snakemake's console."""
+write, exported folders get the user's normal permissions, a failed job leaves no stale
+adapter/ and prints its own error on Snakemake's console, and two identical runs write the same bytes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from phi3v.files import atomic_output_dir
 
@@ -79,3 +81,32 @@ def test_failed_training_job_prints_its_error_and_leaves_no_adapter(tmp_path, ti
     assert f"error: {results / 'data' / 'docvqa' / 'docvqa_train.jsonl'} does not exist" in console, console[-3000:]
     assert "phi3v.training.train failed with exit status 2" in console
     assert not (run_dir / "adapter").exists() and not (run_dir / "model").exists()
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.slow
+def test_two_identical_lora_runs_write_byte_identical_folders(tiny_base, tiny_data, tmp_path):
+    # Python's string hash seed varies per process and orders sets: peft keeps target_modules as one
+    from phi3v.training.strategy import lora_targets
+
+    from .conftest import base_run
+    from .test_resume import cli
+
+    run = base_run(strategy="lora", lora_rank=4, lora_alpha=8, max_steps=1)
+    seeds = ["1", "2"]
+    set_orders = [subprocess.run([sys.executable, "-c", f"print(list(set({lora_targets(run)!r})))"], text=True,
+                                 capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+                  for seed in seeds]
+    assert set_orders[0] != set_orders[1]  # these seeds do order the targets differently
+    runs = [subprocess.Popen(cli(run, tiny_base, tiny_data, tmp_path / seed, tmp_path / f"ckpt{seed}"),
+                             env={**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in seeds]
+    for process in runs:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+    for folder in ("adapter", "model"):
+        first, second = (folder_bytes(tmp_path / seed / folder) for seed in seeds)
+        assert "adapter_config.json" in first or folder == "model"
+        assert first == second, [name for name in first if first[name] != second.get(name)]

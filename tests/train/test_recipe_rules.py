@@ -97,3 +97,45 @@ def test_loader_keys_samples_by_epoch_so_draws_follow_the_step():
     full = keys(0)
     assert [{epoch for _, epoch in batch} for batch in full] == [{0}] * 4 + [{1}] * 4 + [{2}] * 4
     assert keys(3) == full[6:]
+
+
+@pytest.mark.parametrize("adapter_dtype,expected", [("base", torch.bfloat16), ("fp32", torch.float32)])
+def test_lora_adapters_keep_the_base_dtype_as_add_adapter_did(tiny_base, adapter_dtype, expected):
+    """The recipe's `add_adapter` (peft 0.11) left adapters in the base's dtype (bf16 rows: bf16);
+    current peft's get_peft_model upcasts them unless told not to."""
+    model = build_model(lora_run(precision="bf16", attention="sdpa", adapter_dtype=adapter_dtype), str(tiny_base))
+    adapters = {param.dtype for name, param in model.named_parameters() if "lora_" in name}
+    assert adapters == {expected}
+
+
+def test_qlora_adapters_stay_fp32_over_4bit_weights(tiny_base):
+    """peft 0.11 left an adapter over a 4-bit (uint8) weight in fp32; current peft would use the compute dtype."""
+    pytest.importorskip("bitsandbytes")
+    model = build_model(base_run(strategy="qlora", precision="fp16", attention="eager", lora_rank=4,
+                                 lora_alpha=8), str(tiny_base))
+    adapters = {param.dtype for name, param in model.named_parameters() if "lora_" in name}
+    assert adapters == {torch.float32}
+
+
+def test_weight_decay_groups_are_the_recipes_transformers(tiny_base):
+    """transformers 4.38-4.43 (the recipe's): decay all but biases and nn.LayerNorm weights, so Phi-3's
+    RMSNorm weights, CLIP's class_embedding and the separators are decayed."""
+    from phi3v.training.train import make_optimizer
+
+    model = build_model(base_run(), str(tiny_base))
+    decay, no_decay = make_optimizer(model, base_run()).param_groups
+    frozen = build_model(base_run(strategy="frozen_vision"), str(tiny_base))
+    # frozen_vision trains no bias or LayerNorm: one group, none empty (DeepSpeed would drop it)
+    assert [len(g["params"]) > 0 for g in make_optimizer(frozen, base_run()).param_groups] == [True]
+    names = {id(param): name for name, param in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    clip = "model.vision_embed_tokens.img_processor."
+    for name in ("model.norm.weight", "model.layers.0.input_layernorm.weight",
+                 "model.vision_embed_tokens.glb_GN", "model.vision_embed_tokens.sub_GN"):
+        assert name in decayed, name
+    assert any(name.endswith("embeddings.class_embedding") for name in decayed)
+    assert any(name.startswith(clip) and name.endswith("layer_norm1.weight") for name in exempt)
+    assert all(name.endswith("bias") or "layer_norm" in name or "layrnorm" in name for name in exempt), exempt
+    assert decayed | exempt == set(names.values())

@@ -3,6 +3,7 @@ a run never resumes another run's checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -12,14 +13,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from unittest.mock import ANY
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from phi3v import numerics
 from phi3v.training.train import train
 from phi3v.training.checkpoint import (FINGERPRINT, TRAINER_STATE, ResumePlan, complete_checkpoints,
-                                       latest_checkpoint)
+                                       latest_checkpoint, save_checkpoint)
 from phi3v.training.fingerprint import differences, model_digests, run_fingerprint
 
 from .conftest import DATASET, base_run
@@ -167,3 +171,93 @@ def test_base_model_fingerprint_sees_other_weights_of_the_same_shape(tiny_base, 
     (copy / "model.safetensors").write_bytes(bytes(weights))
     assert differences({"base_model": model_digests(tiny_base)}, {"base_model": model_digests(copy)}) == [
         "base model model.safetensors changed"]
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int):
+    """This process computes on `threads` threads (as a job with `threads: N` does), then as before."""
+    before, variable = torch.get_num_threads(), os.environ.get(numerics.THREADS_VARIABLE)
+    numerics.set_threads(threads)
+    try:
+        yield
+    finally:
+        numerics.set_threads(before)
+        if variable is None:
+            del os.environ[numerics.THREADS_VARIABLE]
+        else:
+            os.environ[numerics.THREADS_VARIABLE] = variable
+
+
+def test_a_checkpoint_of_another_thread_count_or_numerics_mode_is_set_aside(tiny_base, tiny_data, tmp_path,
+                                                                             monkeypatch):
+    # sums split over 2 threads round differently: resuming a 1-thread checkpoint on 2 threads would
+    # give weights that match neither run, so the rerun trains from step 0 and keeps the old set aside
+    def fingerprint():
+        return run_fingerprint(base_run(), base_model=tiny_base, processes=1,
+                               train_jsonl=tiny_data / f"{DATASET}_train.jsonl")
+
+    with cpu_threads(1):
+        one_thread = fingerprint()
+    fake_checkpoint(tmp_path / "ckpt", 2, one_thread)
+    with cpu_threads(1):
+        assert ResumePlan.of(tmp_path / "ckpt", fingerprint()).step == 2
+    with cpu_threads(2):
+        plan = ResumePlan.of(tmp_path / "ckpt", fingerprint())
+    assert plan.checkpoint is None
+    assert "OMP_NUM_THREADS 1 -> 2; torch_threads 1 -> 2" in plan.message("r")
+    assert plan.message("r").endswith(f"moving them to {tmp_path}/ckpt.stale and training from step 0")
+
+    with cpu_threads(1):
+        monkeypatch.setenv(numerics.MODE_VARIABLE, numerics.NATIVE)  # the machine's own kernels
+        plan = ResumePlan.of(tmp_path / "ckpt", fingerprint())
+    assert plan.checkpoint is None and "mode pinned -> native" in plan.message("r")
+
+
+def saving_accelerator():
+    """A real Accelerate state to save: a one-layer model and its optimiser, on the CPU."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 2)
+    accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
+    return accelerator
+
+
+def test_pruning_removes_what_killed_saves_and_prunes_left(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    fake_checkpoint(ckpt, 4, {})
+    (ckpt / "step-2").mkdir()  # an old prune killed mid-delete: trainer_state.json already gone
+    (ckpt / "step-2" / "model.safetensors").write_bytes(b"half")
+    (ckpt / ".tmp-step-3").mkdir()  # a save killed before its rename
+    (ckpt / ".step-1.deleting").mkdir()  # a prune killed after its rename
+    assert latest_checkpoint(ckpt).name == "step-4"  # resuming ignores the incomplete step-2
+
+    accelerator = saving_accelerator()
+    for step in (6, 8):
+        save_checkpoint(accelerator, ckpt, step, {"step": step, "log": []}, {})
+    assert sorted(path.name for path in ckpt.iterdir()) == ["step-6", "step-8"]
+
+
+def test_a_kill_mid_prune_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ckpt"
+    accelerator = saving_accelerator()
+    for step in (2, 4):
+        save_checkpoint(accelerator, ckpt, step, {"step": step, "log": []}, {})
+
+    rmtree = shutil.rmtree
+
+    def killed_mid_delete(path, *args, **kwargs):  # the process dies while a checkpoint's files go
+        if not (Path(path) / TRAINER_STATE).exists():
+            return rmtree(path, *args, **kwargs)
+        (Path(path) / TRAINER_STATE).unlink()
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "rmtree", killed_mid_delete)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(accelerator, ckpt, 6, {"step": 6, "log": []}, {})
+    # what is left under a checkpoint's name is whole; the half-deleted one has another name
+    assert sorted(path.name for path in ckpt.iterdir()) == [".step-2.deleting", "step-4", "step-6"]
+    assert latest_checkpoint(ckpt).name == "step-6"
+    save_checkpoint(accelerator, ckpt, 8, {"step": 8, "log": []}, {})
+    assert sorted(path.name for path in ckpt.iterdir()) == ["step-6", "step-8"]

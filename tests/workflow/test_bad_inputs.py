@@ -45,3 +45,12 @@ def test_a_skipped_run_is_listed_with_its_reason(tmp_path):
     assert code == 0, output
     assert "skipped run docvqa/full-bf16-flash_attention_2: needs GPU (on_unsupported: skip)" in output
     assert "skipped run docvqa/full-bf16-sdpa" not in output
+
+
+def test_gpus_per_node_on_the_cpu_accelerator_fails_the_dry_run():
+    code, output = dry_run("hardware={gpus_per_node: 8}")
+    assert code != 0, output
+    assert ("config key `hardware.gpus_per_node` is 8 but `hardware.accelerator` is cpu, which runs one process a "
+            "node and uses no GPU — to train on GPUs set `--config 'hardware={accelerator: cuda, gpus_per_node: 8}'`; "
+            "on CPUs set `gpus_per_node: 1` (or leave it out)") in output, output
+    assert "Job stats" not in output

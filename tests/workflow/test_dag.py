@@ -1,5 +1,7 @@
 """The workflow lints clean, lists both presets' DAGs offline, and refuses bad configs before any job."""
 
+import os
+
 import pytest
 
 from phi3v.reporting import recipe_tables
@@ -48,12 +50,47 @@ def job_priorities(output: str) -> dict[tuple[str, str], set[int]]:
 
 
 def test_paper_dag_lists_every_table_row_without_network(tmp_path):
-    result = snakemake("-n", "--cores", "2", "--config", "preset=paper", f"results_dir={tmp_path}")
+    # `--resources gpu=8`: the machine's 8 GPUs, stated (the paper preset needs them; see the refusal below)
+    result = snakemake("-n", "--cores", "2", "--resources", "gpu=8", "--config", "preset=paper", f"results_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts["train"] == TABLE_ROWS == 19
     assert counts["download_model"] == 1 and counts["download_raw"] == 4
     assert counts["benchmark_speed"] == 11  # 8 A100 + 3 V100 rows; the multi-node rows need nodes: 2 and 4
+
+
+def fake_nvidia_smi(folder, monkeypatch, cards_mib: list[int]) -> None:
+    """An `nvidia-smi` on PATH that lists these cards (none: a machine without GPUs)."""
+    folder.mkdir()
+    listing = "".join(f"echo {mib}\n" for mib in cards_mib)
+    (folder / "nvidia-smi").write_text(f"#!/bin/sh\n{listing}")
+    (folder / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_a_gpu_preset_on_a_machine_without_its_gpus_is_refused_before_any_job(tmp_path, monkeypatch):
+    """Before, the paper dry run passed on a CPU machine; the first training job then failed after the downloads."""
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch, [])
+    result = snakemake("-n", "--cores", "2", "--config", "preset=paper", f"results_dir={tmp_path}")
+    assert result.returncode != 0 and "Job stats" not in result.stdout
+    said = result.stdout + result.stderr
+    assert ("config key `hardware.gpus_per_node` asks for 8 GPUs but nvidia-smi finds no CUDA GPU on this machine"
+            in said), said[-3000:]
+    assert "--workflow-profile profiles/slurm" in said and "tests/workflow/paper_rehearsal.yaml" in said
+
+
+def test_a_run_that_cannot_fit_the_cards_is_refused_with_its_fix(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch, [81920])  # one 80 GiB card
+    result = snakemake("-n", "--cores", "2", "--config", "preset=paper", "hardware={gpus_per_node: 1}",
+                       "runs_filter=[docvqa/full-bf16-*, docvqa/lora-bf16-*]", f"results_dir={tmp_path}")
+    assert result.returncode != 0 and "Job stats" not in result.stdout
+    said = result.stdout + result.stderr
+    assert "1 run(s) cannot fit on 80 GiB GPUs" in said, said[-3000:]
+    assert ("docvqa/full-bf16-flash_attention_2: 94.3 GiB a GPU at per-device batch 1 on 1 x 80 GiB — does not "
+            "fit: 2 GPUs, over which ZeRO-2 partitions the optimiser state (`hardware={gpus_per_node: 2}`)") in said
+    fits = snakemake("-n", "--cores", "2", "--config", "preset=paper", "hardware={gpus_per_node: 1}",
+                     "runs_filter=[docvqa/lora-bf16-*]", f"results_dir={tmp_path}")
+    assert fits.returncode == 0, fits.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -79,6 +116,16 @@ def test_runs_filter_selects_one_dataset(tmp_path):
     assert counts["train"] == 2 and counts["evaluate"] == 3
     assert counts["convert"] == 4  # the base model's tokenizer reads every defined dataset
     assert "benchmark_speed" not in counts
+
+
+def test_figures_job_writes_its_folder_when_every_selected_speed_row_is_skipped(tmp_path):
+    # the demo skips its flash-attention rows (no GPU): this selection runs nothing but the report jobs,
+    # whose figures folder was then never written (MissingOutputException)
+    result = snakemake("--cores", "1", "--config", "runs_filter=[speed/*flash*]", f"results_dir={tmp_path}",
+                       "--", str(tmp_path / "figures"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped speed row full-flash_attention_2-bf16-2x16: needs GPU; needs 2 nodes" in result.stderr
+    assert [path.name for path in (tmp_path / "figures").glob("*.png")] == ["not_run.png"]
 
 
 def test_paper_preset_has_the_recipe_hyperparameters():

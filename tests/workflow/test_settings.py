@@ -155,7 +155,7 @@ def test_lora_runs_are_evaluated_in_the_precision_the_recipe_reloads_them_in():
 
 
 def test_attention_fallback_runs_the_paper_flash_rows_with_sdpa_on_a_cpu():
-    config = resolve(preset="paper", hardware={"accelerator": "cpu"}, on_unsupported="skip",
+    config = resolve(preset="paper", hardware={"accelerator": "cpu", "gpus_per_node": 1}, on_unsupported="skip",
                      attention_fallback={"flash_attention_2": "sdpa"})
     docvqa = {run["run"]: run for run in config["runs"] if run["dataset"] == "docvqa"}
     assert docvqa["full-bf16-sdpa"]["configured_attention"] == "flash_attention_2"
@@ -173,7 +173,7 @@ def test_attention_fallback_runs_the_paper_flash_rows_with_sdpa_on_a_cpu():
     # On GPUs the fallback does nothing; without it a CPU skips the flash rows.
     on_gpu = resolve(preset="paper", attention_fallback={"flash_attention_2": "sdpa"})
     assert {run["attention"] for run in on_gpu["runs"]} == {"flash_attention_2", "eager"}
-    without = resolve(preset="paper", hardware={"accelerator": "cpu"}, on_unsupported="skip",
+    without = resolve(preset="paper", hardware={"accelerator": "cpu", "gpus_per_node": 1}, on_unsupported="skip",
                       evaluation={"base_attention": "sdpa"})
     assert {r["skip_reason"] for r in without["runs"] if r["attention"] == "flash_attention_2"} == {"needs GPU"}
 
@@ -203,3 +203,44 @@ def test_speed_rows_use_deepspeed_as_the_presets_runs_do():
         resolve(**on_cpu, on_unsupported="error", runs=[])
     without = resolve(**on_cpu, train={"deepspeed": False}, runs_filter="speed/*-fp16-1x8")["speed"]["rows"]
     assert without and not any(row["skip_reason"] or row["deepspeed"] for row in without)
+
+
+def test_auroc_for_hateful_memes_and_lmms_eval_protocol_only_when_asked():
+    config = resolve()
+    options = {dataset: settings.evaluation_options(config, dataset, "base") for dataset in config["datasets"]}
+    assert [d for d, o in options.items() if o["auroc"]] == ["hateful_memes"]
+    assert not any(o["lmms_eval"] for o in options.values())  # off by default
+    config = resolve(evaluation={"lmms_eval": "true"})  # --config passes strings
+    assert [d for d in config["datasets"] if settings.evaluation_options(config, d, "base")["lmms_eval"]] == ["docvqa"]
+    with pytest.raises(UserError, match=r"evaluation.lmms_eval`: 'sometimes' is a str, expected boolean"):
+        resolve(evaluation={"lmms_eval": "sometimes"})
+
+
+def test_seeds_expand_a_run_into_one_run_per_seed_and_resolve_again_unchanged():
+    nlvr2 = [run for run in settings.load_preset("demo")["runs"] if run["dataset"] == "nlvr2"]
+    config = resolve(runs=[{**nlvr2[0], "seeds": [0, 1, 2]}, nlvr2[1]])
+    runs = [(run["run"], run["seed"], run.get("seed_group")) for run in config["runs"]]
+    assert runs == [("full-bf16-sdpa-seed0", 0, "full-bf16-sdpa"), ("full-bf16-sdpa-seed1", 1, "full-bf16-sdpa"),
+                    ("full-bf16-sdpa-seed2", 2, "full-bf16-sdpa"), ("frozen_vision-bf16-sdpa", 0, None)]
+    assert settings.run_config(config, "nlvr2", "full-bf16-sdpa-seed2").seed == 2
+    assert settings.resolve_config(config)["runs"] == config["runs"]  # resolving again changes nothing
+    assert ("nlvr2", "full-bf16-sdpa-seed1") in settings.evaluations(config)
+    # a filter naming the run selects all its seeds; naming one seed selects that one
+    selected = resolve(runs=[{**nlvr2[0], "seeds": [0, 1, 2]}, nlvr2[1]], runs_filter="nlvr2/full-bf16-sdpa")
+    assert settings.runs_for(selected, "nlvr2") == ["full-bf16-sdpa-seed0", "full-bf16-sdpa-seed1", "full-bf16-sdpa-seed2"]
+    selected = resolve(runs=[{**nlvr2[0], "seeds": [0, 1, 2]}], runs_filter="nlvr2/full-bf16-sdpa-seed1")
+    assert settings.runs_for(selected, "nlvr2") == ["full-bf16-sdpa-seed1"]
+
+
+def test_preset_wide_seeds_and_a_single_seed_keeps_the_plain_id():
+    nlvr2 = [run for run in settings.load_preset("demo")["runs"] if run["dataset"] == "nlvr2"]
+    config = resolve(runs=nlvr2, train={"seeds": [3, 4]})
+    assert [run["run"] for run in config["runs"]] == [
+        "full-bf16-sdpa-seed3", "full-bf16-sdpa-seed4", "frozen_vision-bf16-sdpa-seed3", "frozen_vision-bf16-sdpa-seed4"]
+    config = resolve(runs=[{**nlvr2[0], "seeds": [7]}])
+    assert [(run["run"], run["seed"]) for run in config["runs"]] == [("full-bf16-sdpa", 7)]
+    assert settings.resolve_config(config)["runs"] == config["runs"]
+    with pytest.raises(UserError, match=r"`run_overrides.seeds`: set `seeds` in `train`"):
+        resolve(runs=nlvr2, run_overrides={"seeds": [0, 1]})
+    with pytest.raises(UserError, match=r"runs\[0\].seeds"):
+        resolve(runs=[{**nlvr2[0], "seeds": [1, 1]}])

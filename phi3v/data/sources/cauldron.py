@@ -9,6 +9,8 @@ index (`test-0000000000`, ..., `train-0000000500`, ...).
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import random
 from pathlib import Path
@@ -141,11 +143,14 @@ def convert_cauldron(
     name: str,
     eval_size: int | None = None,
     skip_corrupt: bool = False,
+    first_turn_only: bool = False,
 ) -> dict:
     """Raw folder of one configuration -> `out_dir/<name>_{test,train}.jsonl` + `out_dir/images/`.
 
     `test` = the first `eval_size` hub rows, `train` = the rest. `eval_size=None` takes the size a
-    synthetic raw folder records in its SOURCE.json, else the recipe's 500. Returns per-split counts.
+    synthetic raw folder records in its SOURCE.json, else the recipe's 500. `first_turn_only` keeps
+    `texts[0]` of each row (what the recipe's Hateful Memes script trains and evaluates). Returns
+    per-split counts.
     """
     if eval_size is None:
         eval_size = (read_source_record(raw_dir) or {}).get("eval_size", EVAL_SIZE)
@@ -163,13 +168,17 @@ def convert_cauldron(
             for split in (EVAL_SPLIT, "train")
         }
         for example in rows:
+            if first_turn_only:
+                example = dataclasses.replace(example, turns=example.turns[:1])
             writers[EVAL_SPLIT if example.index < eval_size else "train"].add(example)
         return {split: writer.finish() for split, writer in writers.items()}
 
 
 def convert_hateful_memes(raw_dir, out_dir, *, eval_size: int | None = None, skip_corrupt: bool = False,
                           name: str = "hateful_memes") -> dict:
-    return convert_cauldron(raw_dir, out_dir, "hateful_memes", name=name, eval_size=eval_size, skip_corrupt=skip_corrupt)
+    # the recipe's collator and evaluation read texts[0] only: a row's later turns are never seen
+    return convert_cauldron(raw_dir, out_dir, "hateful_memes", name=name, eval_size=eval_size, skip_corrupt=skip_corrupt,
+                            first_turn_only=True)
 
 
 def convert_nlvr2(raw_dir, out_dir, *, eval_size: int | None = None, skip_corrupt: bool = False,

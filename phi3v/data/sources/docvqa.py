@@ -161,7 +161,7 @@ def convert_docvqa(
 
 
 def _form_row(rng: random.Random, split: str, index: int) -> dict:
-    page = synthetic_images.draw_form_page(rng)
+    page = synthetic_images.draw_form_page(rng, synthetic_images.form_page_size(index))
     return {
         "id": f"{split}_{index}",
         "image": {"bytes": synthetic_images.encode_image(page.image, "PNG"), "path": None},

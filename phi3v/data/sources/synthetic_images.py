@@ -28,7 +28,11 @@ COOL_COLOURS = ("green", "blue", "purple")
 
 # A form's fields, always in this order from top to bottom: the field name fixes its position.
 FORM_FIELDS = ("Date", "Amount", "Total")
-FORM_SIZE = (112, 144)  # (width, height): a portrait page
+FORM_SIZE = (112, 144)  # (width, height): a portrait page, 4x4 crops at num_crops 16 (2509 image tokens)
+# Every sixth page is narrower: 4x3 crops at num_crops 16 (1933 image tokens), so the pages average
+# 2413 image tokens, which with the prompt's text is the recipe's DocVQA mean of 2443.23 tokens a
+# sample (its speed tables' input); at the demo's num_crops 2 both shapes give the same crops.
+NARROW_FORM_SIZE, NARROW_FORM_EVERY = (100, 150), 6
 FORM_BAND_TOP, FORM_BAND_HEIGHT = 24, 38  # the fields' bands below the title
 FORM_BLANK = (200, 200, 200)  # the boxes of the fields the question is not about
 MEME_SIZE = (128, 128)
@@ -69,14 +73,19 @@ class FormPage:
     boxes: list[list[float]]  # one [x0, y0, x1, y1] per word, normalised to 0-1000 like the hub's
 
 
-def draw_form_page(rng: random.Random) -> FormPage:
+def form_page_size(index: int) -> tuple[int, int]:
+    """(width, height) of the `index`-th page of a split (see NARROW_FORM_EVERY)."""
+    return NARROW_FORM_SIZE if index % NARROW_FORM_EVERY == NARROW_FORM_EVERY - 1 else FORM_SIZE
+
+
+def draw_form_page(rng: random.Random, size: tuple[int, int] = FORM_SIZE) -> FormPage:
     """A page with a title and three labelled field boxes, one of them filled with a colour.
 
     Questions: "What is the colour of the <field> field?" (answer: the colour) or "Which field is
     <colour>?" (answer: the field's name, which its position gives away); the other boxes are grey.
     """
-    width, height = FORM_SIZE
-    page = Image.new("RGB", FORM_SIZE, (255, 255, 255))
+    width, height = size
+    page = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(page)
     words, boxes = [], []
 

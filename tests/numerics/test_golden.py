@@ -1,0 +1,78 @@
+"""The cross-machine golden: this machine's kernels and a short training give the committed bits.
+
+The golden is written only by `python -m phi3v.training.numerics_golden --write tests/numerics/golden.json`
+(README, "CPU numerics"); these tests read it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from phi3v.training.numerics_golden import REGENERATE, differences, report
+
+GOLDEN = Path(__file__).with_name("golden.json")
+
+
+def test_this_machine_computes_the_golden_bits():
+    # a fresh process, so the pin applies before any kernel runs, whatever this one already computed
+    env = {key: value for key, value in os.environ.items() if key not in ("PHI3V_NUMERICS", "OMP_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-m", "phi3v.training.numerics_golden", "--compare", str(GOLDEN)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_the_golden_covers_the_kernels_and_both_kinds_of_demo_training():
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    assert golden["machine"]["mode"] == "pinned" and golden["machine"]["torch_threads"] == 1
+    kernels = ("mm.float32", "sdpa_causal_600.bfloat16", "exp.float32", "gelu_erf.float32", "conv2d_patch.bfloat16")
+    assert set(kernels) <= set(golden["probes"])
+    for run in golden["training"].values():
+        assert len(run["losses"]) >= 5 and len(run["weights_sha256"]) == 64
+
+
+def test_a_machine_with_other_bits_is_told_which_kernel_and_which_step():
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    other = copy.deepcopy(golden)
+    other["machine"]["cpu_model"] = "Other CPU"
+    other["probes"]["exp.float32"] = "0" * 16
+    other["training"]["bf16-sdpa"]["losses"][3] += 1e-6
+    other["training"]["fp16-eager"]["weights_sha256"] = "f" * 64
+
+    lines = differences(golden, other)
+    assert lines[0] == f"1 of {len(golden['probes'])} kernel probes differ: exp.float32"
+    assert "training 'bf16-sdpa': loss first differs at step 4" in lines[1]
+    assert lines[2].startswith("training 'fp16-eager': same losses but other weights")
+    message = report(golden, other, "tests/numerics/golden.json")
+    assert "Other CPU" in message and REGENERATE in message
+    assert differences(golden, copy.deepcopy(golden)) == []
+
+
+ATTENTION_KERNEL_AFTER_A_FORWARD = """
+import torch
+import phi3v
+from phi3v.configuration_phi3v import Phi3VConfig
+from phi3v.modeling_phi3v import Phi3VForCausalLM
+
+assert torch.backends.cuda.flash_sdp_enabled()
+model = Phi3VForCausalLM.random_init(Phi3VConfig.tiny(vocab_size=64), attn_implementation="sdpa")
+model(input_ids=torch.tensor([[5, 6, 7]]))
+print(torch.backends.cuda.flash_sdp_enabled())
+"""
+
+
+def test_a_pinned_cpu_process_runs_attention_through_the_math_kernel():
+    """The CPU flash kernel's bf16 GEMM is MKL's vendor-dependent path: pinned, the forward turns it off."""
+    def flash_after_forward(mode: str) -> str:
+        env = {**os.environ, "PHI3V_NUMERICS": mode}
+        done = subprocess.run([sys.executable, "-c", ATTENTION_KERNEL_AFTER_A_FORWARD], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+    assert flash_after_forward("pinned") == "False"
+    assert flash_after_forward("native") == "True"
