@@ -123,6 +123,13 @@ def model_to_evaluate(wildcards):
         return base_model_of(wildcards)
     return layout.model(wildcards.dataset, wildcards.run)
 
+def run_priority(wildcards):
+    """Scheduling priority of a run's training and evaluation: its epochs, so that the longest runs
+    (the demo's UCF-101 row, its critical path) start first rather than last beside an idle core."""
+    if wildcards.run == settings.BASE_RUN:
+        return 0
+    return settings.run_config(config, wildcards.dataset, wildcards.run).epochs
+
 def run_json(wildcards):
     return settings.run_config(config, wildcards.dataset, wildcards.run).to_json()
 

@@ -16,6 +16,7 @@ rule evaluate:
     params:
         options=lambda wildcards: settings.evaluation_options(config, wildcards.dataset, wildcards.run),
         out_dir=lambda wildcards: layout.eval_dir(wildcards.dataset, wildcards.run),
+    priority: run_priority
     threads: resources_of("evaluate")["threads"]
     resources:
         **job_resources("evaluate", gpus_per_job()),

@@ -20,6 +20,7 @@ rule train:
         out_dir=lambda wildcards: layout.run_dir(wildcards.dataset, wildcards.run),
         checkpoint_dir=lambda wildcards: layout.checkpoints(wildcards.dataset, wildcards.run),
         launch=training_launch,
+    priority: run_priority
     threads: resources_of("train")["threads"]
     resources:
         **training_job_resources(),

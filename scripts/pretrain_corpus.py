@@ -1,7 +1,9 @@
 """The demo's pre-training corpus (synthetic captions of shapes, pairs and motion strips)."""
 
+import os
 import sys
 
+os.environ["PHI3V_AUTO_CLASSES"] = "0"  # loads no model: no torch + transformers import (~4 s)
 sys.path.insert(0, snakemake.scriptdir)
 from common import run_step  # noqa: E402
 

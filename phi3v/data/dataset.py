@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch.utils.data import Dataset
 
 from phi3v.data import TRAIN_TURNS
@@ -66,6 +67,10 @@ class ConversationDataset(Dataset):
     (seed, epoch, index), so a sample gets a new draw each epoch and the same draw on every rerun
     or resume. An item is `processor.encode_example(...)` (1-D `input_ids`, `labels`,
     `pixel_values`, `image_sizes`) plus `num_images`.
+
+    `cache_bytes`: encoded examples are kept in memory up to this many bytes of tensors, so that
+    later epochs do not decode and transform the same images again (the same tensors, so the same
+    training). 0 (the default) keeps none: DataLoader workers would each hold a copy.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class ConversationDataset(Dataset):
         *,
         train_turns: str = "all",
         seed: int = 0,
+        cache_bytes: int = 0,
     ):
 
         if train_turns not in TRAIN_TURNS:
@@ -88,6 +94,9 @@ class ConversationDataset(Dataset):
         self.num_crops = num_crops
         self.train_turns = train_turns
         self.seed = seed
+        self.cache_bytes = cache_bytes
+        self._cache: dict[tuple, dict[str, Any]] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -102,10 +111,19 @@ class ConversationDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         conversation = self.conversation(index, epoch)
+        # A draw (`one_random`) may differ per epoch: the key is what is encoded, not the epoch.
+        key = (index, tuple((tuple(turn.images), turn.user, turn.assistant) for turn in conversation))
+        if key in self._cache:
+            return dict(self._cache[key])  # collate builds new tensors: the cached ones stay unchanged
         paths = [path for turn in conversation for path in turn.images]
         images = [load_image(image_file(self.images_dir, path)) for path in paths]
         example = dict(self.processor.encode_example(with_image_tags(conversation), images, num_crops=self.num_crops))
         example["num_images"] = len(images)
+        size = sum(value.nbytes for value in example.values() if isinstance(value, torch.Tensor))
+        if self.cache_bytes and self._cached_bytes + size <= self.cache_bytes:
+            self._cache[key] = example
+            self._cached_bytes += size
+            return dict(example)
         return example
 
 

@@ -24,7 +24,6 @@ from PIL import Image
 
 from phi3v.data.sources.common import write_jsonl
 from phi3v.errors import UserError, entry_point
-from phi3v.processing_phi3v import image_tag_numbers
 
 REQUIRED_SPLITS = ("train", "val")  # a custom dataset's; converted ones name their eval split
 MAX_PROBLEMS_SHOWN = 50
@@ -191,6 +190,10 @@ def image_tags(numbers: Iterable[int]) -> str:
 
 def _tag_problems(user: str, num_images: int, first_image_number: int, where: str) -> list[tuple[str, str]]:
     """Tags in a turn, if any, must number that turn's images in order, counting over the conversation."""
+    # Here, not at the top: the processor imports torch and transformers (~4 s), which a job that
+    # only reads records (a training job's Snakemake process) does not need.
+    from phi3v.processing_phi3v import image_tag_numbers
+
     found = image_tag_numbers(user)
     if not found:
         return []

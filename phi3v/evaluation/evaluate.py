@@ -24,7 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from accelerate import PartialState
@@ -225,26 +225,54 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
-def answer_token_id(processor, answer: str) -> int:
-    """The first token of `answer` as training encodes a target (`{answer}<|end|>...`, no BOS)."""
-    return processor.tokenizer(answer, add_special_tokens=False)["input_ids"][0]
+@dataclasses.dataclass(frozen=True)
+class YesNoTokens:
+    """Where the answers "yes" and "no" part: their common leading tokens (none with a whole-word
+    tokenizer such as Phi's, `▁` alone with a tiny one) and the first token of each after them."""
+
+    prefix: tuple[int, ...]
+    yes: int
+    no: int
 
 
-def yes_no_token_ids(processor, examples: Sequence) -> tuple[int, int]:
-    """First tokens of the answers "yes" and "no" as the split spells them (e.g. `Yes.`, `No.`)."""
+def answer_token_ids(processor, answer: str) -> list[int]:
+    """The tokens of `answer` as training encodes a target (`{answer}<|end|>...`, no BOS)."""
+    return processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+
+def yes_no_tokens(processor, answers: Iterable[str]) -> YesNoTokens:
+    """Where "yes" and "no" part, as the dataset spells them (e.g. `Yes.`, `No.`): `answers` are the
+    evaluation split's gold answers, then the training split's (a small evaluation slice may hold one
+    class only; its AUROC is then undefined, not an error)."""
     spelled = {}
-    for example in examples:
-        for answer in example.answers:
-            spelled.setdefault(normalize_answer(answer), answer)
+    for answer in answers:
+        spelled.setdefault(normalize_answer(answer), answer)
     missing = [word for word in ("yes", "no") if word not in spelled]
     if missing:
-        raise UserError(f"auroc needs a yes/no task, but no gold answer of the split is {' or '.join(missing)!r}: "
-                        "set it only for yes/no datasets (Hateful Memes)")
-    yes, no = answer_token_id(processor, spelled["yes"]), answer_token_id(processor, spelled["no"])
-    if yes == no:
-        raise UserError(f"auroc: the tokenizer starts {spelled['yes']!r} and {spelled['no']!r} with the same token "
-                        f"({yes}), so one position cannot tell them apart: use a tokenizer with whole-word tokens")
-    return yes, no
+        raise UserError(f"auroc needs a yes/no task, but no gold answer of the evaluation or training split is "
+                        f"{' or '.join(map(repr, missing))}: set it only for yes/no datasets (Hateful Memes)")
+    yes, no = answer_token_ids(processor, spelled["yes"]), answer_token_ids(processor, spelled["no"])
+    common = next((i for i, (a, b) in enumerate(zip(yes, no)) if a != b), None)
+    if common is None:
+        raise UserError(f"auroc: the tokenizer encodes {spelled['yes']!r} and {spelled['no']!r} so that one is the "
+                        "start of the other: no token tells them apart")
+    return YesNoTokens(tuple(yes[:common]), yes[common], no[common])
+
+
+@torch.inference_mode()
+def yes_probability_after_prefix(model, inputs: dict, tokens: YesNoTokens) -> list[float]:
+    """P("yes") against P("no") where their tokens part, the common prefix teacher-forced after the
+    left-padded prompts: one forward, positions counted as generation counts them."""
+    batch = inputs["input_ids"].shape[0]
+    prefix = torch.tensor(tokens.prefix, dtype=inputs["input_ids"].dtype, device=inputs["input_ids"].device)
+    prefix = prefix.expand(batch, -1)
+    input_ids = torch.cat([inputs["input_ids"], prefix], dim=1)
+    attention_mask = torch.cat([inputs["attention_mask"], torch.ones_like(prefix)], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    rest = {name: tensor for name, tensor in inputs.items() if name not in ("input_ids", "attention_mask")}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=1, **rest).logits[:, -1]  # (B, vocab)
+    return logits[:, [tokens.yes, tokens.no]].float().softmax(dim=-1)[:, 0].tolist()
 
 
 def lmms_eval_prompt(prompt_user: str) -> str:
@@ -255,12 +283,13 @@ def lmms_eval_prompt(prompt_user: str) -> str:
 @torch.inference_mode()
 def generate_answers(model, processor, examples: Sequence, *, num_crops: int, max_new_tokens: int,
                      batch_size: int, precision: str, device: torch.device,
-                     progress: bool = True, yes_no_ids: tuple[int, int] | None = None, stop_tokens: str = "eos",
+                     progress: bool = True, yes_no_ids: YesNoTokens | None = None, stop_tokens: str = "eos",
                      ) -> list[str] | tuple[list[str], list[float]]:
     """Greedy answers (new tokens only, special tokens skipped) for each example, in order.
 
-    With `yes_no_ids`, also each example's probability of "yes" against "no": the softmax over
-    those two tokens of the first generated position's logits (the same forward, no extra pass).
+    With `yes_no_ids`, also each example's probability of "yes" against "no": the softmax over those
+    two tokens of the first generated position's logits (the same forward, no extra pass), or, where
+    the tokenizer starts both with the same tokens, of one forward with that prefix appended.
     """
     from phi3v.processing_phi3v import load_image
 
@@ -278,12 +307,15 @@ def generate_answers(model, processor, examples: Sequence, *, num_crops: int, ma
                 output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                         eos_token_id=stop_token_ids(processor, stop_tokens),
                                         pad_token_id=processor.pad_token_id,
-                                        return_dict_in_generate=True, output_logits=yes_no_ids is not None)
+                                        return_dict_in_generate=True, output_logits=yes_no_ids is not None and not yes_no_ids.prefix)
             new_tokens = output.sequences[:, inputs["input_ids"].shape[1]:]  # (B, new) after left-padded prompts
             answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
-            if yes_no_ids is not None:
-                first = output.logits[0][:, list(yes_no_ids)].float()  # (B, 2): "yes", "no" at the answer's start
+            if yes_no_ids is not None and not yes_no_ids.prefix:
+                first = output.logits[0][:, [yes_no_ids.yes, yes_no_ids.no]].float()  # (B, 2) at the answer's start
                 yes_probabilities += first.softmax(dim=-1)[:, 0].tolist()
+            elif yes_no_ids is not None:
+                with precision_context(precision, device):
+                    yes_probabilities += yes_probability_after_prefix(model, inputs, yes_no_ids)
             bar.update(len(batch))
     return (answers, yes_probabilities) if yes_no_ids is not None else answers
 
@@ -329,7 +361,7 @@ def evaluate(
     train split beside it (no majority baseline). Returns the `scores.json` dict (on every process).
     """
     from phi3v.data.dataset import load_eval_examples, majority_answer
-    from phi3v.data.records import split_path
+    from phi3v.data.records import read_records, split_path
 
     # Under torchrun this joins the process group (NCCL on GPUs, gloo on CPUs); alone it is one process.
     state = PartialState()
@@ -352,10 +384,11 @@ def evaluate(
     majority = None if lmms else majority_answer(train_jsonl)
 
     model, processor = load_model(model_dir, precision, attention, state.device, quantization_config)
-    yes_no_ids = None
-    if auroc:  # the split's spelling of "yes" and "no", also when its first `max_samples` examples hold one class
-        whole_split = examples if max_samples is None else load_eval_examples(eval_jsonl, Path(data_dir) / "images")
-        yes_no_ids = yes_no_token_ids(processor, whole_split)
+    if auroc:
+        train_answers = [record.conversations[0].assistant for record in read_records(train_jsonl)]
+        yes_no_ids = yes_no_tokens(processor, [a for e in examples for a in e.answers] + train_answers)
+    else:
+        yes_no_ids = None
     generation = dict(num_crops=num_crops, precision=precision, device=state.device,
                       progress=progress and state.is_main_process)
     with state.split_between_processes(examples) as mine:  # a contiguous slice per process

@@ -46,6 +46,10 @@ from .optimizations import apply_optimizations, check_optimizations, core_model,
 from .run_config import RunConfig
 from .strategy import build_model, check_run, deepspeed_config, parameter_counts
 
+# Encoded training samples a CPU run keeps in memory: the demo's largest set (UCF-101) is 145 MB;
+# larger sets (num_crops 16) keep their first samples only, within a job's memory request.
+EXAMPLE_CACHE_BYTES = 256 << 20
+
 
 # ---- set-up ------------------------------------------------------------------------------------
 
@@ -110,6 +114,18 @@ def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
     groups = [group for group in groups if group["params"]]
     return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7,
                              fused=fused_adamw([p for _, p in params]))
+
+
+def linear_schedule_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int,
+                                total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' `get_linear_schedule_with_warmup`, the same floats: its module imports peft and
+    bitsandbytes (~2 s of CPU a job), which a full or frozen-vision run does not otherwise load."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return float(step) / float(max(1, warmup_steps))
+        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def fused_adamw(params) -> bool | None:
@@ -246,8 +262,11 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     train_jsonl = data_dir / f"{dataset_name}_train.jsonl"
     if not train_jsonl.is_file():
         raise UserError(f"{train_jsonl} does not exist — build the dataset {dataset_name!r} first")
+    # Without GPUs this process decodes every sample itself (make_loader): once, then from memory.
+    cache_bytes = 0 if torch.cuda.is_available() else EXAMPLE_CACHE_BYTES
     dataset = ConversationDataset(train_jsonl, data_dir / "images", processor, run.num_crops,
-                                  run.max_train_samples, train_turns=run.train_turns, seed=run.seed)
+                                  run.max_train_samples, train_turns=run.train_turns, seed=run.seed,
+                                  cache_bytes=cache_bytes)
     steps_per_epoch, total_steps = step_plan(len(dataset), run, train_jsonl)
     fingerprint = run_fingerprint(run, base_model=base_model, train_jsonl=train_jsonl, processes=world_size)
 
@@ -274,9 +293,7 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
         check_same_fit(accelerator, run)
     trainable_params, total_params = parameter_counts(model)
     optimizer = make_optimizer(model, run)
-    from transformers import get_linear_schedule_with_warmup
-
-    scheduler = get_linear_schedule_with_warmup(optimizer, run.warmup_steps, total_steps)
+    scheduler = linear_schedule_with_warmup(optimizer, run.warmup_steps, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     # fp16 without DeepSpeed: fp32 weights, fp16 autocast, loss scaling; bf16 needs no scaler
     autocast_dtype = None if uses_deepspeed else run.dtype

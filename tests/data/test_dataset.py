@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from phi3v.data.collate import collate_packed, collate_padded
 from phi3v.data.dataset import ConversationDataset, load_eval_examples, majority_answer, with_image_tags
@@ -163,3 +164,43 @@ def test_all_turns_is_the_default_and_ignores_the_epoch(clean_folder):
     assert processor.calls[0][0] == processor.calls[1][0] and len(processor.calls[0][0]) == 2
     with pytest.raises(UserError, match="train_turns='some'"):
         ConversationDataset(clean_folder / "tiny_train.jsonl", clean_folder / "images", processor, 4, train_turns="some")
+
+
+def test_cached_examples_are_encoded_once_and_the_same_as_fresh_ones(clean_folder, tiny_processor, monkeypatch):
+    """A CPU run keeps encoded samples: later epochs reuse them, and they equal a fresh encoding."""
+    fresh = ConversationDataset(clean_folder / "tiny_train.jsonl", clean_folder / "images", tiny_processor, 2)
+    expected = [fresh[i] for i in range(len(fresh))]
+    encode = tiny_processor.encode_example
+    calls = []
+    monkeypatch.setattr(tiny_processor, "encode_example", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    cached = ConversationDataset(clean_folder / "tiny_train.jsonl", clean_folder / "images", tiny_processor, 2,
+                                 cache_bytes=1 << 20)
+    for epoch in range(3):
+        for index, want in enumerate(expected):
+            item = cached[(index, epoch)]
+            assert item.keys() == want.keys()
+            assert all(torch.equal(item[k], want[k]) if isinstance(want[k], torch.Tensor) else item[k] == want[k]
+                       for k in want)
+            item.pop("pixel_values")  # what a caller does to its dict does not reach the cache
+    assert len(calls) == len(expected)  # encoded in the first epoch only
+
+    calls.clear()
+    over_budget = ConversationDataset(clean_folder / "tiny_train.jsonl", clean_folder / "images", tiny_processor, 2,
+                                      cache_bytes=1)
+    over_budget[0], over_budget[0]
+    assert len(calls) == 2  # nothing fits in one byte: every visit encodes
+
+
+def test_cache_keys_on_the_drawn_turn_not_on_the_sample(tmp_path):
+    """With `one_random` a sample is encoded anew whenever the draw differs, and reused when it repeats."""
+    write_png(tmp_path / "images" / "p.png")
+    write_lines(tmp_path / "d_train.jsonl", [
+        record("mini", ["p.png"], user="Q?", assistant="a0", answers=[f"a{k}" for k in range(3)])])
+    processor = RecordingProcessor()
+    dataset = ConversationDataset(tmp_path / "d_train.jsonl", tmp_path / "images", processor, 1,
+                                  train_turns="one_random", cache_bytes=1 << 20)
+    drawn = [dataset.conversation(0, epoch)[0].assistant for epoch in range(12)]
+    for epoch in range(12):
+        dataset[(0, epoch)]
+    assert [turns[0]["assistant"] for turns, _, _ in processor.calls] == list(dict.fromkeys(drawn))
+    assert len(set(drawn)) > 1

@@ -253,3 +253,46 @@ def test_two_processes_give_the_same_predictions_as_one(tiny_model, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "scores.json").read_text()) == single
     assert (tmp_path / "two" / "predictions.jsonl").read_text() == (tmp_path / "one" / "predictions.jsonl").read_text()
+
+
+def test_yes_probability_after_a_shared_prefix_equals_the_first_generated_position(tiny_model, tmp_path):
+    """The teacher-forced forward (for tokenizers that start "Yes." and "No." alike) reads the same
+    distribution as generation's first step when there is nothing to force: padding and positions agree."""
+    from phi3v.data.dataset import load_eval_examples
+    from phi3v.evaluation.evaluate import generate_answers, load_model, yes_no_tokens, yes_probability_after_prefix
+    from phi3v.processing_phi3v import load_image
+
+    data = tmp_path / "data"
+    write_tiny_dataset(data)
+    examples = load_eval_examples(data / "docvqa_test.jsonl", data / "images", None)
+    cpu = torch.device("cpu")
+    model, processor = load_model(tiny_model, "bf16", "sdpa", cpu)
+    tokens = yes_no_tokens(processor, ["Yes.", "No."])
+    assert tokens.prefix == () and tokens.yes != tokens.no  # the demo tokenizer has whole-word tokens
+    _, first_step = generate_answers(model, processor, examples, yes_no_ids=tokens, num_crops=1, max_new_tokens=1,
+                                     batch_size=3, precision="bf16", device=cpu, progress=False)
+    inputs = processor(text=[processor.generation_prompt(e.prompt_user) for e in examples],
+                       images=[[load_image(path) for path in e.image_paths] for e in examples],
+                       padding_side="left", num_crops=1)  # what generate_answers builds (prompts of other lengths)
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    with precision_context("bf16", cpu):
+        teacher_forced = yes_probability_after_prefix(model, dict(inputs), tokens)
+    assert teacher_forced == pytest.approx(first_step, abs=1e-2)
+
+
+def test_yes_no_tokens_part_after_a_shared_prefix():
+    from phi3v.evaluation.evaluate import yes_no_tokens
+
+    class Tokenizer:  # a tiny BPE: "▁" first, then the word
+        table = {"Yes.": [3, 7, 9], "No.": [3, 8, 9], "Yes": [3]}
+
+        def __call__(self, text, add_special_tokens):
+            return {"input_ids": self.table[text]}
+
+    class Processor:
+        tokenizer = Tokenizer()
+
+    tokens = yes_no_tokens(Processor(), ["No.", "no.", "Yes."])  # the first spelling of each answer
+    assert (tokens.prefix, tokens.yes, tokens.no) == ((3,), 7, 8)
+    with pytest.raises(UserError, match="one is the start of the other"):
+        yes_no_tokens(Processor(), ["Yes", "No."])  # [3] is the start of [3, 8, 9]

@@ -28,6 +28,25 @@ def test_demo_dag(tmp_path):
     assert counts["synthesize_raw"] == 4 and counts["build_demo_model"] == 1
     assert counts["benchmark_speed"] == 4  # the A100 table's 1-node rows without flash attention
     assert "download_model" not in counts
+    # The longest run (UCF-101, 30 epochs: the critical path) trains and is evaluated first.
+    priorities = job_priorities(result.stdout)
+    assert priorities[("train", "ucf101")] == {30} and priorities[("evaluate", "ucf101")] == {30, 0}  # base: 0
+    assert priorities[("train", "docvqa")] == {20} and priorities[("evaluate", "docvqa")] == {20, 0}
+
+
+def job_priorities(output: str) -> dict[tuple[str, str], set[int]]:
+    """{(rule, dataset): the priorities of its jobs} from a dry run's job listing (0 when not shown)."""
+    priorities: dict[tuple[str, str], set[int]] = {}
+    for block in output.split("rule ")[1:]:
+        rule = block.split(":", 1)[0]
+        dataset = next((field.split("=", 1)[1] for line in block.splitlines() if line.strip().startswith("wildcards:")
+                        for field in line.split(":", 1)[1].replace(" ", "").split(",") if field.startswith("dataset=")),
+                       None)
+        priority = next((int(line.split(":", 1)[1]) for line in block.splitlines()
+                         if line.strip().startswith("priority:")), 0)
+        if dataset is not None:
+            priorities.setdefault((rule, dataset), set()).add(priority)
+    return priorities
 
 
 def test_paper_dag_lists_every_table_row_without_network(tmp_path):
