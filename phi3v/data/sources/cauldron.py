@@ -29,6 +29,7 @@ from phi3v.data.sources.hub import (
     iter_parquet_rows,
     parquet_files,
     read_source_record,
+    synthetic_sizes,
     write_source_record,
 )
 from phi3v.errors import UserError
@@ -199,22 +200,10 @@ def write_cauldron_parquet(raw_dir: str | os.PathLike, config: str, images: list
     return path
 
 
-def _split_sizes(sizes: dict, task: str) -> tuple[int, int]:
-    """(eval rows, train rows) from `sizes = {"train": n, "test": n}`."""
-    try:
-        n_eval, n_train = int(sizes[EVAL_SPLIT]), int(sizes["train"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(
-            f"sizes for synthetic {task} must be {{'train': int, '{EVAL_SPLIT}': int}}, got {sizes!r}."
-        ) from error
-    if n_eval < 1 or n_train < 1:
-        raise UserError(f"sizes for synthetic {task} must be positive, got {sizes!r}.")
-    return n_eval, n_train
-
-
 def _synthesize(raw_dir, task: str, seed: int, sizes: dict, draw_example) -> dict:
     """Eval rows first, then train rows (the recipe's `train[:eval_size]` rule picks the eval set)."""
-    n_eval, n_train = _split_sizes(sizes, task)
+    counts = synthetic_sizes(sizes, ("train", EVAL_SPLIT), task)
+    n_eval, n_train = counts[EVAL_SPLIT], counts["train"]
     images, texts = [], []
     for split, n in ((EVAL_SPLIT, n_eval), ("train", n_train)):
         rng = random.Random(f"{task}-{seed}-{split}")

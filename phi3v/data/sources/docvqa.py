@@ -36,6 +36,7 @@ from phi3v.data.sources.hub import (
     download_snapshot,
     iter_parquet_rows,
     parquet_files,
+    synthetic_sizes,
     write_source_record,
 )
 from phi3v.errors import UserError
@@ -240,12 +241,7 @@ def _validation_row(rng: random.Random, index: int) -> dict:
 
 def synthesize_docvqa_val(raw_dir: str | os.PathLike, seed: int, sizes: dict) -> dict:
     """Demo raw folder in `lmms-lab-encoder/DocVQA`'s layout: `sizes = {"val": n}` form pages."""
-    try:
-        n = int(sizes[VAL_SPLIT])
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"sizes for synthetic docvqa_val must be {{'val': int}}, got {sizes!r}.") from error
-    if n < 1:
-        raise UserError(f"sizes for synthetic docvqa_val must be positive, got {sizes!r}.")
+    n = synthetic_sizes(sizes, (VAL_SPLIT,), VAL_NAME)[VAL_SPLIT]
     rng = random.Random(f"{VAL_NAME}-{seed}")
     path = Path(raw_dir) / VAL_PATTERN.replace("*", "00000-of-00001")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,13 +280,9 @@ def synthesize_docvqa(raw_dir: str | os.PathLike, seed: int, sizes: dict) -> dic
         "sizes": {},
         "layout": REPO_ID,
     }
+    counts = synthetic_sizes(sizes, tuple(SPLIT_PATTERNS), NAME)
     for split, pattern in SPLIT_PATTERNS.items():
-        try:
-            n = int(sizes[split])
-        except (KeyError, TypeError, ValueError) as error:
-            raise UserError(f"sizes for synthetic docvqa must be {{'train': int, 'test': int}}, got {sizes!r}.") from error
-        if n < 1:
-            raise UserError(f"sizes for synthetic docvqa must be positive, got {sizes!r}.")
+        n = counts[split]
         rng = random.Random(f"{NAME}-{seed}-{split}")
         rows = [_form_row(rng, split, index) for index in range(n)]
         path = Path(raw_dir) / pattern.replace("*", "00000-of-00001")

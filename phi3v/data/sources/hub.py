@@ -65,6 +65,18 @@ def write_source_record(raw_dir: str | os.PathLike, record: dict) -> Path:
     return path
 
 
+def synthetic_sizes(sizes: dict, splits: tuple[str, ...], task: str) -> dict[str, int]:
+    """`sizes` of a synthetic dataset checked before anything is written: a positive int per split."""
+    expected = "{" + ", ".join(f"'{split}': int" for split in splits) + "}"
+    try:
+        counts = {split: int(sizes[split]) for split in splits}
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"sizes for synthetic {task} must be {expected}, got {sizes!r}.") from error
+    if min(counts.values()) < 1:
+        raise UserError(f"sizes for synthetic {task} must be positive, got {sizes!r}.")
+    return counts
+
+
 def read_source_record(raw_dir: str | os.PathLike) -> dict | None:
     """The raw folder's `SOURCE.json`, or None when it has none."""
     path = Path(raw_dir) / SOURCE_FILE
