@@ -28,6 +28,13 @@ def normalized_levenshtein(a: str, b: str) -> float:
     return Levenshtein.distance(a, b) / longest
 
 
+def best_similarity(prediction: str, answers: Iterable[str], threshold: float = ANLS_THRESHOLD) -> float:
+    """One question's ANLS on already-normalised strings: 1 - NL of the closest gold answer when
+    NL < threshold, else 0."""
+    distances = [normalized_levenshtein(prediction, gold) for gold in answers]
+    return max((1.0 - d for d in distances if d < threshold), default=0.0)
+
+
 def anls(
     prediction: str,
     answers: Sequence[str],
@@ -45,17 +52,10 @@ def anls(
     prediction = strip_answer(prediction)
     if not prediction:
         return 0.0
+    golds = [strip_answer(gold) for gold in answers]
     if not case_sensitive:
-        prediction = prediction.lower()
-    best = 0.0
-    for gold in answers:
-        gold = strip_answer(gold)
-        if not case_sensitive:
-            gold = gold.lower()
-        distance = normalized_levenshtein(prediction, gold)
-        if distance < threshold:
-            best = max(best, 1.0 - distance)
-    return best
+        prediction, golds = prediction.lower(), [gold.lower() for gold in golds]
+    return best_similarity(prediction, golds, threshold)
 
 
 def recipe_anls(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
@@ -67,8 +67,7 @@ def recipe_anls(prediction: str, answers: Sequence[str], threshold: float = ANLS
     prediction = prediction.strip().strip(".")
     if not prediction:
         return 0.0
-    distances = [normalized_levenshtein(prediction, gold) for gold in answers]
-    return max((1.0 - d for d in distances if d < threshold), default=0.0)
+    return best_similarity(prediction, answers, threshold)
 
 
 def mean_anls(
@@ -107,13 +106,7 @@ def anls_official(prediction: str, answers: Sequence[str], threshold: float = AN
     1 - NL when NL < threshold else 0, the best over the gold answers. No special case for empty text."""
     if isinstance(answers, str):
         answers = [answers]
-    prediction = normalize_official(prediction)
-    best = 0.0
-    for gold in answers:
-        distance = normalized_levenshtein(prediction, normalize_official(gold))
-        if distance < threshold:
-            best = max(best, 1.0 - distance)
-    return best
+    return best_similarity(normalize_official(prediction), map(normalize_official, answers), threshold)
 
 
 def anls_lmms_eval(prediction: str, answers: Sequence[str], threshold: float = ANLS_THRESHOLD) -> float:
