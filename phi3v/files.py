@@ -60,6 +60,12 @@ def remove_dir(path: str | os.PathLike) -> None:
         shutil.rmtree(doomed)
 
 
+def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the folder `source` to `target`, replacing what is there (deleted as `remove_dir` does)."""
+    remove_dir(target)
+    os.replace(source, target)
+
+
 def deleting_name(path: Path) -> Path:
     """Where `remove_dir` moves `path` while it deletes it."""
     return path.with_name(f".{path.name}.deleting")
@@ -99,9 +105,7 @@ def atomic_output_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
+    replace_dir(tmp_dir, final_dir)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

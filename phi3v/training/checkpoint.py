@@ -25,7 +25,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from phi3v.files import remove_dir
+from phi3v.files import remove_dir, replace_dir
 
 from .fingerprint import differences
 
@@ -160,8 +160,7 @@ class ResumePlan:
     def set_stale_aside(self) -> None:
         """Move another run's checkpoints to `stale_dir` (replacing an older set), so none is resumed."""
         if self.stale:
-            shutil.rmtree(self.stale_dir, ignore_errors=True)
-            self.checkpoint_dir.rename(self.stale_dir)
+            replace_dir(self.checkpoint_dir, self.stale_dir)
 
 
 def set_damaged_aside(checkpoint_dir: str | Path, run_name: str) -> None:
@@ -182,8 +181,7 @@ def set_damaged_aside(checkpoint_dir: str | Path, run_name: str) -> None:
             return
         damaged_dir.mkdir(parents=True, exist_ok=True)
         target = damaged_dir / newest.name
-        shutil.rmtree(target, ignore_errors=True)
-        newest.rename(target)
+        replace_dir(newest, target)
         print(f"warning: run {run_name!r}: checkpoint {newest} is damaged ({why}); moved it to {target} "
               "(delete it when done looking) and resuming from the newest sound checkpoint, if any", flush=True)
 
