@@ -188,7 +188,7 @@ def kernels_available(device: str, not_installed: dict) -> dict:
     import torch
 
     from phi3v.training.optimizations import fused_kernels_unavailable
-    from phi3v.training.strategy import FLASH_MIN_CAPABILITY
+    from phi3v.training.model_setup import FLASH_MIN_CAPABILITY
 
     flash = None
     if device != "cuda":

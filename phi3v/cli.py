@@ -130,7 +130,7 @@ def merge_lora(args) -> str:
 def plan(args) -> str:
     """The memory plan of a configuration on the given GPUs, as a Markdown table."""
     from phi3v.training.memory_plan import markdown_table
-    from phi3v.workflow import config as settings
+    from phi3v.workflow import settings
     from phi3v.workflow import plan as memory_plan
     from phi3v.workflow.resources import local_gpu_memory_gib
 

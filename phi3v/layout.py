@@ -20,10 +20,10 @@ from phi3v.errors import UserError
 # points write them into any folder they are given.
 MODEL = "model"
 ADAPTER = "adapter"
-METRICS = "metrics.json"
+METRICS_FILE = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 PROVENANCE = "provenance.json"
-TRACKERS = "trackers"  # experiment trackers' files in a run folder (not a Snakemake output)
+TRACKERS_DIR = "trackers"  # experiment trackers' files in a run folder (not a Snakemake output)
 PREDICTIONS = "predictions.jsonl"
 SCORES = "scores.json"
 LMMS_EVAL = "lmms_eval"  # lmms-eval's protocol's evaluation, inside an evaluation folder
@@ -81,7 +81,7 @@ class ResultsLayout:
         return self.run_dir(dataset, run) / ADAPTER
 
     def metrics(self, dataset: str, run: str) -> Path:
-        return self.run_dir(dataset, run) / METRICS
+        return self.run_dir(dataset, run) / METRICS_FILE
 
     def train_log(self, dataset: str, run: str) -> Path:
         return self.run_dir(dataset, run) / TRAIN_LOG

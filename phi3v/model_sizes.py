@@ -168,7 +168,7 @@ class ModelSizes:
         return self.lm_params + self.vision_params
 
     def lora_params(self, rank: int, on_vision: bool) -> int:
-        """LoRA A and B of every target (`phi3v.training.strategy.lora_targets`): rank * (in + out) each."""
+        """LoRA A and B of every target (`phi3v.training.model_setup.lora_targets`): rank * (in + out) each."""
         targets = self.layers * self.lm_linears() + [("lm_head", self.hidden, self.vocab)]
         if on_vision:
             targets += self.clip_layers_used * self.clip_linears() + self.projector_linears()
@@ -182,7 +182,7 @@ class ModelSizes:
 
     def trainable_params(self, strategy: str, *, lora_rank: int | None = None, lora_on_vision: bool = True,
                          freeze_token_embeddings: bool = True) -> int:
-        """What a strategy trains (`phi3v.training.strategy.build_model`)."""
+        """What a strategy trains (`phi3v.training.model_setup.build_model`)."""
         if strategy == "full":
             return self.training_params
         if strategy == "frozen_vision":

@@ -8,7 +8,7 @@ from phi3v import launch
 from phi3v.layout import ResultsLayout, report_inputs
 from phi3v.workflow import preflight, resources
 from phi3v.workflow import plan as memory_plan
-from phi3v.workflow import config as settings
+from phi3v.workflow import settings
 from phi3v.errors import UserError
 
 

@@ -37,7 +37,7 @@ from phi3v.evaluation.metrics import accuracy, anls_lmms_eval, anls_official, re
 from phi3v.evaluation import statistics
 from phi3v.files import write_json_atomic, write_text_atomic
 from phi3v.layout import PREDICTIONS, SCORES
-from phi3v.training.run_config import PRECISIONS, torch_dtype
+from phi3v.training.run_config import PRECISIONS, precision_dtype
 
 METRICS = ("anls", "accuracy")
 # recipe: the recipe's prompt and the configured generation; lmms_eval: lmms-eval's `docvqa_val` (below)
@@ -182,16 +182,16 @@ def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tok
         raise UserError(f"max_samples = {max_samples!r} is not valid: give a positive integer or none")
 
 
-def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Half-precision weights on GPU; on CPU fp32 weights under autocast (see `precision_context`)."""
-    return torch_dtype(precision) if device.type == "cuda" and precision != "fp32" else torch.float32
+    return precision_dtype(precision) if device.type == "cuda" and precision != "fp32" else torch.float32
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """On CPU, compute in the run's precision with autocast (fp16 included) rather than in fp32."""
     if device.type == "cuda" or precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cpu", dtype=torch_dtype(precision))
+    return torch.autocast(device_type="cpu", dtype=precision_dtype(precision))
 
 
 def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device,
@@ -205,7 +205,7 @@ def load_model(model_dir: str | os.PathLike, precision: str, attention: str, dev
         raise UserError(f"{model_dir} is not a model folder (no config.json): train the run first")
     placement = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
     model = Phi3VForCausalLM.from_pretrained(
-        model_dir, dtype=weights_dtype(precision, device), attn_implementation=attention, **placement
+        model_dir, dtype=inference_dtype(precision, device), attn_implementation=attention, **placement
     )
     if not quantization_config:  # bitsandbytes placed it already
         model.to(device)
@@ -302,7 +302,7 @@ def generate_answers(model, processor, examples: Sequence, *, num_crops: int, ma
             inputs = processor(text=prompts, images=images, padding_side="left", num_crops=num_crops)
             inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
             if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(weights_dtype(precision, device))
+                inputs["pixel_values"] = inputs["pixel_values"].to(inference_dtype(precision, device))
             with precision_context(precision, device):
                 output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                         eos_token_id=stop_token_ids(processor, stop_tokens),

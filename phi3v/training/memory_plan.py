@@ -3,7 +3,7 @@ and the workflow's refusal at `snakemake -n`). No torch: Snakemake imports this 
 
 Bytes per GPU, with P the parameters of the model as it trains, T the trainable ones, N the processes:
 
-- weights: DeepSpeed casts the whole module to 16 bits (2P); runs without it keep what `weights_dtype`
+- weights: DeepSpeed casts the whole module to 16 bits (2P); runs without it keep what `load_dtype`
   loads (LoRA: 2 bytes with flash attention in bf16, else 4; full/frozen without DeepSpeed: 4), QLoRA's
   Linear weights are NF4 (half a byte plus an fp32 absmax per 64), LoRA adapters are fp32 (peft upcasts them).
 - ZeRO-2 (DeepSpeed, full-parameter runs): the 16-bit gradient partition (2T/N), the fp32 master weights

@@ -4,7 +4,7 @@ The workflow resolves each run once into a `RunConfig`; training, the speed rows
 pre-training take it as it is. Each rule of the recipe is written here once: what a strategy trains,
 what needs a LoRA rank, when DeepSpeed applies, which precision/attention pairs work. What depends on
 the machine (CUDA, bitsandbytes, flash-attn, bf16 support) is checked at run start instead
-(`phi3v.training.strategy.check_run`). No torch at import: Snakemake reads this while planning.
+(`phi3v.training.model_setup.check_run`). No torch at import: Snakemake reads this while planning.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ OPTION_FIELDS = ("memory_budget_gib", "checkpointed_layers", "compile_layers", "
 RECIPE_SETTING_FIELDS = ("loss_reduction", "adapter_dtype", "attention_mask")
 
 
-def torch_dtype(precision: str):
+def precision_dtype(precision: str):
     """The torch dtype a precision name computes in (the one precision -> dtype table)."""
     import torch
 
@@ -197,7 +197,7 @@ class RunConfig:
     @property
     def dtype(self):
         """The torch dtype this run computes in."""
-        return torch_dtype(self.precision)
+        return precision_dtype(self.precision)
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -213,7 +213,7 @@ class RunConfig:
                    if key not in data and key not in OPTION_FIELDS + RECIPE_SETTING_FIELDS]
         if missing:
             raise UserError(f"run config {name!r} lacks {', '.join(missing)} — resolve it with "
-                            "phi3v.workflow.config.resolve_config")
+                            "phi3v.workflow.settings.resolve_config")
         unknown = sorted(set(data) - set(cls.fields()))
         if unknown:
             raise UserError(f"run config {name!r}: unknown key(s) {', '.join(unknown)}; "

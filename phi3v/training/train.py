@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from phi3v.data.collate import collate_packed, collate_padded, effective_batch_plan
 from phi3v.data.dataset import ConversationDataset
 from phi3v.errors import UserError, entry_point
-from phi3v.layout import ADAPTER, METRICS, MODEL, PROVENANCE, TRACKERS, TRAIN_LOG
+from phi3v.layout import ADAPTER, METRICS_FILE, MODEL, PROVENANCE, TRACKERS_DIR, TRAIN_LOG
 from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
 from phi3v.processing_phi3v import IGNORE_INDEX
 from . import trackers
@@ -44,7 +44,7 @@ from .fingerprint import run_fingerprint
 from .memory_fit import fit_micro_batches
 from .optimizations import apply_optimizations, check_optimizations, core_model, settings_of
 from .run_config import RunConfig
-from .strategy import build_model, check_run, deepspeed_config, parameter_counts
+from .model_setup import build_model, check_run, deepspeed_config, parameter_counts
 
 # Encoded training samples a CPU run keeps in memory: the demo's largest set (UCF-101) is 145 MB;
 # larger sets (num_crops 16) keep their first samples only, within a job's memory request.
@@ -223,7 +223,7 @@ def train(run: RunConfig, *, base_model, data_dir, dataset_name: str, out_dir, c
           progress: bool = True) -> dict:
     """Train one run; resume from the newest checkpoint if any; write model/adapter, logs, metrics."""
     result = fit(run, base_model=base_model, data_dir=data_dir, dataset_name=dataset_name,
-                 checkpoint_dir=checkpoint_dir, tracker_dir=Path(out_dir) / TRACKERS, progress=progress)
+                 checkpoint_dir=checkpoint_dir, tracker_dir=Path(out_dir) / TRACKERS_DIR, progress=progress)
     accelerator = result.accelerator
     model = accelerator.unwrap_model(result.model)
     # The process group ends before the main process writes (a LoRA merge of the full model takes
@@ -520,7 +520,7 @@ def write_outputs(model, run: RunConfig, *, base_model: Path, data_dir: Path, ou
         run.to_dict(), model_dir=base_model, data_dir=data_dir,
         extra={"precision": {k: metrics[k] for k in ("weights_dtype", "frozen_weights_dtype",
                                                      "autocast_dtype", "deepspeed")}}))
-    write_json_atomic(out_dir / METRICS, metrics)
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from phi3v.errors import UserError
 from phi3v.model_sizes import ModelSizes
 from phi3v.training.memory_plan import IMAGES_PER_SAMPLE, PlanRow, SampleShape, plan_row
 from phi3v.training.run_config import speed_run
-from phi3v.workflow import config as settings
+from phi3v.workflow import settings
 from phi3v.workflow import resources
 
 

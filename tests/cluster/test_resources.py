@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from phi3v.workflow import config as settings
+from phi3v.workflow import settings
 from phi3v.errors import UserError
 from phi3v.launch import MACHINE_GPUS_VARIABLE, launch_command, slurm_allocation
 from phi3v.workflow.resources import Partition, check_cluster, job_resources, read_partition

@@ -183,7 +183,7 @@ def queue_state(job_id: str, env: dict) -> str:
 
 def the_run_json(config: list[str], dataset: str, run: str) -> tuple[str, int]:
     """(run config as JSON, training threads) of `run`, resolved from `--config` values as the workflow does."""
-    from phi3v.workflow import config as settings
+    from phi3v.workflow import settings
 
     overrides = {"preset": "demo"}  # config.yaml
     overrides.update((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in config))

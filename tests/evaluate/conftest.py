@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from phi3v.layout import ReportInputs, ResultsLayout, report_inputs
-from phi3v.workflow import config as settings
+from phi3v.workflow import settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden"
@@ -36,7 +36,7 @@ def speed_row(row, strategy, attention, precision, skip_reason=None):
 
 
 def demo_config() -> dict:
-    """A resolved configuration in the shape `phi3v.workflow.config.resolve_config` returns."""
+    """A resolved configuration in the shape `phi3v.workflow.settings.resolve_config` returns."""
     return {
         "preset": "demo",
         "results_dir": "results",

@@ -74,7 +74,7 @@ def test_cpu_speed_figure_is_titled_as_what_ran_and_has_no_recipe_bars():
 
 
 def test_gpu_speed_figure_labels_each_bar_group_with_its_hardware():
-    from phi3v.workflow import config as settings
+    from phi3v.workflow import settings
 
     config = settings.resolve_config({"preset": "paper", "runs_filter": ["docvqa/lora-bf16-*", "speed/*-1x8"]})
     rows = [row for row in config["speed"]["rows"] if row["skip_reason"] is None]

@@ -135,7 +135,7 @@ def test_a_process_that_loads_no_model_may_skip_the_registration():
     import subprocess
     import sys
 
-    probe = "import sys, phi3v.workflow.config; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    probe = "import sys, phi3v.workflow.settings; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     skipped = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PHI3V_AUTO_CLASSES": "0"},
                              capture_output=True, text=True, check=True)
     assert skipped.stdout.strip() == "[]"

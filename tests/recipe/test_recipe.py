@@ -16,7 +16,7 @@ import yaml
 
 from phi3v.errors import UserError
 from phi3v.recipe import build_parser, flags_to_run, main, parse_args, workflow_config, workflow_yaml
-from phi3v.workflow.config import resolve_config, run_config
+from phi3v.workflow.settings import resolve_config, run_config
 
 OUT = "/tmp/recipe-out"  # stands for the guide's <output_dir>; runs below write under tmp_path
 UCF_DIR = "/path/to/converted_ucf101"  # replaced by a converted folder where the command runs

@@ -90,7 +90,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_two_identical_lora_runs_write_byte_identical_folders(tiny_base, tiny_data, tmp_path):
     # Python's string hash seed varies per process and orders sets: peft keeps target_modules as one
-    from phi3v.training.strategy import lora_targets
+    from phi3v.training.model_setup import lora_targets
 
     from .conftest import base_run
     from .test_resume import cli

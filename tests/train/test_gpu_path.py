@@ -16,7 +16,7 @@ from phi3v.errors import UserError
 from phi3v.modeling_phi3v import Phi3VForCausalLM
 from phi3v.training import devices, strategy
 from phi3v.training import train as train_module
-from phi3v.training.strategy import build_model, check_run, load_model
+from phi3v.training.model_setup import build_model, check_run, load_model
 
 from .conftest import DATASET, base_run
 

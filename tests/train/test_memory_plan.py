@@ -21,8 +21,8 @@ from phi3v.training.memory_fit import saved_tensor_bytes, step_state_bytes
 from phi3v.training.memory_plan import (GIB, SampleShape, activation_bytes, estimate, training_state_bytes,
                                         weight_bytes)
 from phi3v.training.run_config import RunConfig
-from phi3v.training.strategy import apply_lora, enable_activation_checkpointing, freeze_vision
-from phi3v.workflow import config as settings
+from phi3v.training.model_setup import apply_lora, enable_activation_checkpointing, freeze_vision
+from phi3v.workflow import settings
 from phi3v.workflow import plan as workflow_plan
 
 from model.phi3v_inputs import make_sample, pad_batch  # tests/ is on sys.path (rootdir)

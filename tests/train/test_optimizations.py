@@ -11,7 +11,7 @@ from phi3v.errors import UserError
 from phi3v.processing_phi3v import Phi3VProcessor
 from phi3v.training import optimizations
 from phi3v.training.optimizations import apply_optimizations, check_optimizations, clip_layers, decoder_layers
-from phi3v.training.strategy import build_model
+from phi3v.training.model_setup import build_model
 
 from .conftest import DATASET, base_run
 

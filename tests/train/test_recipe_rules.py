@@ -9,8 +9,8 @@ import torch
 
 from phi3v.errors import UserError
 from phi3v.training.run_config import evaluation_precision
-from phi3v.training.strategy import (LM_LORA_TARGETS, VISION_LORA_TARGETS, build_model, lora_targets,
-                                     quantization_config, weights_dtype)
+from phi3v.training.model_setup import (LM_LORA_TARGETS, VISION_LORA_TARGETS, build_model, lora_targets,
+                                     quantization_config, load_dtype)
 
 from .conftest import base_run
 
@@ -27,13 +27,13 @@ def lora_run(**fields):
     (dict(precision="fp16", attention="eager"), torch.float32),  # fp16 rows: fp32 master weights
 ])
 def test_lora_loads_bf16_with_flash_attention_only(fields, dtype):
-    assert weights_dtype(lora_run(**fields)) == dtype
+    assert load_dtype(lora_run(**fields)) == dtype
 
 
 def test_full_runs_keep_fp32_master_weights_without_deepspeed():
-    assert weights_dtype(base_run(precision="bf16", attention="sdpa")) == torch.float32
-    assert weights_dtype(base_run(precision="fp16", attention="eager", deepspeed=True)) == torch.float32
-    assert weights_dtype(base_run(precision="bf16", attention="sdpa", deepspeed=True)) == torch.bfloat16
+    assert load_dtype(base_run(precision="bf16", attention="sdpa")) == torch.float32
+    assert load_dtype(base_run(precision="fp16", attention="eager", deepspeed=True)) == torch.float32
+    assert load_dtype(base_run(precision="bf16", attention="sdpa", deepspeed=True)) == torch.bfloat16
 
 
 @pytest.mark.parametrize("attention,compute", [("flash_attention_2", torch.bfloat16), ("eager", torch.float16)])

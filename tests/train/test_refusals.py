@@ -10,8 +10,8 @@ import torch
 
 from phi3v.errors import UserError
 from phi3v.training.train import main, train
-from phi3v.training import strategy
-from phi3v.training.strategy import check_run
+from phi3v.training import model_setup
+from phi3v.training.model_setup import check_run
 
 from .conftest import DATASET, base_run
 
@@ -56,14 +56,14 @@ def test_qlora_where_nf4_fails_is_refused(monkeypatch):
 
 
 def test_fp16_where_autocast_is_not_fp16_is_refused(monkeypatch):
-    monkeypatch.setattr(strategy, "_fp16_autocast_works", lambda device: False)
+    monkeypatch.setattr(model_setup, "_fp16_autocast_works", lambda device: False)
     with pytest.raises(UserError, match="fp16 mixed precision is not available"):
         check_run(base_run(precision="fp16"), CPU)
 
 
 def test_this_cpu_runs_true_fp16_and_nf4():
-    assert strategy._fp16_autocast_works(CPU)
-    assert strategy._nf4_works(CPU) is None
+    assert model_setup._fp16_autocast_works(CPU)
+    assert model_setup._nf4_works(CPU) is None
 
 
 @pytest.mark.parametrize("key,value", [("strategy", "prefix"), ("precision", "fp32"), ("attention", "flex")])

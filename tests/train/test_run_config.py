@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from phi3v.errors import UserError
-from phi3v.training.run_config import RunConfig, Strategy, torch_dtype
+from phi3v.training.run_config import RunConfig, Strategy, precision_dtype
 
 from .conftest import base_run
 
@@ -66,5 +66,5 @@ def test_strategy_rules():
 
 
 def test_precision_dtypes():
-    assert torch_dtype("bf16") is torch.bfloat16 and torch_dtype("fp16") is torch.float16
+    assert precision_dtype("bf16") is torch.bfloat16 and precision_dtype("fp16") is torch.float16
     assert base_run(precision="fp16", attention="eager").dtype is torch.float16

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from phi3v.training.train import train
-from phi3v.training.strategy import LM_LORA_TARGETS, VISION_LORA_TARGETS, VISION_PREFIX
+from phi3v.training.model_setup import LM_LORA_TARGETS, VISION_LORA_TARGETS, VISION_PREFIX
 
 from .conftest import DATASET, base_run
 

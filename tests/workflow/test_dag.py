@@ -5,7 +5,7 @@ import os
 import pytest
 
 from phi3v.reporting import recipe_tables
-from phi3v.workflow import config as settings
+from phi3v.workflow import settings
 from .helpers import job_counts, run_snakemake as snakemake
 
 # One UCF-101 run besides the rows of the recipe's accuracy tables.

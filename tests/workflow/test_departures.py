@@ -4,7 +4,7 @@ name each departure with the rows it touches (computed from the resolved config)
 from __future__ import annotations
 
 from phi3v.reporting import departures
-from phi3v.workflow import config as settings
+from phi3v.workflow import settings
 
 PAPER_EXACT = {"train.loss_reduction", "train.adapter_dtype", "train.seed", "evaluation.batch_size",
                "evaluation.stop_tokens", "evaluation.max_new_tokens", "train.warmup_steps",

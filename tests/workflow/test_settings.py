@@ -2,7 +2,7 @@
 
 import pytest
 
-from phi3v.workflow import config as settings
+from phi3v.workflow import settings
 from phi3v.errors import UserError
 from phi3v.training.run_config import RunConfig
 

@@ -22,7 +22,7 @@ VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
 FLASH_MIN_CAPABILITY = (8, 0)  # flash-attn 2 runs on Ampere (sm80) and newer
 
 
-def weights_dtype(run: RunConfig) -> torch.dtype:
+def load_dtype(run: RunConfig) -> torch.dtype:
     """dtype the model is loaded in: the recipe's rule (`loads_bf16`: bf16 with flash attention, fp32
     otherwise) for every run it loads that way.
 
@@ -129,7 +129,7 @@ def load_model(run: RunConfig, base_model: str, device: torch.device | None = No
     from ..modeling_phi3v import Phi3VForCausalLM
 
     device = device or local_device()
-    kwargs = {"dtype": weights_dtype(run), "attn_implementation": run.attention}
+    kwargs = {"dtype": load_dtype(run), "attn_implementation": run.attention}
     if run.strategy is Strategy.QLORA:
         kwargs["quantization_config"] = quantization_config(run)
     if device.type == "cuda":
