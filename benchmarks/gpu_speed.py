@@ -140,7 +140,8 @@ def write_base(folder: Path, *, tiny: bool, device: str):
 
     from phi3v.configuration_phi3v import RELEASE_CONFIG_FILE, Phi3VConfig
     from phi3v.modeling_phi3v import Phi3VForCausalLM
-    from phi3v.processing_phi3v import IMAGE_TOKEN, Phi3VImageProcessor, Phi3VProcessor
+    from phi3v.image_processing_phi3v import Phi3VImageProcessor
+    from phi3v.processing_phi3v import IMAGE_TOKEN, Phi3VProcessor
     from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(["What is written in the total field of this form?", "42.00"] * 50, 512)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from phi3v.processing_phi3v import Phi3VImageProcessor
+from phi3v.image_processing_phi3v import Phi3VImageProcessor
 
 
 def page_image(width: int = 1700, height: int = 2200, seed: int = 0) -> Image.Image:

@@ -28,7 +28,8 @@ def _register_with_auto_classes() -> None:
 
     from .configuration_phi3v import Phi3VConfig
     from .modeling_phi3v import Phi3VForCausalLM
-    from .processing_phi3v import Phi3VImageProcessor, Phi3VProcessor
+    from .image_processing_phi3v import Phi3VImageProcessor
+    from .processing_phi3v import Phi3VProcessor
 
     AutoConfig.register(Phi3VConfig.model_type, Phi3VConfig, exist_ok=True)
     AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM, exist_ok=True)

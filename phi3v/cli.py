@@ -74,7 +74,8 @@ def generate(args) -> str:
     import torch
 
     from phi3v.modeling_phi3v import Phi3VForCausalLM
-    from phi3v.processing_phi3v import Phi3VProcessor, check_compatible, load_image
+    from phi3v.image_files import load_image
+    from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = {} if args.num_crops is None else {"num_crops": args.num_crops}

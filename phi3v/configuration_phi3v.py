@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from transformers import CLIPVisionConfig, Phi3Config
@@ -14,48 +15,14 @@ from transformers.configuration_utils import SubConfigSpec
 from .errors import UserError
 
 # The release's config file, the CLIP tower it names, and the image-token count live with the other sizes.
-from .model_sizes import CLIP_VIT_L_14_336, RELEASE_CONFIG_FILE, image_token_count  # noqa: F401  (re-exported)
+from .model_sizes import CLIP_VIT_L_14_336, RELEASE_CONFIG_FILE, image_token_count
 
-OFFICIAL_EMBD_LAYER = {
-    "embedding_cls": "image",
-    "hd_transform_order": "sub_glb",
-    "projection_cls": "mlp",
-    "use_hd_transform": True,
-    "with_learnable_separator": True,
-}
-
-OFFICIAL_IMG_PROCESSOR = {
-    "image_dim_out": 1024,
-    "model_name": "openai/clip-vit-large-patch14-336",
-    "name": "clip_vision_model",
-    "num_img_tokens": 144,
-}
-
-# LongRoPE rescale factors of microsoft/Phi-3.5-vision-instruct (one per rotary frequency, head_dim 96 / 2).
-PHI35V_SHORT_FACTOR = [
-    1.08, 1.1, 1.1300000000000001, 1.2800000000000002, 1.3100000000000003, 1.4500000000000004,
-    1.4500000000000004, 1.9500000000000008, 2.030000000000001, 2.4299999999999926, 2.5699999999999896,
-    2.9499999999999815, 3.729999999999965, 3.869999999999962, 4.189999999999955, 4.43999999999995,
-    4.6399999999999455, 4.979999999999938, 5.159999999999934, 5.279999999999932, 5.759999999999922,
-    5.889999999999919, 5.889999999999919, 5.969999999999917, 6.089999999999915, 6.2799999999999105,
-    6.7699999999999, 6.8899999999998975, 7.109999999999893, 7.129999999999892, 7.179999999999891,
-    7.289999999999889, 7.339999999999888, 7.559999999999883, 7.619999999999882, 7.69999999999988,
-    7.879999999999876, 7.879999999999876, 7.879999999999876, 7.939999999999875, 7.949999999999875,
-    7.979999999999874, 8.19999999999987, 8.439999999999864, 8.469999999999864, 8.589999999999861,
-    8.809999999999857, 8.999999999999853,
-]
-PHI35V_LONG_FACTOR = [
-    1.0800000429153442, 1.1100000143051147, 1.1399999856948853, 1.340000033378601, 1.5899999141693115,
-    1.600000023841858, 1.6200000047683716, 2.620000123977661, 3.2300000190734863, 3.2300000190734863,
-    4.789999961853027, 7.400000095367432, 7.700000286102295, 9.09000015258789, 12.199999809265137,
-    17.670000076293945, 24.46000099182129, 28.57000160217285, 30.420001983642578, 30.840002059936523,
-    32.590003967285156, 32.93000411987305, 42.320003509521484, 44.96000289916992, 50.340003967285156,
-    50.45000457763672, 57.55000305175781, 57.93000411987305, 58.21000289916992, 60.1400032043457,
-    62.61000442504883, 62.62000274658203, 62.71000289916992, 63.1400032043457, 63.1400032043457,
-    63.77000427246094, 63.93000411987305, 63.96000289916992, 63.970001220703125, 64.02999877929688,
-    64.06999969482422, 64.08000183105469, 64.12000274658203, 64.41000366210938, 64.4800033569336,
-    64.51000213623047, 64.52999877929688, 64.83999633789062,
-]
+# The release's own values, read from its config.json (kept in the package): the image-embedding and vision-tower
+# blocks, and the LongRoPE rescale factors (one per rotary frequency, head_dim 96 / 2).
+_RELEASE = json.loads(RELEASE_CONFIG_FILE.read_text(encoding="utf-8"))
+OFFICIAL_EMBD_LAYER = _RELEASE["embd_layer"]
+OFFICIAL_IMG_PROCESSOR = _RELEASE["img_processor"]
+RELEASE_ROPE_FACTORS = {key: _RELEASE["rope_scaling"][key] for key in ("short_factor", "long_factor")}
 
 # Keys of transformers' generic config that the published config.json does not carry.
 _GENERIC_KEYS_NOT_WRITTEN = (
@@ -65,6 +32,8 @@ _GENERIC_KEYS_NOT_WRITTEN = (
 # Hub-only keys of the release dropped on reading: remote-code pointers and a run-time attention choice.
 _RELEASE_KEYS_NOT_KEPT = ("auto_map", "_attn_implementation")
 
+# The release's image placeholder id: config.json leaves image_token_id out when it is this one, and a tokenizer
+# without an `<|image|>` entry gets it.
 DEFAULT_IMAGE_TOKEN_ID = 32044
 
 
@@ -96,8 +65,8 @@ class Phi3VConfig(Phi3Config):
         if self.rope_parameters is None and "rope_scaling" not in kwargs:
             self.rope_parameters = {
                 "rope_type": "longrope",
-                "short_factor": list(PHI35V_SHORT_FACTOR),
-                "long_factor": list(PHI35V_LONG_FACTOR),
+                "short_factor": list(RELEASE_ROPE_FACTORS["short_factor"]),
+                "long_factor": list(RELEASE_ROPE_FACTORS["long_factor"]),
             }
         self.embd_layer = dict(OFFICIAL_EMBD_LAYER if self.embd_layer is None else self.embd_layer)
         self.img_processor = dict(OFFICIAL_IMG_PROCESSOR if self.img_processor is None else self.img_processor)

@@ -167,6 +167,7 @@ def _write_json(path: Path, data: dict) -> None:
 def write_model_folder(folder: str | os.PathLike, seed: int = 0, release: str = MODEL_ID) -> None:
     """The release's file set with a tiny-width model: weights in two bf16 shards and an index, configs, tokenizer
     (`release`: one of RELEASES)."""
+    from phi3v.image_processing_phi3v import CLIP_MEAN, CLIP_STD
     from phi3v.processing_phi3v import END, IMAGE_TOKEN
     from phi3v.training.demo_tokenizer import build_tiny_tokenizer
     from phi3v.testing import official_key_shapes, write_official_checkpoint
@@ -191,8 +192,8 @@ def write_model_folder(folder: str | os.PathLike, seed: int = 0, release: str = 
     _write_json(folder / "preprocessor_config.json", {
         "auto_map": {"AutoProcessor": "processing_phi3_v.Phi3VProcessor",
                      "AutoImageProcessor": "image_processing_phi3_v.Phi3VImageProcessor"},
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_processor_type": "Phi3VImageProcessor",
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "num_crops": RELEASES[release]["num_crops"],
+        "image_mean": list(CLIP_MEAN), "image_processor_type": "Phi3VImageProcessor",
+        "image_std": list(CLIP_STD), "num_crops": RELEASES[release]["num_crops"],
         "num_img_tokens": 144,
         "processor_class": "Phi3VProcessor",
     })

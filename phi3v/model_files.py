@@ -6,7 +6,8 @@
   (`SafetensorError`, or `OverflowError`/`MemoryError` where a header length was trusted).
 - a checkpoint's files (`folder_damage`): safetensors as above, `torch.save` files, JSON.
 - hub ids: resolved through huggingface_hub, so a model that is not in the cache while offline is
-  reported as that (with the cache folder and the command that fills it).
+  reported as that (with the cache folder and the command that fills it); `model_folder` finds the
+  local folder of a model folder or hub id for every `from_pretrained` here.
 """
 
 from __future__ import annotations
@@ -117,3 +118,38 @@ def hub_model_folder(repo_id: str, *, revision: str | None = None, cache_dir=Non
                         "with `hf auth login` if it needs a token.") from None
     except EntryNotFoundError:
         raise UserError(f"{repo_id}{at} has no config.json: it is not a model repository.") from None
+
+
+def is_hub_id(name: str) -> bool:
+    """A hub repository id ("org/name") rather than a local path."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+HUB_OPTIONS = ("revision", "cache_dir", "token", "local_files_only")  # from_pretrained keywords that find a hub model
+
+
+def model_folder(source, **options) -> Path:
+    """The local folder of a model folder or hub id (the hub cache's snapshot, its config.json fetched or found
+    there offline); a local path that does not exist, or a hub model that cannot be had, is refused here.
+    `options`: from_pretrained's keywords; those in `HUB_OPTIONS` are used."""
+    source = str(source)
+    if os.path.isdir(source):
+        return Path(source)
+    if not is_hub_id(source):
+        raise UserError(f"model folder {source} does not exist: build or download the model first (or give a hub id).")
+    return hub_model_folder(source, **{key: options[key] for key in HUB_OPTIONS if options.get(key) is not None})
+
+
+def check_source(source, **options) -> str:
+    """A local model folder or hub id, as a string, once `model_folder` found it."""
+    model_folder(source, **options)
+    return str(source)

@@ -1,7 +1,7 @@
 """Phi-3.5-vision's sizes read off a config.json mapping, without torch or transformers: parameter counts
 per part (language model, CLIP, projector, separators), what each strategy trains, LoRA adapter and NF4
-sizes, and image-token counts. The memory plan (`phi3v.training.memory_plan`) runs while Snakemake plans,
-where importing torch would cost seconds; the model itself (`phi3v.modeling_phi3v`) builds the same shapes.
+sizes, image-token counts, the crop limit. The memory plan (`phi3v.training.memory_plan`) runs while Snakemake
+plans, where importing torch would cost seconds; the model itself (`phi3v.modeling_phi3v`) builds the same shapes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ CLIP_VIT_L_14_336 = {
     "initializer_range": 0.02,
     "initializer_factor": 1.0,
 }
+
+# The most crops the HD transform may tile one image into (the release's processor; the recipe's scripts assert it).
+MAX_NUM_CROPS = 16
 
 NF4_BLOCK = 64  # bitsandbytes' 4-bit block: one fp32 absmax per 64 weights (no double quantisation)
 

@@ -281,8 +281,7 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, attn_implementation: str = "sdpa",
                         **kwargs) -> "Phi3VForCausalLM":
         """Load a folder (or hub id) in the release's layout; every checkpoint key must be used and none missing."""
-        from .model_files import check_weight_files
-        from .processing_phi3v import model_folder
+        from .model_files import check_weight_files, model_folder
 
         check_attention_implementation(attn_implementation)
         kwargs.pop("trust_remote_code", None)  # never needed: the model code is here

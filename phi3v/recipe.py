@@ -21,11 +21,11 @@ from typing import Sequence
 
 from phi3v.errors import UserError, entry_point
 from phi3v.layout import BASE_RUN, MODEL
+from phi3v.model_sizes import MAX_NUM_CROPS
 from phi3v.training.run_config import TRACKERS, RunConfig, Strategy, evaluation_precision, loads_bf16, run_id
 from phi3v.data import recipe_train_turns
 
 DEFAULT_MODEL = "microsoft/Phi-3.5-vision-instruct"  # the scripts' default since the Phi-3.5 release
-MAX_NUM_CROPS = 16  # every script asserts num_crops <= 16
 MAX_NEW_TOKENS = 64  # the scripts' generation length for evaluation
 HF_TRAINER_SEED = 42  # the scripts set no seed, so the HF Trainer's default applies
 CAULDRON_EVAL_SIZE = 500  # hateful_memes and nlvr2 evaluate on the Cauldron's train[:500]

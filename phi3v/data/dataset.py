@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 from phi3v.data import TRAIN_TURNS
 from phi3v.data.records import normalize_answer, Record, Turn, image_file, image_tags, read_records
 from phi3v.errors import UserError
-from phi3v.processing_phi3v import image_tag_numbers, load_image
+from phi3v.image_files import load_image
+from phi3v.processing_phi3v import image_tag_numbers
 
 
 def _turn_fields(turn: Turn | Mapping[str, Any]) -> tuple[list[str], str, str]:

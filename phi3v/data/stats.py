@@ -12,7 +12,7 @@ from PIL import Image
 
 from phi3v.data.dataset import first_turn_answers
 from phi3v.data.records import image_file, read_records, split_path
-from phi3v.processing_phi3v import Phi3VImageProcessor
+from phi3v.image_processing_phi3v import Phi3VImageProcessor
 
 ImageTokenCounter = Callable[[int, int, int], int]  # (height, width, num_crops) -> tokens
 TOP_ANSWERS = 20

@@ -291,7 +291,7 @@ def generate_answers(model, processor, examples: Sequence, *, num_crops: int, ma
     two tokens of the first generated position's logits (the same forward, no extra pass), or, where
     the tokenizer starts both with the same tokens, of one forward with that prefix appended.
     """
-    from phi3v.processing_phi3v import load_image
+    from phi3v.image_files import load_image
 
     answers: list[str] = []
     yes_probabilities: list[float] = []

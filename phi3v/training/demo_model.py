@@ -49,7 +49,8 @@ def write_random_base(folder: Path, *, texts: list[str], vocab_size: int, seed: 
     """Tokenizer, tiny config, random weights and the tiny-crop image processor, in one folder."""
     from phi3v.configuration_phi3v import Phi3VConfig
     from phi3v.modeling_phi3v import Phi3VForCausalLM
-    from phi3v.processing_phi3v import IMAGE_TOKEN, Phi3VImageProcessor, Phi3VProcessor
+    from phi3v.image_processing_phi3v import Phi3VImageProcessor
+    from phi3v.processing_phi3v import IMAGE_TOKEN, Phi3VProcessor
 
     from .demo_tokenizer import build_tiny_tokenizer
 

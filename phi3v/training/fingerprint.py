@@ -37,7 +37,8 @@ from .run_config import RunConfig
 NOT_TRAJECTORY = ("checkpoint_every", "report_to")  # run config fields that do not change the weights
 PACKAGE_ROOT = Path(phi3v.__file__).resolve().parent
 # Folders (their *.py, not sub-folders) and modules whose code computes a run's weights.
-CODE = ("training", "data", "modeling_phi3v.py", "configuration_phi3v.py", "processing_phi3v.py")
+CODE = ("training", "data", "modeling_phi3v.py", "configuration_phi3v.py", "processing_phi3v.py",
+        "image_processing_phi3v.py", "image_files.py")
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "flash-attn")
 TENSOR_SAMPLE_BYTES = 4096  # read at each end of every tensor
 

@@ -7,7 +7,8 @@ from phi3v.data.collate import collate_packed, collate_padded
 from phi3v.data.dataset import ConversationDataset, load_eval_examples, majority_answer, with_image_tags
 from phi3v.data.records import Turn
 from phi3v.errors import UserError
-from phi3v.processing_phi3v import Phi3VImageProcessor, Phi3VProcessor
+from phi3v.image_processing_phi3v import Phi3VImageProcessor
+from phi3v.processing_phi3v import Phi3VProcessor
 from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 
 from .builders import record, write_lines, write_png

@@ -11,7 +11,9 @@ from PIL import Image
 from phi3v.data.dataset import ConversationDataset, load_eval_examples
 from phi3v.data.records import validate_dataset
 from phi3v.errors import UserError
-from phi3v.processing_phi3v import Phi3VImageProcessor, Phi3VProcessor, load_image
+from phi3v.image_files import load_image
+from phi3v.image_processing_phi3v import Phi3VImageProcessor
+from phi3v.processing_phi3v import Phi3VProcessor
 from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 
 from .builders import record, write_lines, write_png

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from phi3v.data.stats import split_stats, write_stats
-from phi3v.processing_phi3v import Phi3VImageProcessor
+from phi3v.image_processing_phi3v import Phi3VImageProcessor
 
 from .builders import record, write_lines, write_png
 

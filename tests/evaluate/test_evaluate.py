@@ -260,7 +260,7 @@ def test_yes_probability_after_a_shared_prefix_equals_the_first_generated_positi
     distribution as generation's first step when there is nothing to force: padding and positions agree."""
     from phi3v.data.dataset import load_eval_examples
     from phi3v.evaluation.evaluate import generate_answers, load_model, yes_no_tokens, yes_probability_after_prefix
-    from phi3v.processing_phi3v import load_image
+    from phi3v.image_files import load_image
 
     data = tmp_path / "data"
     write_tiny_dataset(data)

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from phi3v.configuration_phi3v import Phi3VConfig
-from phi3v.processing_phi3v import IMAGE_TOKEN, Phi3VImageProcessor, Phi3VProcessor
+from phi3v.image_processing_phi3v import Phi3VImageProcessor
+from phi3v.processing_phi3v import IMAGE_TOKEN, Phi3VProcessor
 from phi3v.testing import write_official_checkpoint
 from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 

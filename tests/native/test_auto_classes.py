@@ -20,7 +20,8 @@ import phi3v  # noqa: F401  (registers phi3_v with the Auto classes)
 from phi3v.configuration_phi3v import Phi3VConfig
 from phi3v.errors import UserError
 from phi3v.modeling_phi3v import Phi3VForCausalLM
-from phi3v.processing_phi3v import CLIP_MEAN, Phi3VImageProcessor, Phi3VProcessor, check_compatible
+from phi3v.image_processing_phi3v import CLIP_MEAN, Phi3VImageProcessor
+from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
 
 
 def image(width=60, height=40, seed=0):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from phi3v.processing_phi3v import Phi3VImageProcessor, Phi3VProcessor
+from phi3v.image_processing_phi3v import Phi3VImageProcessor
+from phi3v.processing_phi3v import Phi3VProcessor
 from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 
 CORPUS = [

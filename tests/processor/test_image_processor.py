@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from phi3v.errors import UserError
-from phi3v.processing_phi3v import CLIP_MEAN, CLIP_STD, Phi3VImageProcessor, load_image
+from phi3v.image_files import load_image
+from phi3v.image_processing_phi3v import CLIP_MEAN, CLIP_STD, Phi3VImageProcessor
 
 MEAN = np.array(CLIP_MEAN, dtype=np.float32)[:, None, None]
 STD = np.array(CLIP_STD, dtype=np.float32)[:, None, None]

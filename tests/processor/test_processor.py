@@ -7,11 +7,9 @@ from PIL import Image
 from transformers import AutoTokenizer, LlamaTokenizer
 
 from phi3v.errors import UserError
-from phi3v.processing_phi3v import (
-    DEFAULT_IMAGE_TOKEN_ID,
-    Phi3VImageProcessor,
-    Phi3VProcessor,
-)
+from phi3v.configuration_phi3v import DEFAULT_IMAGE_TOKEN_ID
+from phi3v.image_processing_phi3v import Phi3VImageProcessor
+from phi3v.processing_phi3v import Phi3VProcessor
 from phi3v.training.demo_tokenizer import build_tiny_tokenizer
 
 

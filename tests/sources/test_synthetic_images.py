@@ -90,7 +90,7 @@ def test_form_pages_average_the_recipes_docvqa_image_tokens():
     """At num_crops 16 (336-pixel crops, 24x24 patches merged 2x2 -> 144 a crop) five pages in six are
     4x4 crops (2509 tokens) and one 4x3 (1933): 2413 image tokens on average, the recipe's 2443.23
     tokens a sample less its ~30 text tokens. At the demo's num_crops 2 both shapes give the same crops."""
-    from phi3v.processing_phi3v import Phi3VImageProcessor
+    from phi3v.image_processing_phi3v import Phi3VImageProcessor
 
     processor = Phi3VImageProcessor(crop_size=336, num_crops=16)
     sizes = [syn.form_page_size(i) for i in range(syn.NARROW_FORM_EVERY)]
