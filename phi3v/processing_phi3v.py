@@ -205,8 +205,9 @@ class Phi3VProcessor(ProcessorMixin):
                 pixel_values.append(processed["pixel_values"])
                 image_sizes.append(processed["image_sizes"])
 
-        input_ids, attention_mask = self.pad(sequences, padding_side)
-        data = {"input_ids": input_ids, "attention_mask": attention_mask}
+        padded = self.tokenizer.pad({"input_ids": sequences}, padding_side=padding_side, return_attention_mask=True,
+                                    return_tensors="pt")  # to the longest, with the tokenizer's pad id
+        data = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
         if pixel_values:
             data["pixel_values"] = torch.cat(pixel_values)
             data["image_sizes"] = torch.cat(image_sizes)
@@ -224,6 +225,8 @@ class Phi3VProcessor(ProcessorMixin):
             return [text], [list(images or [])]
         if not isinstance(text, (list, tuple)) or not all(isinstance(t, str) for t in text):
             raise UserError(f"text must be a string or a list of strings, not {type(text).__name__}.")
+        if not text:
+            raise UserError("text is an empty list: give at least one prompt.")
         if images is None:
             return list(text), [[] for _ in text]
         if len(images) != len(text) or not all(isinstance(x, (list, tuple)) for x in images):
@@ -231,17 +234,6 @@ class Phi3VProcessor(ProcessorMixin):
                 f"{len(text)} prompts need images as a list of {len(text)} lists (one per prompt, [] for none)."
             )
         return list(text), [list(x) for x in images]
-
-    def pad(self, sequences: list[list[int]], padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad to the longest with `pad_token_id`: (B, L) input_ids and attention_mask."""
-        length = max(len(s) for s in sequences)
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            start = 0 if padding_side == "right" else length - len(sequence)
-            input_ids[row, start : start + len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-            attention_mask[row, start : start + len(sequence)] = 1
-        return input_ids, attention_mask
 
     # -- training examples --------------------------------------------------------------------
 

@@ -139,6 +139,26 @@ def test_right_and_left_padding(processor, tiny_tokenizer):
     torch.testing.assert_close(left["pixel_values"], right["pixel_values"])
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_a_ragged_batch_is_padded_as_the_hand_written_padding_did(processor, tiny_tokenizer, padding_side):
+    texts = ["a", "<|image_1|>\nWhat is the date on the page?", "Is this meme hateful?", "bb bb"]
+    images = [[], [image()], [], []]
+    sequences = [processor(t, i)["input_ids"][0].tolist() for t, i in zip(texts, images)]
+    assert len({len(s) for s in sequences}) == len(sequences)  # every row a different length
+    # The padding the processor wrote by hand before it used the tokenizer's `pad`:
+    length = max(len(s) for s in sequences)
+    expected_ids = torch.full((len(sequences), length), tiny_tokenizer.pad_token_id, dtype=torch.long)
+    expected_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        start = 0 if padding_side == "right" else length - len(sequence)
+        expected_ids[row, start : start + len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        expected_mask[row, start : start + len(sequence)] = 1
+
+    batch = processor(texts, images, padding_side=padding_side)
+    assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
+    assert torch.equal(batch["input_ids"], expected_ids) and torch.equal(batch["attention_mask"], expected_mask)
+
+
 def test_pixel_values_follow_image_order_across_the_batch(processor):
     a, b, c = image(40, 30, 1), image(30, 80, 2), image(90, 20, 3)
     batch = processor(["<|image_1|><|image_2|>\nSame?", "<|image_1|>\nWhat?"], [[a, b], [c]])
@@ -174,6 +194,8 @@ def test_bad_call_arguments(processor):
         processor(["<|image_1|>", "missing tag"], [[image()], [image()]])
     with pytest.raises(UserError, match="2 prompts need images as a list of 2 lists"):
         processor(["a", "b"], [image()])
+    with pytest.raises(UserError, match="text is an empty list"):
+        processor([])
     with pytest.raises(UserError, match="padding_side"):
         processor("a", padding_side="middle")
     with pytest.raises(UserError, match="return_tensors"):
