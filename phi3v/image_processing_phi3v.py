@@ -40,7 +40,7 @@ IMAGE_PROCESSOR_SETTINGS = ("num_crops", "num_img_tokens", "image_mean", "image_
 
 
 def check_num_crops(num_crops, where: str = "num_crops") -> int:
-    """Return `num_crops` if it is an integer in 1..16, else raise a UserError naming `where`."""
+    """Return `num_crops` if it is an integer in 1..MAX_NUM_CROPS, else raise a UserError naming `where`."""
     if isinstance(num_crops, bool) or not isinstance(num_crops, int) or not 1 <= num_crops <= MAX_NUM_CROPS:
         raise UserError(
             f"{where} = {num_crops!r} is not valid: use an integer from 1 to {MAX_NUM_CROPS} "
