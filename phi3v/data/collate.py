@@ -33,17 +33,17 @@ def collate_padded(
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
 
-    def pad(key: str, value: int) -> torch.Tensor:
-        rows = [torch.as_tensor(ex[key], dtype=torch.long) for ex in examples]
+    # torch's pad_sequence, not the tokenizer's pad: callers hold only the pad id, and pad leaves labels ragged
+    def pad(rows: list, value: int) -> torch.Tensor:
+        rows = [torch.as_tensor(row, dtype=torch.long) for row in rows]
         return pad_sequence(rows, batch_first=True, padding_value=value, padding_side=padding_side)  # (B, T)
 
-    input_ids = pad("input_ids", pad_token_id)
-    labels = pad("labels", IGNORE_INDEX)
+    input_ids = pad([ex["input_ids"] for ex in examples], pad_token_id)
+    labels = pad([ex["labels"] for ex in examples], IGNORE_INDEX)
     if mask_pad_id:
         attention_mask = (input_ids != pad_token_id).long()
     else:
-        ones = [torch.ones(len(ex["input_ids"]), dtype=torch.long) for ex in examples]
-        attention_mask = pad_sequence(ones, batch_first=True, padding_value=0, padding_side=padding_side)
+        attention_mask = pad([[1] * len(ex["input_ids"]) for ex in examples], 0)
     pixel_values, image_sizes = _images_of(examples)
     return {
         "input_ids": input_ids,
