@@ -100,7 +100,7 @@ def generate(args) -> str:
 # ---- validate, merge-lora ----------------------------------------------------------------------
 
 def validate(args) -> str:
-    from phi3v.data.records import validate_or_raise
+    from phi3v.data.validation import validate_or_raise
 
     counts = validate_or_raise(args.folder, args.name, eval_split=args.eval_split)
     return f"{args.name} in {args.folder}: OK (" + ", ".join(f"{split}: {n}" for split, n in counts.items()) + ")"

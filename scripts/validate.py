@@ -16,7 +16,7 @@ def link_dataset(source: Path, target: Path, name: str) -> None:
 
 
 def validate():
-    from phi3v.data.records import validate_or_raise
+    from phi3v.data.validation import validate_or_raise
     from phi3v.data.stats import write_stats
 
     name, source, target = snakemake.wildcards.dataset, Path(snakemake.input[0]), Path(snakemake.output[0])

@@ -20,18 +20,10 @@ def strip_answer(text: str) -> str:
     return text.strip().rstrip(".").strip()
 
 
-def normalized_levenshtein(a: str, b: str) -> float:
-    """Levenshtein distance divided by the longer length (0 = equal, 1 = nothing in common)."""
-    longest = max(len(a), len(b))
-    if longest == 0:
-        return 0.0
-    return Levenshtein.distance(a, b) / longest
-
-
 def best_similarity(prediction: str, answers: Iterable[str], threshold: float = ANLS_THRESHOLD) -> float:
     """One question's ANLS on already-normalised strings: 1 - NL of the closest gold answer when
-    NL < threshold, else 0."""
-    distances = [normalized_levenshtein(prediction, gold) for gold in answers]
+    NL < threshold, else 0. NL: the Levenshtein distance over the longer length (0 for two empty strings)."""
+    distances = [Levenshtein.normalized_distance(prediction, gold) for gold in answers]
     return max((1.0 - d for d in distances if d < threshold), default=0.0)
 
 

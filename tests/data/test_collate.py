@@ -1,17 +1,9 @@
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
-from phi3v.data.collate import (
-    PackingSampler,
-    collate_packed,
-    collate_padded,
-    effective_batch_plan,
-    pack_indices,
-)
+from phi3v.data.collate import collate_packed, collate_padded, effective_batch_plan
 from phi3v.errors import UserError
 
 S = 4  # crop size of these examples
@@ -62,38 +54,6 @@ def test_collate_packed_positions_and_boundaries():
     assert "attention_mask" not in batch
     assert batch["pixel_values"].shape == (4, 3, S, S) and batch["image_sizes"].shape == (2, 2)
     assert examples[0]["labels"][0] == 10  # inputs untouched
-
-
-def test_pack_indices_respects_budget_and_keeps_every_sample_once():
-    rng = random.Random(0)
-    for _ in range(50):
-        lengths = [rng.randint(1, 100) for _ in range(rng.randint(1, 40))]
-        packs = pack_indices(lengths, max_tokens=120)
-        assert sorted(i for pack in packs for i in pack) == list(range(len(lengths)))
-        assert all(sum(lengths[i] for i in pack) <= 120 for pack in packs)
-        assert all(pack for pack in packs)
-    assert pack_indices([60, 60, 50, 10], 120) == [[0, 1], [2, 3]]
-    assert pack_indices([100, 30, 20], 120) == [[0, 2], [1]]  # first fit fills earlier packs
-
-
-def test_pack_indices_rejects_sample_over_budget():
-    with pytest.raises(UserError, match="sample 1 has 200 tokens, more than the packing budget of 100"):
-        pack_indices([10, 200, 300], 100)
-
-
-def test_packing_sampler_shards_and_reshuffles():
-    lengths = [random.Random(i).randint(5, 50) for i in range(30)]
-    ranks = [PackingSampler(lengths, 64, seed=3, rank=r, world_size=2) for r in range(2)]
-    packs = [list(s) for s in ranks]
-    assert len(packs[0]) == len(packs[1]) == len(ranks[0])
-    seen = [i for rank_packs in packs for pack in rank_packs for i in pack]
-    assert len(seen) == len(set(seen))  # no sample twice across ranks
-    assert all(sum(lengths[i] for i in pack) <= 64 for rank_packs in packs for pack in rank_packs)
-    first_epoch = list(ranks[0])
-    ranks[0].set_epoch(1)
-    assert list(ranks[0]) != first_epoch
-    ordered = list(PackingSampler(lengths, 64, shuffle=False))
-    assert sorted(i for pack in ordered for i in pack) == list(range(30))
 
 
 def test_effective_batch_plan():

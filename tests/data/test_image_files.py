@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from phi3v.data.dataset import ConversationDataset, load_eval_examples
-from phi3v.data.records import validate_dataset
+from phi3v.data.validation import validate_dataset
 from phi3v.errors import UserError
 from phi3v.image_files import load_image
 from phi3v.image_processing_phi3v import Phi3VImageProcessor

@@ -6,15 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from phi3v.data.records import (
-    Record,
-    Turn,
-    main,
-    read_records,
-    validate_dataset,
-    validate_or_raise,
-    write_records,
-)
+from phi3v.data.records import Record, Turn, read_records, write_records
+from phi3v.data.validation import main, validate_dataset, validate_or_raise
 from phi3v.errors import UserError
 
 from .builders import record, write_lines, write_png

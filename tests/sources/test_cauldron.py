@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from phi3v.data.records import validate_dataset
+from phi3v.data.validation import validate_dataset
 from phi3v.data.sources import cauldron
 from phi3v.errors import UserError
 

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from phi3v.data.records import validate_dataset
-from phi3v.data.sources import docvqa, hub
+from phi3v.data.validation import validate_dataset
+from phi3v.data.sources import docvqa, split_writer
 from phi3v.errors import UserError
 
 from .layouts import (
@@ -118,8 +118,8 @@ def test_interrupted_conversion_leaves_no_output_folder(handmade_raw, tmp_path, 
             raise KeyboardInterrupt
         return real_image_file(data)
 
-    real_image_file = hub.image_file
-    monkeypatch.setattr(hub, "image_file", interrupted)
+    real_image_file = split_writer.image_file
+    monkeypatch.setattr(split_writer, "image_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         docvqa.convert_docvqa(handmade_raw, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

@@ -1,16 +1,13 @@
-"""Hub download helpers (against local hub caches, offline) and raw-image handling."""
+"""Hub download helpers (against local hub caches, offline)."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
-import numpy as np
 import pytest
 from huggingface_hub import constants
 from hub_fixture import use_hub_cache
-from PIL import Image
 
 from phi3v.data.sources import hub
 from phi3v.errors import UserError
@@ -101,33 +98,3 @@ def test_download_file_places_one_file_and_records_the_commit(local_hub, tmp_pat
     assert source["files"]["archive.tar.gz"]["sha256"] == hashlib.sha256(b"0123456789").hexdigest()
     with pytest.raises(UserError, match="'missing.bin' is not a file of org/videos"):
         hub.download_file("org/videos", "missing.bin", tmp_path / "raw2", cache_dir=tmp_path / "cache")
-
-
-def _encoded(image: Image.Image, image_format: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format)
-    return buffer.getvalue()
-
-
-def test_image_file_keeps_png_and_jpeg_bytes_and_reencodes_other_formats():
-    pixels = np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8)
-    image = Image.fromarray(pixels)
-    png, jpeg, bmp = _encoded(image, "PNG"), _encoded(image, "JPEG"), _encoded(image, "BMP")
-    assert hub.image_file(png) == ("png", png)
-    assert hub.image_file(jpeg) == ("jpg", jpeg)
-    extension, payload = hub.image_file(bmp)
-    assert extension == "png" and np.array_equal(np.asarray(Image.open(io.BytesIO(payload))), pixels)
-
-
-@pytest.mark.parametrize("data", [b"", b"not an image", None])
-def test_undecodable_or_missing_images_are_reported(data, tmp_path):
-    png = _encoded(Image.new("RGB", (4, 4)), "PNG")
-    with pytest.raises(hub.CorruptImageError):
-        if data is None:
-            hub.image_bytes({"bytes": None, "path": "nowhere.png"}, tmp_path)
-        else:
-            hub.image_file(data)
-    with pytest.raises(hub.CorruptImageError):
-        hub.image_file(png[: len(png) // 2])  # truncated
-    (tmp_path / "img.png").write_bytes(png)
-    assert hub.image_bytes({"bytes": None, "path": "img.png"}, tmp_path) == png

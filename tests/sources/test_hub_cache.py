@@ -17,7 +17,7 @@ from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
 from safetensors import safe_open
 
 from phi3v.configuration_phi3v import Phi3VConfig
-from phi3v.data.records import validate_dataset
+from phi3v.data.validation import validate_dataset
 from phi3v.data.sources import cauldron, docvqa, hub, ucf101
 from phi3v.hub_cache import MODEL_ID, PHI3_VISION_ID, main
 from phi3v.testing import official_key_shapes

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phi3v.data.records import validate_dataset
-from phi3v.data.sources import pretrain_corpus, synthetic_images, ucf101
+from phi3v.data.validation import validate_dataset
+from phi3v.data.sources import pretrain_corpus, synthetic_images, synthetic_video, ucf101
 from phi3v.errors import UserError
 
 # Prompts and answers of the four fine-tuning tasks: none may appear in the corpus.
@@ -25,7 +25,7 @@ TASK_PROMPT_FRAGMENTS = [
 ]
 TASK_ANSWERS = {
     *(name.lower() for name in ucf101.CLASS_NAMES),
-    *(colour for colour in ucf101.COLOURS),
+    *(colour for colour in synthetic_video.BLOCK_COLOURS),
     *(field.lower() for field in synthetic_images.FORM_FIELDS),
     "yes", "no", "true", "false",
 }
@@ -107,7 +107,7 @@ def test_single_picture_captions_match_the_pixels(corpus):
             fx, fy = pretrain_corpus.POSITIONS[shape["position"]]
             # the shape's centre (a triangle's too) holds its colour
             x, y = round(fx * pretrain_corpus.CANVAS), round(fy * pretrain_corpus.CANVAS)
-            assert tuple(image[y, x]) == ucf101.COLOURS[shape["colour"]], turn["assistant"]
+            assert tuple(image[y, x]) == synthetic_video.BLOCK_COLOURS[shape["colour"]], turn["assistant"]
             assert shape["colour"] != caption["background"]
         objects_checked[len(objects)] += 1
     assert objects_checked[1] >= 3 and objects_checked[2] >= 3
@@ -120,10 +120,10 @@ def test_motion_strips_show_the_captioned_colour_and_direction():
         colour, direction = re.match(r"^a (\w+) block moving from (.+) on a dark background$", caption).groups()
         assert len(frames) in pretrain_corpus.STRIP_LENGTHS
         first, last = (np.asarray(frames[i], dtype=np.int64) for i in (0, -1))
-        target = np.array(ucf101.COLOURS[colour])
+        target = np.array(synthetic_video.BLOCK_COLOURS[colour])
         centres = [np.argwhere((f == target).all(axis=-1)).mean(axis=0) for f in (first, last)]  # (y, x)
         dy, dx = centres[1] - centres[0]
-        step_x, step_y = ucf101.DIRECTIONS[direction]
+        step_x, step_y = synthetic_video.DIRECTIONS[direction]
         for step, moved in ((step_x, dx), (step_y, dy)):
             assert (moved > 3) if step > 0 else (moved < -3) if step < 0 else moved == 0
 

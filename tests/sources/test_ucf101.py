@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phi3v.data.records import validate_dataset
-from phi3v.data.sources import hub, ucf101
+from phi3v.data.validation import validate_dataset
+from phi3v.data.sources import hub, synthetic_video, ucf101
 from phi3v.errors import UserError
 
 from .layouts import LocalHub
@@ -37,7 +37,7 @@ EXPECTED_PROMPT = (
 def grey_counter_video(num_frames: int) -> bytes:
     """An .avi whose frame i is a flat grey of level GREY_BASE + GREY_STEP * i."""
     frames = [np.full((FRAME_H, FRAME_W, 3), GREY_BASE + GREY_STEP * i, np.uint8) for i in range(num_frames)]
-    return ucf101.encode_avi(frames)
+    return synthetic_video.encode_avi(frames)
 
 
 def frame_number(image: Image.Image) -> int:
@@ -52,7 +52,7 @@ def write_archive(raw_dir, videos=FIXTURE_VIDEOS, extra: dict[str, bytes] | None
     files.update(extra or {})
     raw_dir.mkdir(parents=True, exist_ok=True)
     archive = raw_dir / ucf101.ARCHIVE_NAME
-    ucf101.write_tar_gz(archive, files)
+    synthetic_video.write_tar_gz(archive, files)
     if not compressed:  # the hub's file is a plain tar despite its name
         archive.write_bytes(gzip.decompress(archive.read_bytes()))
     return archive
@@ -227,7 +227,7 @@ def test_synthetic_classes_show_their_colour_and_direction(tmp_path):
     summary = ucf101.convert_ucf101(tmp_path / "raw", out)
     assert {split: counts["records"] for split, counts in summary.items()} == {"train": 10, "val": 10, "test": 10}
     assert validate_dataset(out, "ucf101") == []
-    palette = {name: np.array(rgb, dtype=np.float64) for name, rgb in ucf101.COLOURS.items()}
+    palette = {name: np.array(rgb, dtype=np.float64) for name, rgb in synthetic_video.BLOCK_COLOURS.items()}
     for record in read_jsonl(out / "ucf101_val.jsonl"):
         turn = record["conversations"][0]
         colour, direction = ucf101.CLASS_PATTERNS[turn["assistant"]]
@@ -242,7 +242,7 @@ def test_synthetic_classes_show_their_colour_and_direction(tmp_path):
             ys, xs = np.nonzero(block)
             centres.append((xs.mean(), ys.mean()))
         motion = np.subtract(centres[-1], centres[0])
-        dx, dy = ucf101.DIRECTIONS[direction]
+        dx, dy = synthetic_video.DIRECTIONS[direction]
         for step, moved in zip((dx, dy), motion):
             assert (moved > 5) if step > 0 else (moved < -5) if step < 0 else abs(moved) < 2
 

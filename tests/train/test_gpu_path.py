@@ -14,7 +14,7 @@ import torch
 from phi3v.data.records import read_records
 from phi3v.errors import UserError
 from phi3v.modeling_phi3v import Phi3VForCausalLM
-from phi3v.training import devices, strategy
+from phi3v.training import devices
 from phi3v.training import train as train_module
 from phi3v.training.model_setup import build_model, check_run, load_model
 

@@ -28,17 +28,10 @@ import datasets
 
 from phi3v.data.sources import cauldron, synthetic_images
 from phi3v.files import atomic_output_dir
-from phi3v.data.sources.hub import (
-    RawExample,
-    RowLocator,
-    SplitWriter,
-    check_columns,
-    download_snapshot,
-    iter_parquet_rows,
-    parquet_files,
-    synthetic_sizes,
-    write_source_record,
-)
+from phi3v.data.sources.common import synthetic_sizes
+from phi3v.data.sources.hub import download_snapshot, write_source_record
+from phi3v.data.sources.raw_folder import RowLocator, check_columns, iter_parquet_rows, parquet_files
+from phi3v.data.sources.split_writer import RawExample, SplitWriter
 from phi3v.errors import UserError
 
 NAME = "docvqa"

@@ -1,35 +1,25 @@
-"""The hub's dataset layouts: fill a raw folder from the Hugging Face Hub, read it back, write records.
+"""Raw folders from the Hugging Face Hub: download a dataset's or a model's files, record where they came from.
 
 A *raw folder* mirrors a hub dataset repository (same relative paths, same parquet columns), whether
 it was downloaded (`download_snapshot`, `download_file`) or generated for the demo. `SOURCE.json`
 at its root says where the files came from: the repository and the resolved commit, or the generator.
-The converters read raw folders with `iter_parquet_rows` and write recipe records with `SplitWriter`.
+The converters read raw folders with `phi3v.data.sources.raw_folder` and write recipe records with
+`phi3v.data.sources.split_writer`.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import re
 import shutil
-from bisect import bisect_right
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import datasets
 import huggingface_hub
-import pyarrow.parquet as pq
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.utils import filter_repo_objects
-from PIL import Image, UnidentifiedImageError
 
-from phi3v.data.sources.common import record_id, write_jsonl
 from phi3v.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 SOURCE_FILE = "SOURCE.json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -53,28 +43,11 @@ _HUB_ERRORS = tuple(
 ) + (OSError,)
 
 
-# ---------------------------------------------------------------------------------------------
-# Download
-# ---------------------------------------------------------------------------------------------
-
-
 def write_source_record(raw_dir: str | os.PathLike, record: dict) -> Path:
     """Write `raw_dir/SOURCE.json` (sorted keys, so identical sources give identical files)."""
     path = Path(raw_dir) / SOURCE_FILE
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
-
-
-def synthetic_sizes(sizes: dict, splits: tuple[str, ...], task: str) -> dict[str, int]:
-    """`sizes` of a synthetic dataset checked before anything is written: a positive int per split."""
-    expected = "{" + ", ".join(f"'{split}': int" for split in splits) + "}"
-    try:
-        counts = {split: int(sizes[split]) for split in splits}
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"sizes for synthetic {task} must be {expected}, got {sizes!r}.") from error
-    if min(counts.values()) < 1:
-        raise UserError(f"sizes for synthetic {task} must be positive, got {sizes!r}.")
-    return counts
 
 
 def read_source_record(raw_dir: str | os.PathLike) -> dict | None:
@@ -268,185 +241,3 @@ def download_model(
 
 def _relative_files(folder: Path) -> list[str]:
     return [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a raw folder
-# ---------------------------------------------------------------------------------------------
-
-
-def parquet_files(raw_dir: str | os.PathLike, pattern: str, *, fix: str) -> list[Path]:
-    """The raw folder's parquet shards matching `pattern`, in shard order; UserError when there are none."""
-    files = sorted(Path(raw_dir).glob(pattern))
-    if not files:
-        raise UserError(f"{raw_dir}: no file matches '{pattern}'. {fix}")
-    return files
-
-
-def check_columns(files: list[Path], required: list[str], *, fix: str) -> None:
-    """Every shard holds the hub's columns (extra columns are fine)."""
-    for path in files:
-        try:
-            names = pq.read_schema(path).names
-        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise UserError(f"{path}: not a readable parquet file ({error}). {fix}") from error
-        missing = [name for name in required if name not in names]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {missing} (has {names}). {fix}")
-
-
-@dataclass(frozen=True)
-class RowLocator:
-    """Maps a row index over several shards back to `file row N`, for messages that name the culprit."""
-
-    files: list[Path]
-    starts: list[int]
-
-    @classmethod
-    def for_files(cls, files: list[Path]) -> "RowLocator":
-        starts, total = [], 0
-        for path in files:
-            starts.append(total)
-            total += pq.ParquetFile(path).metadata.num_rows
-        return cls(files, starts + [total])
-
-    @property
-    def num_rows(self) -> int:
-        return self.starts[-1]
-
-    def describe(self, index: int) -> str:
-        shard = bisect_right(self.starts, index) - 1
-        return f"{self.files[shard]} row {index - self.starts[shard]}"
-
-
-class CorruptImageError(Exception):
-    """An image of the raw data that does not decode."""
-
-
-def image_bytes(image: dict | None, parquet_dir: Path) -> bytes:
-    """The encoded bytes of a hub image struct `{bytes, path}` (`path` relative to the parquet file)."""
-    if image is None:
-        raise CorruptImageError("the image is missing (null)")
-    if image.get("bytes"):
-        return image["bytes"]
-    path = image.get("path")
-    if path and (parquet_dir / path).is_file():
-        return (parquet_dir / path).read_bytes()
-    raise CorruptImageError(f"the image has no bytes and its path {path!r} does not exist")
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Fully decode encoded image bytes (a truncated file fails here, not later in training)."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise CorruptImageError(f"{type(error).__name__}: {error}") from error
-    return image
-
-
-def image_file(data: bytes) -> tuple[str, bytes]:
-    """(extension, bytes) to store an image: PNG and JPEG unchanged, so the pixels stay exactly the
-    hub's; any other format re-encoded as PNG. Raises CorruptImageError for bytes that do not decode."""
-    image = decode_image(data)
-    if image.format == "JPEG":
-        return "jpg", data
-    if image.format == "PNG":
-        return "png", data
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "png", buffer.getvalue()
-
-
-def iter_parquet_rows(files: list[Path], image_columns: dict) -> Iterator[dict]:
-    """Rows of the shards in order, read with `datasets` (streaming: no second copy in an Arrow cache).
-
-    `image_columns` maps a column to its undecoded image feature (`Image(decode=False)` or a list of
-    them), so rows carry the images as `{bytes, path}` whether or not the parquet has HF metadata.
-    """
-    dataset = datasets.load_dataset(
-        "parquet", data_files={"train": [str(p) for p in files]}, split="train", streaming=True
-    )
-    for column, feature in image_columns.items():
-        dataset = dataset.cast_column(column, feature)
-    yield from dataset
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing recipe records
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RawExample:
-    """One row of a raw folder, ready to become a record: its turns and its images (hub structs)."""
-
-    index: int  # the row's index in its hub split: the record id is `<split>-<index>`
-    where: str  # `file row N`, to name the row in messages
-    turns: list[tuple[str, str]]  # (user, assistant), user text without image tags
-    images: list[dict]
-    parquet_dir: Path
-    answers: list[str] | None = None
-
-
-def conversation(turns: list[tuple[str, str]], image_paths: list[str]) -> list[dict]:
-    """The recipe's `conversations`: every image on the first turn, later turns text only.
-
-    The user text carries no `<|image_k|>` tags, as in the recipe's converted files: loading adds
-    them (`phi3v.data.dataset.with_image_tags`), so a custom dataset without tags works the same.
-    """
-    (first_user, first_assistant), later = turns[0], turns[1:]
-    first = {"images": image_paths, "user": first_user, "assistant": first_assistant}
-    return [first] + [{"images": [], "user": user, "assistant": assistant} for user, assistant in later]
-
-
-class SplitWriter:
-    """Collects one split's records and saves their images as `images/<split>/<id>.<k>.<ext>`.
-
-    A row whose image does not decode raises UserError naming the row, or is skipped (and counted)
-    with `skip_corrupt=True`. `finish()` writes `<name>_<split>.jsonl`.
-    """
-
-    def __init__(self, out_dir: Path, name: str, split: str, source: str, *, skip_corrupt: bool):
-        self.out_dir, self.name, self.split, self.source = Path(out_dir), name, split, source
-        self.skip_corrupt = skip_corrupt
-        self.records: list[dict] = []
-        self.skipped: list[str] = []
-
-    def add(self, example: RawExample) -> None:
-        files = []
-        for k, image in enumerate(example.images):
-            try:
-                files.append(image_file(image_bytes(image, example.parquet_dir)))
-            except CorruptImageError as error:
-                message = f"{example.where}: image {k} is corrupt ({error})"
-                if not self.skip_corrupt:
-                    raise UserError(
-                        f"{message}. Re-download the raw data, or convert with skip_corrupt=True "
-                        "to skip such rows."
-                    ) from error
-                logger.warning("%s; row skipped", message)
-                self.skipped.append(example.where)
-                return
-        rid = record_id(self.split, example.index)
-        paths = []
-        for k, (extension, payload) in enumerate(files):
-            relative = f"{self.split}/{rid}.{k}.{extension}"
-            target = self.out_dir / "images" / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(payload)
-            paths.append(relative)
-        record = {"id": rid, "source": self.source, "conversations": conversation(example.turns, paths)}
-        if example.answers is not None:
-            record["answers"] = list(example.answers)
-        self.records.append(record)
-
-    def finish(self) -> dict:
-        """Write the jsonl; return `{"records": n, "skipped_corrupt": n}`."""
-        if not self.records:
-            raise UserError(
-                f"the {self.split} split of {self.name} is empty after conversion; check the raw "
-                "data and the split sizes."
-            )
-        write_jsonl(self.out_dir / f"{self.name}_{self.split}.jsonl", self.records)
-        return {"records": len(self.records), "skipped_corrupt": len(self.skipped)}

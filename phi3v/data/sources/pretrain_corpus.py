@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from phi3v.data.sources import hub
-from phi3v.data.sources.common import record_id, write_jsonl
-from phi3v.files import atomic_output_dir
-from phi3v.data.sources.ucf101 import COLOURS, DIRECTIONS, SYNTHETIC_FRAME_RANGE, frame_indices, moving_block_frames
+from phi3v.data.sources.common import conversation, record_id, write_jsonl
+from phi3v.data.sources.synthetic_video import BLOCK_COLOURS, CLIP_LENGTHS, DIRECTIONS, moving_block_frames
+from phi3v.data.sources.ucf101 import frame_indices
 from phi3v.errors import UserError
+from phi3v.files import atomic_output_dir
 
 NAME = "pretrain"
 CANVAS = 64  # side of single and paired pictures, in pixels
@@ -65,24 +65,24 @@ def shapes_picture(rng: np.random.Generator, num_objects: int = 1) -> tuple[Imag
     draw = ImageDraw.Draw(image)
     phrases = []
     for position in positions:
-        colour = _pick(rng, [name for name in COLOURS if name != background])
+        colour = _pick(rng, [name for name in BLOCK_COLOURS if name != background])
         shape = _pick(rng, SHAPES)
         # several objects stay small so they never overlap
         size = _pick(rng, SIZES) if num_objects == 1 else "small"
         fx, fy = POSITIONS[position]
         jitter = rng.uniform(-0.03, 0.03, size=2)
         centre = ((fx + jitter[0]) * CANVAS, (fy + jitter[1]) * CANVAS)
-        _draw_shape(draw, shape, COLOURS[colour], centre, SIZES[size] * CANVAS)
+        _draw_shape(draw, shape, BLOCK_COLOURS[colour], centre, SIZES[size] * CANVAS)
         phrases.append(f"a {size} {colour} {shape} {position}")
     return image, f"{' and '.join(phrases)} on a {background} background"
 
 
 def motion_strip(rng: np.random.Generator) -> tuple[list[Image.Image], str]:
     """Frames sampled from a clip of a moving block, the way video frames are sampled, and a caption."""
-    colour = _pick(rng, COLOURS)
+    colour = _pick(rng, BLOCK_COLOURS)
     direction = _pick(rng, DIRECTIONS)
-    clip_length = int(rng.integers(SYNTHETIC_FRAME_RANGE[0], SYNTHETIC_FRAME_RANGE[1] + 1))
-    clip = moving_block_frames(rng, COLOURS[colour], DIRECTIONS[direction], clip_length)
+    clip_length = int(rng.integers(CLIP_LENGTHS[0], CLIP_LENGTHS[1] + 1))
+    clip = moving_block_frames(rng, BLOCK_COLOURS[colour], DIRECTIONS[direction], clip_length)
     shown = frame_indices(clip_length, _pick(rng, STRIP_LENGTHS))
     return [Image.fromarray(clip[i]) for i in shown], f"a {colour} block moving from {direction} on a dark background"
 
@@ -107,7 +107,7 @@ def corpus_record(rng: np.random.Generator, split: str, index: int, images_dir: 
     return {
         "id": record_id(split, index),
         "source": NAME,
-        "conversations": hub.conversation([(prompt, caption)], list(pictures)),
+        "conversations": conversation([(prompt, caption)], list(pictures)),
     }
 
 

@@ -8,13 +8,12 @@ came from the hub or from `synthesize_ucf101`. Conversion samples 8 frames a vid
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import os
 import tarfile
 import tempfile
 import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable
 
 import av
@@ -22,10 +21,17 @@ import numpy as np
 from PIL import Image
 
 from phi3v.data.sources import hub
-from phi3v.data.sources.common import record_id, write_jsonl
-from phi3v.files import atomic_output_dir, atomic_path
-from phi3v.data.sources.synthetic_images import COLOURS as TASK_COLOURS
+from phi3v.data.sources.common import conversation, record_id, write_jsonl
+from phi3v.data.sources.synthetic_video import (
+    BLOCK_COLOURS,
+    CLIP_LENGTHS,
+    DIRECTIONS,
+    encode_avi,
+    moving_block_frames,
+    write_tar_gz,
+)
 from phi3v.errors import UserError
+from phi3v.files import atomic_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -37,25 +43,6 @@ SPLITS = ("train", "val", "test")
 FRAMES_PER_VIDEO = 8
 
 # The synthetic subset: one class per colour of a moving block, each with its own direction of motion.
-# Colours: the demo tasks' six plus four more, one per class.
-COLOURS = {
-    **TASK_COLOURS,
-    "magenta": (215, 50, 200),
-    "cyan": (40, 205, 215),
-    "white": (245, 245, 245),
-    "brown": (130, 80, 40),
-}
-# direction name -> (dx, dy) unit steps in image coordinates (y grows downwards)
-DIRECTIONS = {
-    "left to right": (1, 0),
-    "right to left": (-1, 0),
-    "top to bottom": (0, 1),
-    "bottom to top": (0, -1),
-    "top left to bottom right": (1, 1),
-    "bottom right to top left": (-1, -1),
-    "top right to bottom left": (-1, 1),
-    "bottom left to top right": (1, -1),
-}
 CLASS_PATTERNS = {
     "ApplyEyeMakeup": ("red", "left to right"),
     "ApplyLipstick": ("green", "right to left"),
@@ -70,10 +57,6 @@ CLASS_PATTERNS = {
 }
 CLASS_NAMES = tuple(sorted(CLASS_PATTERNS))
 DEFAULT_VIDEOS_PER_CLASS = {"train": 30, "val": 3, "test": 8}
-SYNTHETIC_FRAME_SIZE = (80, 60)  # (width, height): 4:3 like the real 320x240 clips
-SYNTHETIC_FRAME_RANGE = (12, 20)  # frames a clip, inclusive
-SYNTHETIC_FPS = 10
-
 
 # ---------------------------------------------------------------------------------------------
 # Download
@@ -199,7 +182,7 @@ def _video_record(index: int, split: str, class_name: str, video_path: Path, que
     return {
         "id": record_id(split, index),
         "source": SOURCE_NAME,
-        "conversations": hub.conversation([(question, class_name)], frames),
+        "conversations": conversation([(question, class_name)], frames),
     }
 
 
@@ -265,76 +248,6 @@ def convert_ucf101(
 # ---------------------------------------------------------------------------------------------
 
 
-def moving_block_frames(
-    rng: np.random.Generator,
-    colour: tuple[int, int, int],
-    direction: tuple[int, int],
-    num_frames: int,
-    size: tuple[int, int] = SYNTHETIC_FRAME_SIZE,
-) -> list[np.ndarray]:
-    """Frames (H, W, 3) uint8 of a square block of `colour` crossing a dark background along `direction`."""
-    width, height = size
-    side = int(rng.integers(height // 5, height // 3 + 1))
-    background = np.array([int(rng.integers(25, 70))] * 3, dtype=np.uint8)
-    # the block travels most of the free span along each moving axis; a static axis gets a random offset
-    starts, ends = [], []
-    for step, extent in zip(direction, (width, height)):
-        free = extent - side
-        travel = int(free * rng.uniform(0.6, 0.9)) if step else 0
-        low = int(rng.integers(0, free - travel + 1))
-        start, end = (free - low, free - low - travel) if step < 0 else (low, low + travel)
-        starts.append(start)
-        ends.append(end)
-    frames = []
-    for t in np.linspace(0.0, 1.0, num_frames):
-        x = round(starts[0] + t * (ends[0] - starts[0]))
-        y = round(starts[1] + t * (ends[1] - starts[1]))
-        frame = np.empty((height, width, 3), dtype=np.uint8)
-        frame[:] = background
-        frame[y : y + side, x : x + side] = colour
-        frames.append(frame)
-    return frames
-
-
-def encode_avi(frames: list[np.ndarray], fps: int = SYNTHETIC_FPS) -> bytes:
-    """Encode RGB frames (H, W, 3) as an MPEG-4 Part 2 .avi; single-threaded so the bytes are reproducible."""
-    height, width = frames[0].shape[:2]
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="avi") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.bit_rate = 500_000
-        stream.codec_context.thread_count = 1
-        for array in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode())  # flush the encoder
-    return buffer.getvalue()
-
-
-def _tar_entry(name: str, size: int | None = None) -> tarfile.TarInfo:
-    """A tar entry with fixed owner, mode and time, so the archive bytes depend only on the contents."""
-    info = tarfile.TarInfo(name)
-    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-    if size is None:
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-    else:
-        info.size, info.mode = size, 0o644
-    return info
-
-
-def write_tar_gz(path: Path, files: dict[str, bytes]) -> None:
-    """Write `files` (archive name -> bytes, with their parent folders) as a reproducible .tar.gz, atomically."""
-    top = PurePosixPath(".")
-    folders = sorted({parent.as_posix() for name in files for parent in PurePosixPath(name).parents if parent != top})
-    with atomic_path(path) as tmp_path, open(tmp_path, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for folder in folders:
-                    tar.addfile(_tar_entry(folder))
-                for name in sorted(files):
-                    tar.addfile(_tar_entry(name, len(files[name])), io.BytesIO(files[name]))
-
-
 def _videos_per_class(sizes: dict) -> dict[str, int]:
     """`sizes` ({"train": n, "val": n, "test": n} videos per class) checked, in split order."""
     if not isinstance(sizes, dict) or set(sizes) != set(SPLITS):
@@ -366,8 +279,8 @@ def synthesize_ucf101(raw_dir: str | os.PathLike, seed: int, sizes: dict[str, in
         for split_index, split in enumerate(SPLITS):
             for video_index in range(counts[split]):
                 rng = np.random.default_rng([seed, class_index, split_index, video_index])
-                num_frames = int(rng.integers(SYNTHETIC_FRAME_RANGE[0], SYNTHETIC_FRAME_RANGE[1] + 1))
-                frames = moving_block_frames(rng, COLOURS[colour_name], DIRECTIONS[direction_name], num_frames)
+                num_frames = int(rng.integers(CLIP_LENGTHS[0], CLIP_LENGTHS[1] + 1))
+                frames = moving_block_frames(rng, BLOCK_COLOURS[colour_name], DIRECTIONS[direction_name], num_frames)
                 group, clip = divmod(clip_number, 4)
                 name = f"{ARCHIVE_ROOT}/{split}/{class_name}/v_{class_name}_g{group + 1:02d}_c{clip + 1:02d}.avi"
                 files[name] = encode_avi(frames)
