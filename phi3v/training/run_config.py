@@ -298,22 +298,23 @@ def setting_labels() -> dict[str, str]:
             if field.metadata["label"]}
 
 
-def loads_bf16(attention: str) -> bool:
-    """The recipe loads the model in bf16 with flash attention and in fp32 otherwise (its fp16 rows:
-    fp32 weights under fp16 mixed precision). SDPA counts as flash: this project uses it only in
-    flash's place where flash-attn cannot run (the demo, CPUs); the recipe never uses it."""
-    return attention in ("flash_attention_2", "sdpa")
+def load_precision(run: RunConfig) -> str:
+    """The precision the base weights are loaded in (the one loading rule): the recipe loads the model in
+    bf16 with flash attention and in fp32 otherwise (its fp16 rows: fp32 weights under fp16 mixed
+    precision). SDPA counts as flash: this project uses it only in flash's place where flash-attn
+    cannot run (the demo, CPUs); the recipe never uses it. An fp16 run loads fp32 whatever its attention."""
+    return "bf16" if run.attention in ("flash_attention_2", "sdpa") and run.precision == "bf16" else "fp32"
 
 
 def evaluation_precision(run: RunConfig) -> str:
     """The precision a trained run is evaluated in, as the recipe evaluates it after training.
 
     Full-parameter runs: the model DeepSpeed trained, cast in place to the run's precision.
-    LoRA/QLoRA: the adapter on the base reloaded by the loading rule (`loads_bf16`, never quantised):
+    LoRA/QLoRA: the adapter on the base reloaded by the loading rule (`load_precision`, never quantised):
     bf16 with flash attention, else fp32 (so an fp16 LoRA run is evaluated in fp32).
     """
-    if run.strategy.is_lora and not loads_bf16(run.attention):
-        return "fp32"
+    if run.strategy.is_lora:
+        return load_precision(run)
     return run.precision
 
 

@@ -22,6 +22,7 @@ import yaml
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN
 from phi3v.data import recipe_train_turns
+from phi3v.data.sources import TASK_MODULES
 from phi3v.training.run_config import RunConfig, evaluation_precision
 from phi3v.workflow import matrix
 from phi3v.workflow.preflight import yaml_error_message
@@ -31,7 +32,7 @@ SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
 # docvqa_full: the recipe's --full_train; docvqa_val: DocVQA validation for lmms-eval's protocol (no train split)
-TASKS = ("docvqa", "docvqa_full", "docvqa_val", "hateful_memes", "nlvr2", "ucf101")
+TASKS = tuple(TASK_MODULES)  # every task a converter reads
 DOCVQA_TASKS = ("docvqa", "docvqa_full")  # the tasks whose tables lmms-eval's protocol adds a column to
 LMMS_EVAL_TASK = "docvqa_val"
 LMMS_EVAL_REPO = "lmms-lab-encoder/DocVQA"
