@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 from phi3v.data import recipe_train_turns
 from phi3v.layout import BASE_RUN
 from phi3v.reporting.recipe_tables import RECIPE_TABLE_MODEL
+from phi3v.training.run_config import NOT_TRAJECTORY
 
 TRAIN, EVALUATION, SPEED = "train", "evaluation", "speed"  # what a departure touches
 RECIPE_SEED = 42  # HF Trainer's default: the scripts set none
@@ -189,6 +190,8 @@ DEPARTURES: tuple[Departure, ...] = (
 # Settings that are no departure: compared in the tables' own columns and notes, limits a row's note
 # states, or settings that change no number (every schema key of runs and evaluation is here or above).
 NOT_DEPARTURES = {
+    # run fields declared not to change the weights (RunConfig's `trajectory=False`) change no number
+    **{f"train.{name}": "changes no number (not in the checkpoint fingerprint)" for name in NOT_TRAJECTORY},
     "train.strategy": "the table's Training method column",
     "train.precision": "the table's data type column",
     "train.learning_rate": "compared in the row's note (differs: lr ...)",
