@@ -190,6 +190,10 @@ class RunConfig:
     frozen_vision_no_grad: bool = setting(
         False, kind=OPTION, speed_row=True, speed_only=True, label="frozen vision without autograd",
         about="a vision tower without trainable weights runs without autograd")
+    dataloader_workers: int | None = setting(
+        None, minimum=0, kind=OPTION, trajectory=False, speed_only=True,
+        about="worker processes that decode and collate the training batches ahead of the step (GPU runs want "
+              "4-8; null: 4, at most the CPUs, on a CUDA machine, 0 elsewhere); the same batches in the same order")
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
