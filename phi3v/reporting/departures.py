@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from phi3v.data import recipe_train_turns
 from phi3v.layout import BASE_RUN
 from phi3v.reporting.recipe_tables import RECIPE_TABLE_MODEL
-from phi3v.training.run_config import NOT_TRAJECTORY
+from phi3v.training.run_config import NOT_TRAJECTORY, option_notes
 
 TRAIN, EVALUATION, SPEED = "train", "evaluation", "speed"  # what a departure touches
 RECIPE_SEED = 42  # HF Trainer's default: the scripts set none
@@ -125,12 +125,7 @@ DEPARTURES: tuple[Departure, ...] = (
     Departure("train.lora_dropout", "0.0 (--lora_dropout)",
               lambda c, r: f"LoRA dropout {r.get('lora_dropout')}",
               lambda c, r: _is_lora(r) and r.get("lora_dropout", 0.0) != 0.0),
-    _option("packing", "packed micro-batches (one row, no padding)"),
-    _option("memory_budget_gib", "per-device batch and checkpointed layers fitted to {value} GiB"),
-    _option("checkpointed_layers", "only the first {value} decoder layers checkpointed"),
-    _option("compile_layers", "torch.compile'd layers"),
-    _option("fused_kernels", "Liger's fused kernels"),
-    _option("frozen_vision_no_grad", "frozen vision tower run without autograd"),
+    *(_option(field, note) for field, note in option_notes().items()),  # each declared with its note
     # ---- evaluation settings --------------------------------------------------------------------
     Departure("evaluation.batch_size", "1 example at a time",
               lambda c, r: f"evaluated {_evaluation(c).get('batch_size')} examples at a time, left-padded "

@@ -82,17 +82,18 @@ RECIPE, RECIPE_SETTING, OPTION, JOB = "recipe", "recipe_setting", "option", "job
 
 def setting(default=dataclasses.MISSING, *, about: str = "", choices: tuple | None = None, minimum=None,
             above=None, maximum=None, kind: str = RECIPE, speed_row: bool = False, trajectory: bool = True,
-            speed_only: bool = False, label: str | None = None):
+            speed_only: bool = False, label: str | None = None, note: str | None = None):
     """A RunConfig field with what the rest of the project derives from it.
 
     kind: RECIPE (the recipe's settings, every resolved run config has them), RECIPE_SETTING (the recipe's
     behaviour made a setting later: absent, the recipe's value), OPTION (beyond the recipe, absent: off),
     JOB (names the run; not a preset setting). speed_row: a speed row may set it. trajectory: it changes
     the weights (enters the checkpoint fingerprint). speed_only: changes how fast a step runs, never what
-    it computes (README's table). label: the speed table's words for it when on.
+    it computes (README's table). label: the speed table's words for it when on. note: the tables' note
+    on the rows that turn it on (`{value}`: its value), a departure from the recipe.
     """
     metadata = dict(about=about, choices=choices, minimum=minimum, above=above, maximum=maximum, kind=kind,
-                    speed_row=speed_row, trajectory=trajectory, speed_only=speed_only, label=label)
+                    speed_row=speed_row, trajectory=trajectory, speed_only=speed_only, label=label, note=note)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -130,7 +131,7 @@ class RunConfig:
     max_grad_norm: float = setting(1.0, above=0)
     gradient_checkpointing: bool = setting(True, speed_row=True)
     packing: bool = setting(
-        False, speed_row=True, speed_only=True, label="packed",
+        False, speed_row=True, speed_only=True, label="packed", note="packed micro-batches (one row, no padding)",
         about="one row per micro-batch without padding; fast with flash_attention_2 (its varlen kernel); sdpa "
               "and eager attend through a dense block-diagonal mask instead, slower than padding")
     checkpoint_every: int | None = setting(None, minimum=1, trajectory=False)
@@ -176,19 +177,24 @@ class RunConfig:
     # Beyond the recipe, off by default (phi3v.training.optimizations, phi3v.training.memory_fit):
     memory_budget_gib: float | None = setting(
         None, above=0, kind=OPTION, speed_row=True, speed_only=True,
+        note="per-device batch and checkpointed layers fitted to {value} GiB",
         about="a short probe picks the largest per-device batch and the fewest checkpointed decoder layers "
               "that fit this many GiB (the effective batch stays batch_size)")
     checkpointed_layers: int | None = setting(
         None, minimum=0, kind=OPTION, speed_row=True, speed_only=True,
+        note="only the first {value} decoder layers checkpointed",
         about="with gradient_checkpointing, recompute only the first N decoder layers (null: all)")
     compile_layers: bool = setting(
         False, kind=OPTION, speed_row=True, speed_only=True, label="compiled layers",
+        note="torch.compile'd layers",
         about="torch.compile each decoder and CLIP layer")
     fused_kernels: bool = setting(
         False, kind=OPTION, speed_row=True, speed_only=True, label="Liger kernels",
+        note="Liger's fused kernels",
         about="Liger's fused RMSNorm, SwiGLU and RoPE (needs liger-kernel and a CUDA GPU; refused otherwise)")
     frozen_vision_no_grad: bool = setting(
         False, kind=OPTION, speed_row=True, speed_only=True, label="frozen vision without autograd",
+        note="frozen vision tower run without autograd",
         about="a vision tower without trainable weights runs without autograd")
     dataloader_workers: int | None = setting(
         None, minimum=0, kind=OPTION, trajectory=False, speed_only=True,
@@ -294,6 +300,11 @@ RECIPE_SETTING_FIELDS = _fields_where(kind=RECIPE_SETTING)
 # Run fields a speed row may set (this project's best settings); the recipe's rows set none.
 ROW_SETTINGS = _fields_where(speed_row=True)
 NOT_TRAJECTORY = _fields_where(trajectory=False)  # fields that do not change the weights
+
+
+def option_notes() -> dict[str, str]:
+    """Run field -> the tables' note on the rows that turn it on (settings beyond the recipe's step)."""
+    return {field.name: field.metadata["note"] for field in dataclasses.fields(RunConfig) if field.metadata["note"]}
 
 
 def setting_labels() -> dict[str, str]:
