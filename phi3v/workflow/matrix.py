@@ -2,7 +2,8 @@
 
 A run row becomes one `RunConfig` (the recipe's defaults, then the preset's `train` section, the
 row, `run_overrides`); the config keeps it as plain data (`RunConfig.to_dict()` plus `skip_reason`),
-because Snakemake's config must stay plain. A row the hardware cannot run gets a `skip_reason`, or
+because Snakemake's config must stay plain. A speed row keeps its id, nodes, GPUs and `settings` beside
+the RunConfig it trains with (`run_config`, from `phi3v.training.run_config.speed_run`). A row the hardware cannot run gets a `skip_reason`, or
 an error when the preset says `on_unsupported: error`, unless `attention_fallback` names an
 attention it can run instead: then the row runs with that one (its id says so) and keeps the preset's
 choice in `configured_attention`, which the tables' notes show.
