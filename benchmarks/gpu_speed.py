@@ -240,12 +240,16 @@ def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, ste
     process (a fresh CUDA context, DeepSpeed and compile state per row, as a workflow job has);
     stopped after `timeout_s`."""
     from phi3v.launch import launch_command
+    from phi3v.training.run_config import speed_run
 
     result_json = out / f"{row['row']}.json"
-    command = launch_command(["phi3v.training.speed", "--row-json", json.dumps(row), "--base-model", str(base),
-                              "--data-dir", str(data), "--dataset", DATASET, "--num-crops", str(num_crops),
-                              "--weights", "pretrained", "--steps", str(steps), "--warmup", str(warmup),
-                              "--out", str(result_json)], processes_per_node=1)
+    # the workflow's speed defaults: learning rate 1e-5, LoRA rank 64 (schemas/config.schema.yaml `speed`)
+    speed = {"dataset": DATASET, "num_crops": num_crops, "steps": steps, "warmup": warmup,
+             "learning_rate": 1e-5, "lora_rank": 64}
+    command = launch_command(["phi3v.training.speed", "--row", row["row"], "--run-json",
+                              speed_run(row, speed).to_json(), "--base-model", str(base), "--data-dir", str(data),
+                              "--weights", "pretrained", "--warmup", str(warmup), "--out", str(result_json)],
+                             processes_per_node=1)
     start = time.perf_counter()
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)

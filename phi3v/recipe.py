@@ -22,7 +22,7 @@ from typing import Sequence
 from phi3v.errors import UserError, entry_point
 from phi3v.layout import BASE_RUN, MODEL
 from phi3v.model_sizes import MAX_NUM_CROPS
-from phi3v.training.run_config import TRACKERS, RunConfig, Strategy, evaluation_precision, loads_bf16, run_id
+from phi3v.training.run_config import TRACKERS, RunConfig, Strategy, evaluation_precision, load_precision, run_id
 from phi3v.data import recipe_train_turns
 
 DEFAULT_MODEL = "microsoft/Phi-3.5-vision-instruct"  # the scripts' default since the Phi-3.5 release
@@ -301,7 +301,7 @@ def run_recipe(task: str, args: argparse.Namespace) -> dict:
     scores = {}
     if not args.skip_eval:
         # the model as the script loads it: bf16 with flash attention, else fp32; QLoRA: the 4-bit model
-        as_loaded = "bf16" if loads_bf16(run.attention) else "fp32"
+        as_loaded = load_precision(run)
         quantization = quantization_config(run) if run.strategy is Strategy.QLORA else None
         scores["before"] = evaluate_model(base_model, BASE_RUN, "eval_before", as_loaded, quantization)
         if state.is_main_process:

@@ -17,11 +17,8 @@ rule benchmark_speed:
     benchmark:
         layout.benchmark("speed", "{row}")
     params:
-        row=lambda wildcards: settings.speed_row(config, wildcards.row),
-        dataset=config["speed"]["dataset"],
-        num_crops=config["speed"]["num_crops"],
+        run_json=speed_run_json,
         weights=config["speed"]["weights"],
-        steps=config["speed"]["steps"],
         warmup=config["speed"]["warmup"],
         launch=speed_row_launch,
     threads: resources_of("benchmark")["threads"]

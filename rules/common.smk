@@ -131,7 +131,10 @@ def run_priority(wildcards):
     return settings.run_config(config, wildcards.dataset, wildcards.run).epochs
 
 def run_json(wildcards):
-    return settings.run_config(config, wildcards.dataset, wildcards.run).to_json()
+    return settings.run_json(settings.run_spec(config, wildcards.dataset, wildcards.run))
+
+def speed_run_json(wildcards):
+    return settings.run_json(settings.speed_row(config, wildcards.row)["run_config"])
 
 def launch_options(nodes, processes_per_node, gpus):
     """How a job starts its processes: the options of phi3v.launch.launcher_command."""

@@ -1,7 +1,6 @@
 """One row of the speed table: img/s, tokens/s, peak memory and MFU on the benchmark shape,
 measured by `python -m phi3v.training.speed` under the launcher, as training runs."""
 
-import json
 import os
 import sys
 
@@ -15,13 +14,11 @@ def benchmark_speed():
 
     command = launcher_command([
         "phi3v.training.speed",
-        "--row-json", json.dumps(dict(snakemake.params.row)),
+        "--row", snakemake.wildcards.row,
+        "--run-json", snakemake.params.run_json,
         "--base-model", snakemake.input.base_model,
         "--data-dir", snakemake.input.data,
-        "--dataset", snakemake.params.dataset,
-        "--num-crops", str(snakemake.params.num_crops),
         "--weights", snakemake.params.weights,
-        "--steps", str(snakemake.params.steps),
         "--warmup", str(snakemake.params.warmup),
         "--out", snakemake.output[0],
     ], **snakemake.params.launch)

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 from phi3v.data import recipe_train_turns
 from phi3v.layout import BASE_RUN
 from phi3v.reporting.recipe_tables import RECIPE_TABLE_MODEL
+from phi3v.training.run_config import NOT_TRAJECTORY, option_notes
 
 TRAIN, EVALUATION, SPEED = "train", "evaluation", "speed"  # what a departure touches
 RECIPE_SEED = 42  # HF Trainer's default: the scripts set none
@@ -124,12 +125,7 @@ DEPARTURES: tuple[Departure, ...] = (
     Departure("train.lora_dropout", "0.0 (--lora_dropout)",
               lambda c, r: f"LoRA dropout {r.get('lora_dropout')}",
               lambda c, r: _is_lora(r) and r.get("lora_dropout", 0.0) != 0.0),
-    _option("packing", "packed micro-batches (one row, no padding)"),
-    _option("memory_budget_gib", "per-device batch and checkpointed layers fitted to {value} GiB"),
-    _option("checkpointed_layers", "only the first {value} decoder layers checkpointed"),
-    _option("compile_layers", "torch.compile'd layers"),
-    _option("fused_kernels", "Liger's fused kernels"),
-    _option("frozen_vision_no_grad", "frozen vision tower run without autograd"),
+    *(_option(field, note) for field, note in option_notes().items()),  # each declared with its note
     # ---- evaluation settings --------------------------------------------------------------------
     Departure("evaluation.batch_size", "1 example at a time",
               lambda c, r: f"evaluated {_evaluation(c).get('batch_size')} examples at a time, left-padded "
@@ -189,6 +185,8 @@ DEPARTURES: tuple[Departure, ...] = (
 # Settings that are no departure: compared in the tables' own columns and notes, limits a row's note
 # states, or settings that change no number (every schema key of runs and evaluation is here or above).
 NOT_DEPARTURES = {
+    # run fields declared not to change the weights (RunConfig's `trajectory=False`) change no number
+    **{f"train.{name}": "changes no number (not in the checkpoint fingerprint)" for name in NOT_TRAJECTORY},
     "train.strategy": "the table's Training method column",
     "train.precision": "the table's data type column",
     "train.learning_rate": "compared in the row's note (differs: lr ...)",

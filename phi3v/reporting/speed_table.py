@@ -16,6 +16,7 @@ from phi3v.reporting.recipe_tables import (
     split_cells,
 )
 from phi3v.reporting.results import ResultSources, read_speed_result
+from phi3v.training.run_config import setting_labels
 from phi3v.reporting.table_format import (
     GIB_IN_GB,
     MISSING,
@@ -31,6 +32,7 @@ FLASH_ATTENTION = "flash_attention_2"
 DEEPSPEED = "DeepSpeed ZeRO-2"  # the Row cell of a row measured under it
 RECIPE_SETTINGS, BEST_SETTINGS = "recipe", "best"  # a speed row's `settings`
 BEST_SETTINGS_TITLE = "This project's best settings"
+SETTING_LABELS = setting_labels()  # run field -> the Settings cell's words when it is on
 RECIPE_TOKENS_PER_SAMPLE = 2443.23  # the recipe's DocVQA speed input, tokens a sample at num_crops 16
 
 
@@ -42,10 +44,7 @@ def settings_summary(settings: dict | None) -> str:
     words = [f"batch {settings.get('per_device_batch_size', 1)}/GPU",
              ("no checkpointing" if not settings.get("gradient_checkpointing")
               else f"{'all' if layers is None else layers} layers checkpointed")]
-    words += [label for key, label in (("packing", "packed"), ("compile_layers", "compiled layers"),
-                                       ("fused_kernels", "Liger kernels"),
-                                       ("frozen_vision_no_grad", "frozen vision without autograd"))
-              if settings.get(key)]
+    words += [label for key, label in SETTING_LABELS.items() if settings.get(key)]
     return ", ".join(words)
 
 

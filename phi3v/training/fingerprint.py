@@ -32,9 +32,8 @@ from phi3v import numerics
 from phi3v.model_files import safetensors_header
 from phi3v.provenance import package_versions, sha256_file
 
-from .run_config import RunConfig
+from .run_config import NOT_TRAJECTORY, RunConfig
 
-NOT_TRAJECTORY = ("checkpoint_every", "report_to")  # run config fields that do not change the weights
 PACKAGE_ROOT = Path(phi3v.__file__).resolve().parent
 # Folders (their *.py, not sub-folders) and modules whose code computes a run's weights.
 CODE = ("training", "data", "modeling_phi3v.py", "configuration_phi3v.py", "processing_phi3v.py",

@@ -29,7 +29,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from phi3v.model_sizes import NF4_BLOCK, ModelSizes
-from .run_config import RunConfig, Strategy, loads_bf16
+from .run_config import RunConfig, Strategy, load_precision
 
 GIB = 2**30
 # DeepSpeed ZeRO-2's bucket sizes in elements (the recipe's config; `strategy.deepspeed_config` uses them)
@@ -104,7 +104,7 @@ def weight_bytes(sizes: ModelSizes, run: RunConfig) -> int:
     params = sizes.training_params
     if run.deepspeed:
         return 2 * params
-    loaded = 2 if run.strategy.is_lora and loads_bf16(run.attention) and run.precision == "bf16" else 4
+    loaded = 2 if run.strategy.is_lora and load_precision(run) == "bf16" else 4
     if not run.strategy.is_lora:
         return loaded * params
     adapters = 4 * sizes.lora_params(run.lora_rank, run.lora_on_vision)

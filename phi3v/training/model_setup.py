@@ -13,7 +13,7 @@ import torch
 from ..errors import UserError
 from .devices import local_device
 from .memory_plan import ZERO2_BUCKET_ELEMENTS, ZERO2_OVERLAP_COMM
-from .run_config import RunConfig, Strategy, loads_bf16
+from .run_config import RunConfig, Strategy, load_precision
 
 VISION_PREFIX = "model.vision_embed_tokens."
 LM_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"]
@@ -23,7 +23,7 @@ FLASH_MIN_CAPABILITY = (8, 0)  # flash-attn 2 runs on Ampere (sm80) and newer
 
 
 def load_dtype(run: RunConfig) -> torch.dtype:
-    """dtype the model is loaded in: the recipe's rule (`loads_bf16`: bf16 with flash attention, fp32
+    """dtype the model is loaded in: the recipe's rule (`load_precision`: bf16 with flash attention, fp32
     otherwise) for every run it loads that way.
 
     LoRA/QLoRA keep the base as loaded and compute under autocast, as the recipe's DDP runs do.
@@ -32,7 +32,7 @@ def load_dtype(run: RunConfig) -> torch.dtype:
     and computes under autocast: DeepSpeed's arithmetic without DeepSpeed.
     """
     if run.strategy.is_lora or run.deepspeed:
-        return torch.bfloat16 if loads_bf16(run.attention) and run.precision == "bf16" else torch.float32
+        return torch.bfloat16 if load_precision(run) == "bf16" else torch.float32
     return torch.float32
 
 
@@ -114,7 +114,7 @@ def quantization_config(run: RunConfig):
     loads bf16 (flash attention), else fp16."""
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if loads_bf16(run.attention) and run.precision == "bf16" else torch.float16
+    compute = torch.bfloat16 if load_precision(run) == "bf16" else torch.float16
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
                               bnb_4bit_compute_dtype=compute)
 

@@ -21,13 +21,11 @@ import importlib.util
 import torch
 
 from ..errors import UserError
-from .run_config import RunConfig
+from .run_config import ROW_SETTINGS, RunConfig
 
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests on CPUs trace with "aot_eager"
 
-OPTION_SETTINGS = ("per_device_batch_size", "gradient_checkpointing", "checkpointed_layers", "packing",
-                   "memory_budget_gib", "compile_layers", "fused_kernels", "frozen_vision_no_grad",
-                   "attention")  # what a speed row reports as "the settings used"
+OPTION_SETTINGS = (*ROW_SETTINGS, "attention")  # what a speed row reports as "the settings used"
 
 
 def fused_kernels_unavailable(device: torch.device) -> str | None:

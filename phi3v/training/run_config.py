@@ -71,12 +71,30 @@ class Strategy(str, enum.Enum):
 
 
 STRATEGIES = tuple(strategy.value for strategy in Strategy)
-LORA_FIELDS = ("lora_rank", "lora_alpha")
-# Settings beyond the recipe: a run config written before they existed reads with them off.
-OPTION_FIELDS = ("memory_budget_gib", "checkpointed_layers", "compile_layers", "fused_kernels",
-                 "frozen_vision_no_grad")
-# The recipe's behaviours made settings later: a run config without them takes the recipe's value.
-RECIPE_SETTING_FIELDS = ("loss_reduction", "adapter_dtype", "attention_mask")
+LORA_FIELDS = ("lora_rank", "lora_alpha")  # what `needs_rank` needs
+
+# Each field is declared with `setting(...)`: its default, its bounds and choices, what it means, and
+# which lists it belongs to. Everything else is derived from these declarations:
+# phi3v.training.run_fields writes the schema's `run_fields` and `speed_row` entries and README's table
+# of speed settings from them, and the tuples below list them.
+RECIPE, RECIPE_SETTING, OPTION, JOB = "recipe", "recipe_setting", "option", "job"  # where a field comes from
+
+
+def setting(default=dataclasses.MISSING, *, about: str = "", choices: tuple | None = None, minimum=None,
+            above=None, maximum=None, kind: str = RECIPE, speed_row: bool = False, trajectory: bool = True,
+            speed_only: bool = False, label: str | None = None, note: str | None = None):
+    """A RunConfig field with what the rest of the project derives from it.
+
+    kind: RECIPE (the recipe's settings, every resolved run config has them), RECIPE_SETTING (the recipe's
+    behaviour made a setting later: absent, the recipe's value), OPTION (beyond the recipe, absent: off),
+    JOB (names the run; not a preset setting). speed_row: a speed row may set it. trajectory: it changes
+    the weights (enters the checkpoint fingerprint). speed_only: changes how fast a step runs, never what
+    it computes (README's table). label: the speed table's words for it when on. note: the tables' note
+    on the rows that turn it on (`{value}`: its value), a departure from the recipe.
+    """
+    metadata = dict(about=about, choices=choices, minimum=minimum, above=above, maximum=maximum, kind=kind,
+                    speed_row=speed_row, trajectory=trajectory, speed_only=speed_only, label=label, note=note)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def precision_dtype(precision: str):
@@ -95,53 +113,101 @@ def run_id(strategy: str, precision: str, attention: str) -> str:
 class RunConfig:
     """Every setting one training run needs; defaults are the recipe's (AdamW, linear schedule)."""
 
-    dataset: str
-    run: str
-    strategy: Strategy
-    precision: str
-    attention: str
-    learning_rate: float
-    epochs: float
-    num_crops: int
-    batch_size: int = 64  # effective: over processes and accumulation
-    per_device_batch_size: int = 1
-    lora_rank: int | None = None
-    lora_alpha: float | None = None
-    lora_dropout: float = 0.0
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = True
-    packing: bool = False
-    checkpoint_every: int | None = None
-    max_steps: int | None = None
-    max_train_samples: int | None = None
-    seed: int = 0
-    deepspeed: bool = False
+    dataset: str = setting(kind=JOB)
+    run: str = setting(kind=JOB)
+    strategy: Strategy = setting(choices=STRATEGIES)
+    precision: str = setting(choices=PRECISIONS)
+    attention: str = setting(choices=ATTENTIONS)
+    learning_rate: float = setting(above=0)
+    epochs: float = setting(above=0)
+    num_crops: int = setting(minimum=1, maximum=16)  # the recipe's scripts allow 1 to 16
+    batch_size: int = setting(64, minimum=1, about="effective batch: over processes and accumulation")
+    per_device_batch_size: int = setting(1, minimum=1, speed_row=True)
+    lora_rank: int | None = setting(None, minimum=1)
+    lora_alpha: float | None = setting(None, above=0)
+    lora_dropout: float = setting(0.0, minimum=0, maximum=1)
+    weight_decay: float = setting(0.01, minimum=0)
+    warmup_steps: int = setting(50, minimum=0)
+    max_grad_norm: float = setting(1.0, above=0)
+    gradient_checkpointing: bool = setting(True, speed_row=True)
+    packing: bool = setting(
+        False, speed_row=True, speed_only=True, label="packed", note="packed micro-batches (one row, no padding)",
+        about="one row per micro-batch without padding; fast with flash_attention_2 (its varlen kernel); sdpa "
+              "and eager attend through a dense block-diagonal mask instead, slower than padding")
+    checkpoint_every: int | None = setting(None, minimum=1, trajectory=False)
+    max_steps: int | None = setting(None, minimum=1)
+    max_train_samples: int | None = setting(None, minimum=1)
+    seed: int = setting(0)
+    deepspeed: bool = setting(
+        False, about="DeepSpeed ZeRO-2 for full-parameter runs; in `train`/`run_overrides` it applies to those "
+                     "only, on a LoRA run it is refused")
     # The recipe's choices that this project keeps as named options (defaults = the recipe's):
-    train_turns: str = "all"  # see TRAIN_TURNS; the workflow takes it from the dataset's setting
-    # frozen_vision: the LM's token embeddings freeze with the vision model. The recipe's
-    # `vision_embed_tokens.requires_grad_(False)` reaches them because the hub's image embedding holds
-    # the shared embedding module; false trains them (the LM's full weights minus nothing).
-    freeze_token_embeddings: bool = True
-    # lora/qlora: adapters also on CLIP and the projector (the recipe without --freeze_vision_model);
-    # false: on the language model only (the recipe's --use_lora --freeze_vision_model).
-    lora_on_vision: bool = True
-    report_to: tuple[str, ...] = ()  # experiment trackers (TRACKERS); empty: none
-    loss_reduction: str = "sample_mean"  # LOSS_REDUCTIONS; the recipe's: sample_mean
-    adapter_dtype: str = "base"  # ADAPTER_DTYPES (LoRA/QLoRA); the recipe's: base
-    attention_mask: str = "length"  # ATTENTION_MASKS; the recipe's: pad_id for NLVR2, length otherwise
+    train_turns: str = setting(
+        "all", choices=TRAIN_TURNS,
+        about="all: train every turn of a conversation in one sequence; one_random: each visit trains one turn "
+              "drawn at random, with one of its accepted answers (the recipe's DocVQA). Defaults to the "
+              "dataset's `train_turns`")
+    freeze_token_embeddings: bool = setting(
+        True, about="frozen_vision: the LM's token embeddings freeze with the vision model, as in the recipe "
+                    "(default true); false trains them")
+    lora_on_vision: bool = setting(
+        True, about="lora/qlora: adapters on CLIP and the projector too (default true); false: the language "
+                    "model only, the recipe's --use_lora --freeze_vision_model")
+    report_to: tuple[str, ...] = setting(
+        (), choices=TRACKERS, trajectory=False,
+        about="experiment trackers (accelerate's) that receive the run config and every train_log.jsonl line; "
+              "files under <run folder>/trackers/; empty: none")
+    loss_reduction: str = setting(
+        "sample_mean", choices=LOSS_REDUCTIONS, kind=RECIPE_SETTING,
+        about="how a step's loss averages the effective batch; sample_mean (the recipe's, HF Trainer at "
+              "per-device batch 1): each sample's loss is the mean over its own supervised tokens, samples "
+              "averaged; token_mean: the mean over every supervised token (HF Trainer since 4.46). Default "
+              "sample_mean; the tables note token_mean")
+    adapter_dtype: str = setting(
+        "base", choices=ADAPTER_DTYPES, kind=RECIPE_SETTING,
+        about="lora/qlora: base (the recipe's add_adapter, peft 0.11): adapters in the base weights' dtype "
+              "(bf16 for bf16 rows); fp32: upcast (current peft's get_peft_model default). Default base; the "
+              "tables note fp32")
+    attention_mask: str = setting(
+        "length", choices=ATTENTION_MASKS, kind=RECIPE_SETTING,
+        about="length: every token of a sample attended, padding masked; pad_id: every position holding the "
+              "pad id masked, the <|endoftext|> ending each turn included (the recipe's NLVR2 collator). "
+              "Default length; the paper preset's NLVR2 runs set pad_id; the tables note a value other than "
+              "the recipe's")
     # Beyond the recipe, off by default (phi3v.training.optimizations, phi3v.training.memory_fit):
-    memory_budget_gib: float | None = None  # pick per-device batch + checkpointed layers that fit
-    checkpointed_layers: int | None = None  # recompute only the first N decoder layers (None: all)
-    compile_layers: bool = False  # torch.compile each decoder and CLIP layer (regional compilation)
-    fused_kernels: bool = False  # Liger's RMSNorm, SwiGLU and RoPE kernels (needs liger-kernel, CUDA)
-    frozen_vision_no_grad: bool = False  # run a vision tower without trainable weights without autograd
+    memory_budget_gib: float | None = setting(
+        None, above=0, kind=OPTION, speed_row=True, speed_only=True,
+        note="per-device batch and checkpointed layers fitted to {value} GiB",
+        about="a short probe picks the largest per-device batch and the fewest checkpointed decoder layers "
+              "that fit this many GiB (the effective batch stays batch_size)")
+    checkpointed_layers: int | None = setting(
+        None, minimum=0, kind=OPTION, speed_row=True, speed_only=True,
+        note="only the first {value} decoder layers checkpointed",
+        about="with gradient_checkpointing, recompute only the first N decoder layers (null: all)")
+    compile_layers: bool = setting(
+        False, kind=OPTION, speed_row=True, speed_only=True, label="compiled layers",
+        note="torch.compile'd layers",
+        about="torch.compile each decoder and CLIP layer")
+    fused_kernels: bool = setting(
+        False, kind=OPTION, speed_row=True, speed_only=True, label="Liger kernels",
+        note="Liger's fused kernels",
+        about="Liger's fused RMSNorm, SwiGLU and RoPE (needs liger-kernel and a CUDA GPU; refused otherwise)")
+    frozen_vision_no_grad: bool = setting(
+        False, kind=OPTION, speed_row=True, speed_only=True, label="frozen vision without autograd",
+        note="frozen vision tower run without autograd",
+        about="a vision tower without trainable weights runs without autograd")
+    dataloader_workers: int | None = setting(
+        None, minimum=0, kind=OPTION, trajectory=False, speed_only=True,
+        about="worker processes that decode and collate the training batches ahead of the step (GPU runs want "
+              "4-8; null: 4, at most the CPUs, on a CUDA machine, 0 elsewhere); the same batches in the same order")
 
     def __post_init__(self) -> None:
-        for key, choices in (("strategy", STRATEGIES), ("precision", PRECISIONS), ("attention", ATTENTIONS)):
-            if getattr(self, key) not in choices:
-                self._refuse(f"{key}={getattr(self, key)!r} — choose one of {', '.join(choices)}")
+        for field in dataclasses.fields(self):
+            choices, value = field.metadata["choices"], getattr(self, field.name)
+            if choices is None or field.name == "report_to":
+                continue
+            if value not in choices:
+                self._refuse(f"{field.name}={value!r} — choose one of {', '.join(choices)}")
         object.__setattr__(self, "strategy", Strategy(self.strategy))
         if isinstance(self.report_to, str) or not all(name in TRACKERS for name in self.report_to):
             self._refuse(f"report_to={self.report_to!r} — give a list of trackers out of {', '.join(TRACKERS)} "
@@ -150,12 +216,6 @@ class RunConfig:
         if self.run == BASE_RUN:
             self._refuse(f"the name {BASE_RUN!r} is the model before fine-tuning — name the run otherwise")
         check_precision_attention(self.precision, self.attention, f"run {self.run!r}")
-        for key, choices in (("loss_reduction", LOSS_REDUCTIONS), ("adapter_dtype", ADAPTER_DTYPES),
-                             ("attention_mask", ATTENTION_MASKS)):
-            if getattr(self, key) not in choices:
-                self._refuse(f"{key}={getattr(self, key)!r} — choose one of {', '.join(choices)}")
-        if self.train_turns not in TRAIN_TURNS:
-            self._refuse(f"train_turns={self.train_turns!r} — choose one of {', '.join(TRAIN_TURNS)}")
         if self.attention_mask == "pad_id" and self.packing:
             self._refuse("attention_mask: pad_id masks by token id in padded batches; packing has no mask — "
                          "remove one of the two")
@@ -228,22 +288,48 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def loads_bf16(attention: str) -> bool:
-    """The recipe loads the model in bf16 with flash attention and in fp32 otherwise (its fp16 rows:
-    fp32 weights under fp16 mixed precision). SDPA counts as flash: this project uses it only in
-    flash's place where flash-attn cannot run (the demo, CPUs); the recipe never uses it."""
-    return attention in ("flash_attention_2", "sdpa")
+def _fields_where(**wanted) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(RunConfig)
+                 if all(field.metadata[key] == value for key, value in wanted.items()))
+
+
+# Settings beyond the recipe: a run config written before they existed reads with them off.
+OPTION_FIELDS = _fields_where(kind=OPTION)
+# The recipe's behaviours made settings later: a run config without them takes the recipe's value.
+RECIPE_SETTING_FIELDS = _fields_where(kind=RECIPE_SETTING)
+# Run fields a speed row may set (this project's best settings); the recipe's rows set none.
+ROW_SETTINGS = _fields_where(speed_row=True)
+NOT_TRAJECTORY = _fields_where(trajectory=False)  # fields that do not change the weights
+
+
+def option_notes() -> dict[str, str]:
+    """Run field -> the tables' note on the rows that turn it on (settings beyond the recipe's step)."""
+    return {field.name: field.metadata["note"] for field in dataclasses.fields(RunConfig) if field.metadata["note"]}
+
+
+def setting_labels() -> dict[str, str]:
+    """Run field -> the few words a table says of it when it is on (speed-row settings with a `label`)."""
+    return {field.name: field.metadata["label"] for field in dataclasses.fields(RunConfig)
+            if field.metadata["label"]}
+
+
+def load_precision(run: RunConfig) -> str:
+    """The precision the base weights are loaded in (the one loading rule): the recipe loads the model in
+    bf16 with flash attention and in fp32 otherwise (its fp16 rows: fp32 weights under fp16 mixed
+    precision). SDPA counts as flash: this project uses it only in flash's place where flash-attn
+    cannot run (the demo, CPUs); the recipe never uses it. An fp16 run loads fp32 whatever its attention."""
+    return "bf16" if run.attention in ("flash_attention_2", "sdpa") and run.precision == "bf16" else "fp32"
 
 
 def evaluation_precision(run: RunConfig) -> str:
     """The precision a trained run is evaluated in, as the recipe evaluates it after training.
 
     Full-parameter runs: the model DeepSpeed trained, cast in place to the run's precision.
-    LoRA/QLoRA: the adapter on the base reloaded by the loading rule (`loads_bf16`, never quantised):
+    LoRA/QLoRA: the adapter on the base reloaded by the loading rule (`load_precision`, never quantised):
     bf16 with flash attention, else fp32 (so an fp16 LoRA run is evaluated in fp32).
     """
-    if run.strategy.is_lora and not loads_bf16(run.attention):
-        return "fp32"
+    if run.strategy.is_lora:
+        return load_precision(run)
     return run.precision
 
 
@@ -254,19 +340,17 @@ def check_precision_attention(precision: str, attention: str, where: str) -> Non
                         "attention eager or sdpa for fp16 (the recipe uses eager)")
 
 
-# run fields a speed row may set (this project's best settings); the recipe's rows set none
-ROW_SETTINGS = ("per_device_batch_size", "gradient_checkpointing", "packing", *OPTION_FIELDS)
-
-
-def speed_run(row: dict, *, dataset_name: str, num_crops: int, steps: int, warmup: int,
-              lora_rank: int = 64) -> RunConfig:
-    """The run config a speed row (`phi3v.training.speed`) trains with: recipe settings, effective batch of the row."""
+def speed_run(row: dict, speed: dict) -> RunConfig:
+    """The run config a speed row trains with: the recipe's settings at the row's effective batch, on the
+    speed section's dataset, for its `warmup + steps` steps, at its `learning_rate` (LoRA: its `lora_rank`,
+    alpha twice the rank), plus the settings the row sets."""
     strategy = Strategy(row["strategy"])
-    rank = dict(lora_rank=lora_rank, lora_alpha=2 * lora_rank) if strategy.needs_rank else {}
+    rank = speed["lora_rank"]
+    lora = dict(lora_rank=rank, lora_alpha=2 * rank) if strategy.needs_rank else {}
     return RunConfig(
-        dataset=dataset_name, run=f"speed-{row['row']}", strategy=strategy, precision=row["precision"],
-        attention=row["attention"], learning_rate=1e-5, epochs=1, num_crops=num_crops,
-        batch_size=row["effective_batch"], warmup_steps=0, max_steps=warmup + steps, **rank,
+        dataset=speed["dataset"], run=f"speed-{row['row']}", strategy=strategy, precision=row["precision"],
+        attention=row["attention"], learning_rate=speed["learning_rate"], epochs=1, num_crops=speed["num_crops"],
+        batch_size=row["effective_batch"], warmup_steps=0, max_steps=speed["warmup"] + speed["steps"], **lora,
         deepspeed=row["deepspeed"],  # resolved by the workflow: the preset's `train.deepspeed`
         **{key: row[key] for key in ROW_SETTINGS if row.get(key) is not None},  # beyond the recipe
     )

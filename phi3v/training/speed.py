@@ -1,13 +1,14 @@
 """Speed benchmark: the real training step of one speed-table row, timed at the dataset's shape.
 
     python -m phi3v.launch --nodes N --processes-per-node P -- phi3v.training.speed \\
-        --row-json ROW --base-model DIR --data-dir DIR --dataset NAME --num-crops C \\
-        --weights random --steps S --warmup W --out results/speed/ROW.json
+        --row ROW --run-json RUN --base-model DIR --data-dir DIR --weights random --warmup W \\
+        --out results/speed/ROW.json
 
 A row starts as training does (`phi3v.launch`: torchrun for several processes, srun + torchrun
-across nodes) and trains with the recipe's settings: under DeepSpeed ZeRO-2 where the row says so
-(the workflow sets it from the preset's `train.deepspeed` for full-parameter rows; over gloo on
-CPUs). The first `warmup` optimiser steps are excluded; img/s and tokens/s are the medians over the next `steps` steps. The result
+across nodes) and trains the run config the workflow resolved for it (`--run-json`, as a training
+run's: the recipe's settings, under DeepSpeed ZeRO-2 where the row says so, over gloo on CPUs; see
+`phi3v.training.run_config.speed_run`). The first `warmup` of its `max_steps` optimiser steps are
+excluded; img/s and tokens/s are the medians over the others. The result
 records what was measured (processes, nodes, GPUs, DeepSpeed), not what the row asks for.
 `weights: random` needs no download: on a GPU the full-size model of the base folder's config gets
 random weights (speed does not depend on weight values); on a CPU the tiny base model is used as it is.
@@ -30,7 +31,7 @@ import torch
 from phi3v.errors import UserError, entry_point
 from phi3v.files import atomic_output_dir, write_json_atomic
 from .devices import local_device, local_rank
-from .run_config import speed_run
+from .run_config import RunConfig
 
 WEIGHTS = ("random", "pretrained")
 
@@ -83,9 +84,8 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
-def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: int, weights: str,
-              steps: int, warmup: int, out_json) -> dict:
-    """Measure one speed row and write `results/speed/<row>.json`; return what was written.
+def run_speed(row: str, run: RunConfig, *, base_model, data_dir, weights: str, warmup: int, out_json) -> dict:
+    """Measure speed row `row` (training `run`) and write `results/speed/<row>.json`; return what was written.
 
     Every process of the launch calls this (under torchrun); the main process writes the result.
     """
@@ -96,19 +96,19 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
 
     if weights not in WEIGHTS:
         raise UserError(f"speed.weights={weights!r} — choose one of {', '.join(WEIGHTS)}")
+    steps = (run.max_steps or 0) - warmup
     if steps < 1 or warmup < 1:
-        raise UserError(f"speed row {row['row']!r}: steps={steps} and warmup={warmup} must both be >= 1 "
+        raise UserError(f"speed row {row!r}: steps={steps} and warmup={warmup} must both be >= 1 "
                         "(the first step compiles and allocates)")
-    run = speed_run(row, dataset_name=dataset_name, num_crops=num_crops, steps=steps, warmup=warmup)
     base_model, out_json = Path(base_model), Path(out_json)
-    work = work_dir(out_json, row["row"])
+    work = work_dir(out_json, row)
     try:
         model_dir = random_weights_once(base_model, work / "model") if weights == "random" else base_model
         device = local_device()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         # fit ends with a barrier: when it returns, every process has loaded the model
-        result = fit(run, base_model=model_dir, data_dir=data_dir, dataset_name=dataset_name,
+        result = fit(run, base_model=model_dir, data_dir=data_dir, dataset_name=run.dataset,
                      checkpoint_dir=work / "checkpoints")
     finally:
         if local_rank() == 0:
@@ -122,9 +122,9 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
     device = (torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda"
               else f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''})")
     speed = {
-        "row": row["row"], "strategy": row["strategy"], "precision": row["precision"],
+        "row": row, "strategy": run.strategy.value, "precision": run.precision,
         # What was measured, not what the row asks for: e.g. on a CPU, no GPU.
-        "attention": row["attention"], "nodes": len(node_names), "node_names": node_names,
+        "attention": run.attention, "nodes": len(node_names), "node_names": node_names,
         "processes": accelerator.num_processes,
         "gpus": accelerator.num_processes if accelerator.device.type == "cuda" else 0,
         "deepspeed": result.metrics["deepspeed"],
@@ -152,38 +152,23 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m phi3v.training.speed", description=__doc__.split("\n")[0])
-    parser.add_argument("--row-json", required=True, help="the resolved speed row as JSON text")
+    parser.add_argument("--row", required=True, help="the speed row's id (names the result)")
+    parser.add_argument("--run-json", required=True, help="the run config the row trains: JSON text or a .json file")
     parser.add_argument("--base-model", required=True)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--num-crops", type=int, required=True)
     parser.add_argument("--weights", choices=WEIGHTS, default="random")
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--warmup", type=int, required=True)
+    parser.add_argument("--warmup", type=int, required=True, help="the first steps, not measured")
     parser.add_argument("--out", required=True, help="the result JSON to write")
     return parser.parse_args(argv)
-
-
-def read_row_json(text: str) -> dict:
-    """`--row-json`: a resolved speed row (`row`, `strategy`, `precision`, `attention`, `effective_batch`,
-    `deepspeed`)."""
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--row-json: not JSON ({exc}): {text[:80]!r}") from None
-    missing = [key for key in ("row", "strategy", "precision", "attention", "effective_batch", "deepspeed")
-               if key not in row]
-    if missing:
-        raise UserError(f"--row-json: the speed row lacks {', '.join(missing)}; pass a row of the resolved config")
-    return row
 
 
 @entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
-    result = run_speed(read_row_json(args.row_json), base_model=args.base_model, data_dir=args.data_dir,
-                       dataset_name=args.dataset, num_crops=args.num_crops, weights=args.weights,
-                       steps=args.steps, warmup=args.warmup, out_json=args.out)
+    from .train import read_run_json
+
+    result = run_speed(args.row, read_run_json(args.run_json), base_model=args.base_model, data_dir=args.data_dir,
+                       weights=args.weights, warmup=args.warmup, out_json=args.out)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"result: {json.dumps(result)}", flush=True)
 

@@ -178,7 +178,8 @@ def make_loader(dataset, run: RunConfig, *, start: int, total: int, accumulation
                for b in micro_batches(step, num_samples=len(dataset), run=run, accumulation=accumulation,
                                       rank=rank, world_size=world_size)]
     collate = collate_for(run, pad_token_id)
-    workers = min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+    workers = (run.dataloader_workers if run.dataloader_workers is not None
+               else min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0)
     # Its own generator: starting the iterator (workers' seeds) must not draw from the global RNG,
     # which a resumed run has just restored for dropout. The data itself draws nothing at random.
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,

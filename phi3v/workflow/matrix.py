@@ -2,7 +2,8 @@
 
 A run row becomes one `RunConfig` (the recipe's defaults, then the preset's `train` section, the
 row, `run_overrides`); the config keeps it as plain data (`RunConfig.to_dict()` plus `skip_reason`),
-because Snakemake's config must stay plain. A row the hardware cannot run gets a `skip_reason`, or
+because Snakemake's config must stay plain. A speed row keeps its id, nodes, GPUs and `settings` beside
+the RunConfig it trains with (`run_config`, from `phi3v.training.run_config.speed_run`). A row the hardware cannot run gets a `skip_reason`, or
 an error when the preset says `on_unsupported: error`, unless `attention_fallback` names an
 attention it can run instead: then the row runs with that one (its id says so) and keeps the preset's
 choice in `configured_attention`, which the tables' notes show.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 
 from phi3v.errors import UserError
-from phi3v.training.run_config import LORA_FIELDS, RunConfig, Strategy, check_precision_attention, run_id
+from phi3v.training.run_config import LORA_FIELDS, RunConfig, Strategy, check_precision_attention, run_id, speed_run
 from phi3v.workflow.resources import processes_per_node
 
 
@@ -134,6 +135,8 @@ def deepspeed_gap(config: dict, deepspeed: bool, precision: str) -> str | None:
 
 
 def expand_speed_row(config: dict, index: int, row: dict) -> dict:
+    """A speed row of the preset -> the row (its id, nodes, GPUs, `settings`, `skip_reason`) with the
+    RunConfig its job trains with in `run_config`, as plain data."""
     row = _apply_fallback(config, {**row, **config["speed"]["row_overrides"]})
     row["row"] = speed_row_id(row)
     # A row trains as the preset's runs of its strategy: under ZeRO-2 where `train.deepspeed` says so.
@@ -149,6 +152,10 @@ def expand_speed_row(config: dict, index: int, row: dict) -> dict:
         gaps.append(gap)
         fix = "set `train.deepspeed: false` to measure it without ZeRO-2"
     row["skip_reason"] = _skip_or_raise(config, gaps, where, fix)
+    try:  # the job trains with this, as a training run with its run config
+        row["run_config"] = speed_run(row, config["speed"]).to_dict()
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
     return row
 
 

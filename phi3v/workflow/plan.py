@@ -7,7 +7,7 @@ from __future__ import annotations
 from phi3v.errors import UserError
 from phi3v.model_sizes import ModelSizes
 from phi3v.training.memory_plan import IMAGES_PER_SAMPLE, PlanRow, SampleShape, plan_row
-from phi3v.training.run_config import speed_run
+from phi3v.training.run_config import RunConfig
 from phi3v.workflow import settings
 from phi3v.workflow import resources
 
@@ -36,12 +36,9 @@ def plan_rows(config: dict, card_gib: float) -> list[PlanRow]:
         run = settings.run_config(config, entry["dataset"], entry["run"])
         rows.append(plan_row(f"{run.dataset}/{run.run}", sizes, run, sample_shape(config, sizes, run.dataset, run.num_crops),
                              nodes * gpus_per_node, card_gib, gpus_per_node))
-    speed = config["speed"]
     for row in settings.active_speed_rows(config):
-        run = speed_run(row, dataset_name=speed["dataset"], num_crops=speed["num_crops"], steps=speed["steps"],
-                        warmup=speed["warmup"])
-        rows.append(plan_row(f"speed/{row['row']}", sizes, run, sample_shape(config, sizes, speed["dataset"],
-                                                                              speed["num_crops"]),
+        run = RunConfig.from_dict(row["run_config"])
+        rows.append(plan_row(f"speed/{row['row']}", sizes, run, sample_shape(config, sizes, run.dataset, run.num_crops),
                              row["gpus"], card_gib, gpus_per_node))
     return rows
 

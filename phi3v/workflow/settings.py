@@ -10,6 +10,7 @@ ask (which runs, which evaluations, which speed rows, what to pass to each job).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN
 from phi3v.data import recipe_train_turns
+from phi3v.data.sources import TASK_MODULES
 from phi3v.training.run_config import RunConfig, evaluation_precision
 from phi3v.workflow import matrix
 from phi3v.workflow.preflight import yaml_error_message
@@ -30,7 +32,7 @@ SCHEMA_PATH = Path("schemas") / "config.schema.yaml"
 PRESETS_DIR = Path("presets")
 
 # docvqa_full: the recipe's --full_train; docvqa_val: DocVQA validation for lmms-eval's protocol (no train split)
-TASKS = ("docvqa", "docvqa_full", "docvqa_val", "hateful_memes", "nlvr2", "ucf101")
+TASKS = tuple(TASK_MODULES)  # every task a converter reads
 DOCVQA_TASKS = ("docvqa", "docvqa_full")  # the tasks whose tables lmms-eval's protocol adds a column to
 LMMS_EVAL_TASK = "docvqa_val"
 LMMS_EVAL_REPO = "lmms-lab-encoder/DocVQA"
@@ -295,13 +297,22 @@ def runs_for(config: dict, dataset: str) -> list[str]:
     return [run["run"] for run in active_runs(config) if run["dataset"] == dataset]
 
 
-def run_config(config: dict, dataset: str, run: str) -> RunConfig:
-    """The RunConfig of a run of the matrix, as `phi3v.training.train.train` receives it."""
+def run_spec(config: dict, dataset: str, run: str) -> dict:
+    """A run of the matrix as resolved: its RunConfig's fields, as plain data."""
     for entry in config["runs"]:
         if entry["dataset"] == dataset and entry["run"] == run:
-            return RunConfig.from_dict({key: value for key, value in entry.items()
-                                        if key not in matrix.ROW_ANNOTATIONS})
+            return {key: value for key, value in entry.items() if key not in matrix.ROW_ANNOTATIONS}
     raise UserError(f"no run {dataset}/{run} in this configuration; runs: {[r['run'] for r in config['runs']]}")
+
+
+def run_config(config: dict, dataset: str, run: str) -> RunConfig:
+    """The RunConfig of a run of the matrix, as `phi3v.training.train.train` receives it."""
+    return RunConfig.from_dict(run_spec(config, dataset, run))
+
+
+def run_json(spec: dict) -> str:
+    """`--run-json` of a job, training run or speed row: its resolved RunConfig as `RunConfig.to_json` writes it."""
+    return json.dumps(spec, sort_keys=True)
 
 
 def active_speed_rows(config: dict) -> list[dict]:
@@ -313,6 +324,7 @@ def speed_rows(config: dict) -> list[str]:
 
 
 def speed_row(config: dict, row_id: str) -> dict:
+    """A speed row as resolved: its id, nodes, GPUs and `settings`, and the RunConfig it trains with (`run_config`)."""
     for row in config["speed"]["rows"]:
         if row["row"] == row_id:
             return dict(row)

@@ -114,3 +114,19 @@ def test_option_fields_are_checked():
         base_run(memory_budget_gib=10, checkpointed_layers=1, gradient_checkpointing=True)
     with pytest.raises(UserError, match="memory_budget_gib=-1"):
         base_run(memory_budget_gib=-1, gradient_checkpointing=True)
+
+
+def test_dataloader_workers_train_the_same_steps(tiny_base, tiny_data, tmp_path):
+    """Worker processes decode the same batches in the same order: the losses are the single process's."""
+    import json
+
+    from phi3v.training.train import train
+
+    losses = {}
+    for workers in (0, 2):
+        run = base_run(max_steps=2, dataloader_workers=workers)
+        out = tmp_path / f"workers{workers}"
+        train(run, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET, out_dir=out,
+              checkpoint_dir=tmp_path / f"ckpt{workers}")
+        losses[workers] = [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses[0]) == 2 and losses[0] == losses[2]

@@ -15,6 +15,15 @@ from phi3v.errors import UserError
 
 from .conftest import DATASET
 
+SPEED = {"dataset": DATASET, "num_crops": 1, "learning_rate": 1e-5, "lora_rank": 64}  # the `speed` section
+
+
+def row_run(row: dict, *, steps: int, warmup: int):
+    """The RunConfig the workflow resolves for a speed row (`phi3v.workflow.matrix.expand_speed_row`)."""
+    from phi3v.training.run_config import speed_run
+
+    return speed_run(row, {**SPEED, "steps": steps, "warmup": warmup})
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -63,8 +72,8 @@ def test_run_speed_measures_the_training_step(tiny_base, tiny_data, tmp_path):
     # Random weights need the model's config and tokenizer only: measure from a folder without weights.
     config_only = tmp_path / "config_only"
     shutil.copytree(tiny_base, config_only, ignore=shutil.ignore_patterns("*.safetensors*"))
-    result = run_speed(row, base_model=config_only, data_dir=tiny_data, dataset_name=DATASET, num_crops=1,
-                       weights="random", steps=3, warmup=1, out_json=out_json)
+    result = run_speed(row["row"], row_run(row, steps=3, warmup=1), base_model=config_only, data_dir=tiny_data,
+                       weights="random", warmup=1, out_json=out_json)
     assert json.loads(out_json.read_text()) == result
     assert result["steps_measured"] == 3 and result["img_per_s"] > 0 and result["tokens_per_s"] > 0
     assert result["mfu"] is None and "cpu" in result["mfu_reason"] and result["device"].startswith("cpu")
@@ -75,8 +84,8 @@ def test_run_speed_measures_the_training_step(tiny_base, tiny_data, tmp_path):
     assert {"row", "strategy", "precision", "attention", "nodes", "gpus", "effective_batch", "img_per_s",
             "tokens_per_s", "peak_mem_gib", "mfu", "device", "weights", "steps_measured"} <= result.keys()
     with pytest.raises(UserError, match="speed.weights"):
-        run_speed(row, base_model=tiny_base, data_dir=tiny_data, dataset_name=DATASET, num_crops=1,
-                  weights="zeros", steps=1, warmup=1, out_json=out_json)
+        run_speed(row["row"], row_run(row, steps=1, warmup=1), base_model=tiny_base, data_dir=tiny_data,
+                  weights="zeros", warmup=1, out_json=out_json)
 
 
 @pytest.mark.slow
@@ -89,8 +98,8 @@ def test_a_speed_row_on_two_processes_starts_through_the_launcher(tiny_base, tin
            "deepspeed": importlib.util.find_spec("deepspeed") is not None}
     out_json = tmp_path / "speed" / f"{row['row']}.json"
     command = launcher_command(
-        ["phi3v.training.speed", "--row-json", json.dumps(row), "--base-model", str(tiny_base),
-         "--data-dir", str(tiny_data), "--dataset", DATASET, "--num-crops", "1", "--steps", "2", "--warmup", "1",
+        ["phi3v.training.speed", "--row", row["row"], "--run-json", row_run(row, steps=2, warmup=1).to_json(),
+         "--base-model", str(tiny_base), "--data-dir", str(tiny_data), "--warmup", "1",
          "--out", str(out_json)], nodes=1, processes_per_node=2, gpus=0)
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=480)
@@ -104,13 +113,18 @@ def test_a_speed_row_on_two_processes_starts_through_the_launcher(tiny_base, tin
     assert [p.name for p in out_json.parent.iterdir()] == [out_json.name]  # scratch removed
 
 
-def test_speed_row_command_line_refuses_a_bad_row(tmp_path, capsys):
+def test_speed_row_command_line_refuses_a_bad_run(tmp_path, capsys):
     from phi3v.training.speed import main
 
-    args = ["--base-model", str(tmp_path), "--data-dir", str(tmp_path), "--dataset", DATASET, "--num-crops", "1",
-            "--steps", "1", "--warmup", "1", "--out", str(tmp_path / "out.json")]
-    assert main(["--row-json", '{"row": "x", "strategy": "full"}', *args]) == 2
-    assert "the speed row lacks precision, attention, effective_batch" in capsys.readouterr().err
-    assert main(["--row-json", "{row", *args]) == 2
-    assert "--row-json: not JSON" in capsys.readouterr().err
+    row = {"row": "x", "strategy": "full", "attention": "sdpa", "precision": "bf16", "effective_batch": 2,
+           "deepspeed": False}
+    args = ["--row", "x", "--base-model", str(tmp_path), "--data-dir", str(tmp_path), "--warmup", "1",
+            "--out", str(tmp_path / "out.json")]
+    incomplete = {key: value for key, value in row_run(row, steps=1, warmup=1).to_dict().items() if key != "epochs"}
+    assert main(["--run-json", json.dumps(incomplete), *args]) == 2
+    assert "lacks epochs" in capsys.readouterr().err
+    assert main(["--run-json", "{row", *args]) == 2
+    assert "--run-json: cannot read a run config" in capsys.readouterr().err
+    assert main(["--run-json", row_run(row, steps=0, warmup=1).to_json(), *args]) == 2
+    assert "speed row 'x': steps=0 and warmup=1 must both be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()

@@ -55,6 +55,7 @@ def test_lora_targets_the_language_model_only_when_vision_is_frozen():
 
 def test_evaluation_precision_is_the_recipes():
     assert evaluation_precision(lora_run(precision="fp16", attention="eager")) == "fp32"  # reloaded fp32 base
+    assert evaluation_precision(lora_run(precision="fp16", attention="sdpa")) == "fp32"  # as load_dtype loads it
     assert evaluation_precision(lora_run(precision="bf16", attention="flash_attention_2")) == "bf16"
     assert evaluation_precision(base_run(precision="fp16", attention="eager")) == "fp16"  # DeepSpeed-cast model
 

@@ -68,3 +68,37 @@ def test_strategy_rules():
 def test_precision_dtypes():
     assert precision_dtype("bf16") is torch.bfloat16 and precision_dtype("fp16") is torch.float16
     assert base_run(precision="fp16", attention="eager").dtype is torch.float16
+
+
+def test_schema_and_readme_show_the_run_fields_as_declared():
+    """The generated blocks of schemas/config.schema.yaml and README.md equal what RunConfig's fields give;
+    after changing a field, `python -m phi3v.training.run_fields` rewrites them."""
+    from phi3v.training import run_fields
+
+    assert run_fields.stale_files() == []
+
+
+def test_the_option_lists_come_from_the_field_declarations():
+    from phi3v.training import run_config
+
+    assert {"memory_budget_gib", "checkpointed_layers", "compile_layers", "fused_kernels",
+            "frozen_vision_no_grad"} <= set(run_config.OPTION_FIELDS)
+    assert run_config.RECIPE_SETTING_FIELDS == ("loss_reduction", "adapter_dtype", "attention_mask")
+    assert run_config.ROW_SETTINGS == ("per_device_batch_size", "gradient_checkpointing", "packing",
+                                       "memory_budget_gib", "checkpointed_layers", "compile_layers",
+                                       "fused_kernels", "frozen_vision_no_grad")
+    # what enters the checkpoint fingerprint: the same fields as before the declarations said it
+    assert set(RunConfig.fields()) - set(run_config.NOT_TRAJECTORY) == {
+        "dataset", "run", "strategy", "precision", "attention", "learning_rate", "epochs", "num_crops",
+        "batch_size", "per_device_batch_size", "lora_rank", "lora_alpha", "lora_dropout", "weight_decay",
+        "warmup_steps", "max_grad_norm", "gradient_checkpointing", "packing", "max_steps", "max_train_samples",
+        "seed", "deepspeed", "train_turns", "freeze_token_embeddings", "lora_on_vision", "loss_reduction",
+        "adapter_dtype", "attention_mask", "memory_budget_gib", "checkpointed_layers", "compile_layers",
+        "fused_kernels", "frozen_vision_no_grad"}
+
+
+def test_generated_blocks_refuse_lost_markers(tmp_path):
+    from phi3v.training import run_fields
+
+    with pytest.raises(UserError, match="expected one line `# BEGIN run_fields"):
+        run_fields.replace_block("no markers\n", "run_fields", "#", [], tmp_path / "x.yaml")

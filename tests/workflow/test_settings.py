@@ -263,3 +263,30 @@ def test_preset_wide_seeds_and_a_single_seed_keeps_the_plain_id():
         resolve(runs=nlvr2, run_overrides={"seeds": [0, 1]})
     with pytest.raises(UserError, match=r"runs\[0\].seeds"):
         resolve(runs=[{**nlvr2[0], "seeds": [1, 1]}])
+
+
+def test_the_schema_lists_the_tasks_the_converters_read():
+    task = settings.load_schema()["$defs"]["dataset"]["properties"]["task"]
+    assert tuple(task["enum"]) == settings.TASKS
+
+
+def test_every_job_gets_its_resolved_run_config_as_run_json():
+    config = settings.resolve_config({"preset": "demo"})
+    run = settings.active_runs(config)[0]
+    spec = settings.run_spec(config, run["dataset"], run["run"])
+    assert settings.run_json(spec) == settings.run_config(config, run["dataset"], run["run"]).to_json()
+    row = settings.active_speed_rows(config)[0]
+    speed_run = RunConfig.from_dict(row["run_config"])
+    assert settings.run_json(row["run_config"]) == speed_run.to_json()
+    speed = config["speed"]
+    assert (speed_run.run, speed_run.dataset, speed_run.num_crops, speed_run.batch_size, speed_run.max_steps) == (
+        f"speed-{row['row']}", speed["dataset"], speed["num_crops"], row["effective_batch"],
+        speed["warmup"] + speed["steps"])
+    assert speed_run.learning_rate == speed["learning_rate"] == 1e-5
+
+
+def test_a_speed_row_is_refused_at_resolution_when_its_run_config_is():
+    with pytest.raises(UserError, match=r"speed.rows\[0\].*memory_budget_gib chooses checkpointed_layers"):
+        settings.resolve_config({"preset": "demo", "speed": {"rows": [
+            {"strategy": "full", "attention": "sdpa", "precision": "bf16", "nodes": 1, "gpus": 1,
+             "effective_batch": 2, "memory_budget_gib": 4, "checkpointed_layers": 1}]}})
