@@ -74,6 +74,7 @@ def test_demo_runs_every_accuracy_row_and_skips_gpu_speed_rows_with_reasons():
         ({"runs": [{"dataset": "docvqa", "strategy": "full", "precision": "bf16", "attention": "sdpa",
                     "epochs": 1}]}, "config key `runs[0]`: 'learning_rate' is a required property"),
         ({"model": {"source": "demo", "colour": "red"}}, "config key `model`: unknown key(s) 'colour'; allowed keys: cache_dir, id, revision, source"),
+        ({"train": {"colour": "red"}}, "config key `train`: unknown key(s) 'colour'; allowed keys: adapter_dtype, attention, "),
         ({"run_overrides": {"precision": "fp16", "attention": "flash_attention_2"}}, "flash_attention_2 does not support fp16"),
         ({"on_unsupported": "error", "runs_filter": ["docvqa/*"]}, "needs GPU"),
         ({"runs": [{"dataset": "docvqa", "strategy": "full", "precision": "bf16", "attention": "sdpa",
