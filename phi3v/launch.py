@@ -9,7 +9,6 @@ the GPUs (CUDA_VISIBLE_DEVICES) and the nodes; nothing is claimed here.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shlex
@@ -20,6 +19,8 @@ import time
 import zlib
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
+
+from filelock import FileLock, Timeout
 
 from phi3v.errors import UserError, entry_point
 
@@ -93,7 +94,7 @@ def launch_command(
         *torchrun,
         f"--nnodes={nodes}",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={node_address(first_node(nodelist), env)}:{rendezvous_port(env['SLURM_JOB_ID'])}",
+        f"--rdzv-endpoint={node_address(first_node(nodelist, env), env)}:{rendezvous_port(env['SLURM_JOB_ID'])}",
         f"--rdzv-id={env['SLURM_JOB_ID']}",
         "-m", *module_args,
     ]
@@ -106,14 +107,18 @@ def rendezvous_port(job_id: str) -> int:
     return RENDEZVOUS_PORTS[number % len(RENDEZVOUS_PORTS)]
 
 
-def first_node(nodelist: str) -> str:
-    """First host of a SLURM node list, as `scontrol show hostnames` would print it first:
-    `gpu[07-09,12],cpu1` -> `gpu07`; `a,b` -> `a`."""
-    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
-    if not match:
-        raise UserError(f"cannot read the SLURM node list {nodelist!r}")
-    prefix, ranges = match.groups()
-    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+def first_node(nodelist: str, env: Mapping[str, str] = os.environ) -> str:
+    """First host of a SLURM node list (`gpu[07-09,12],cpu1` -> `gpu07`), as SLURM expands it."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               env=dict(env), timeout=30)
+        hosts, reason = (shown.stdout.split() if shown.returncode == 0 else []), shown.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as error:
+        hosts, reason = [], str(error)
+    if not hosts:
+        raise UserError(f"cannot expand the SLURM node list {nodelist!r} with `scontrol show hostnames`: "
+                        f"{reason or 'it printed no host'}")
+    return hosts[0]
 
 
 def node_address(node: str, env: Mapping[str, str] = os.environ) -> str:
@@ -166,8 +171,8 @@ def claim_gpus(
 ) -> Iterator[list[int]]:
     """Hold `count` of the machine's `total` GPUs exclusively (file locks) for the block.
 
-    The locks are advisory `flock`s: the kernel releases them when the process dies, so a killed
-    job never leaves a GPU claimed. Yields the indices into `ids` (the GPUs' ids, by default
+    The locks are advisory `flock`s (filelock): the kernel releases them when the process dies, so a
+    killed job never leaves a GPU claimed. Yields the indices into `ids` (the GPUs' ids, by default
     0 .. total-1) of the GPUs held; a lock is named by the GPU's id, so runs that see the machine's
     GPUs through different CUDA_VISIBLE_DEVICES still exclude each other.
     """
@@ -178,28 +183,25 @@ def claim_gpus(
             "or run it on a cluster (profiles/slurm)"
         )
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    # A lock per GPU, named by its id (MIG ids hold slashes); mode 0o666 lets jobs of every account take it.
+    locks = [FileLock(Path(lock_dir) / f"gpu{gpu_id.replace('/', '_')}.lock", mode=0o666) for gpu_id in ids[:total]]
     deadline = time.monotonic() + timeout_s
-    held: list[tuple[int, int]] = []  # (gpu index, file descriptor)
+    held: list[int] = []
     try:
         while len(held) < count:
             for gpu in range(total):
-                if len(held) == count or any(g == gpu for g, _ in held):
-                    continue
-                lock_name = "gpu" + ids[gpu].replace("/", "_") + ".lock"  # MIG ids hold slashes
-                fd = os.open(Path(lock_dir) / lock_name, os.O_CREAT | os.O_RDONLY, 0o666)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    held.append((gpu, fd))
-                except BlockingIOError:
-                    os.close(fd)
+                if len(held) < count and gpu not in held:
+                    with contextlib.suppress(Timeout):
+                        locks[gpu].acquire(blocking=False)
+                        held.append(gpu)
             if len(held) < count:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"could not claim {count} free GPUs in {timeout_s:.0f} s")
                 time.sleep(1.0)
-        yield sorted(g for g, _ in held)
+        yield sorted(held)
     finally:
-        for _, fd in held:
-            os.close(fd)
+        for gpu in held:
+            locks[gpu].release()
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ random weights (speed does not depend on weight values); on a CPU the tiny base 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import sys
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from phi3v.errors import UserError, entry_point
 from phi3v.files import atomic_output_dir, write_json_atomic
@@ -61,8 +61,7 @@ def random_weights_once(base_model: Path, folder: Path) -> Path:
     """`write_random_weights` into `folder` by the first process of this host; the others wait on a
     file lock and load the same folder, so a node writes the model once, not once per process."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / "random-weights.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    with FileLock(folder.parent / "random-weights.lock"):  # a flock: released also if this process dies
         if not folder.is_dir():
             with atomic_output_dir(folder) as partial:
                 write_random_weights(base_model, partial)

@@ -1,10 +1,12 @@
 """Config resolution, and the questions the rules ask of the resolved config.
 
 `resolve_config` turns what Snakemake read (config.yaml plus `--config` overrides) into the one
-resolved configuration every rule reads: the named preset deep-merged with the overrides, checked
-against `schemas/config.schema.yaml` (defaults filled in, unknown keys refused), then the run matrix
-expanded and checked (`phi3v.workflow.matrix`). The helpers below it answer the questions the rules
-ask (which runs, which evaluations, which speed rows, what to pass to each job).
+resolved configuration every rule reads: the overrides merged into the named preset (Snakemake's
+`update_config`: mappings key by key, lists replaced), checked once against
+`schemas/config.schema.yaml` (`phi3v.workflow.config_schema`: defaults filled in, unknown keys
+refused), then the run matrix expanded and checked (`phi3v.workflow.matrix`). The helpers below it
+answer the questions the rules ask (which runs, which evaluations, which speed rows, what to pass to
+each job).
 """
 
 from __future__ import annotations
@@ -14,17 +16,17 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
-import jsonschema
 import yaml
+from snakemake.utils import update_config
 
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN
 from phi3v.data import recipe_train_turns
 from phi3v.data.sources import TASK_MODULES
 from phi3v.training.run_config import RunConfig, evaluation_precision
-from phi3v.workflow import matrix
+from phi3v.workflow import config_schema, matrix
 from phi3v.workflow.preflight import yaml_error_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -76,129 +78,8 @@ def load_schema(repo_root: str | os.PathLike = REPO_ROOT) -> dict:
     return load_yaml(Path(repo_root) / SCHEMA_PATH)
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    """`override` on top of `base`: mappings merge key by key, everything else (lists too) replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 # ---------------------------------------------------------------------------------------------
-# Schema: string coercion, readable errors, defaults
-
-
-def _resolve_ref(schema: dict, root: dict) -> dict:
-    """The schema with a local `$ref` inlined (its own keys win; `properties` are combined)."""
-    if "$ref" not in schema:
-        return schema
-    target = root
-    for part in schema["$ref"].removeprefix("#/").split("/"):
-        target = target[part]
-    target = _resolve_ref(target, root)
-    merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
-    merged["properties"] = {**target.get("properties", {}), **schema.get("properties", {})}
-    return merged
-
-
-def _child_schema(schema: dict, key: str, root: dict) -> dict:
-    schema = _resolve_ref(schema, root)
-    if key in schema.get("properties", {}):
-        return schema["properties"][key]
-    extra = schema.get("additionalProperties")
-    return extra if isinstance(extra, dict) else {}
-
-
-def _allowed_types(schema: dict) -> set[str]:
-    kind = schema.get("type", [])
-    types = set([kind] if isinstance(kind, str) else kind)
-    if "enum" in schema:
-        types |= {"null" if v is None else type(v).__name__.replace("str", "string") for v in schema["enum"]}
-    return types
-
-
-def _parse_scalar(text: str, types: set[str]) -> Any:
-    """`--config` hands nested values over as strings: read them as the schema's type."""
-    if not types or "string" in types:
-        return text
-    if "null" in types and text.strip().lower() in ("null", "none", "~", ""):
-        return None
-    if "boolean" in types and text.strip().lower() in ("true", "false", "yes", "no"):
-        return text.strip().lower() in ("true", "yes")
-    for kind, parse in (("integer", int), ("number", float)):
-        if kind in types:
-            try:
-                return parse(text)
-            except ValueError:
-                pass
-    if "array" in types:
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return text
-
-
-def coerce_strings(value: Any, schema: dict, root: dict) -> Any:
-    """A copy of `value` with strings turned into the numbers, booleans and nulls the schema expects."""
-    schema = _resolve_ref(schema, root)
-    if isinstance(value, dict):
-        return {key: coerce_strings(item, _child_schema(schema, key, root), root) for key, item in value.items()}
-    if isinstance(value, list):
-        items = schema.get("items", {})
-        return [coerce_strings(item, items if isinstance(items, dict) else {}, root) for item in value]
-    if isinstance(value, str):
-        return _parse_scalar(value, _allowed_types(schema))
-    return value
-
-
-def key_path(path: Iterable) -> str:
-    """`["runs", 3, "precision"]` -> `runs[3].precision`."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _allowed_keys(schema: dict, root: dict) -> list[str]:
-    return sorted(_resolve_ref(schema, root).get("properties", {}))
-
-
-def describe_error(error: jsonschema.ValidationError, root: dict) -> str:
-    """One line naming the key path, the offending value and what is allowed."""
-    where = f"config key `{key_path(error.absolute_path)}`"
-    kind, instance = error.validator, error.instance
-    if kind == "enum":
-        allowed = ", ".join(str(v) for v in error.validator_value)
-        return f"{where}: {instance!r} is not allowed; allowed values: {allowed}"
-    if kind in ("additionalProperties", "unevaluatedProperties"):
-        allowed = _allowed_keys(error.schema, root)
-        unknown = sorted(set(instance) - set(allowed)) if allowed else sorted(instance)
-        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-        return f"{where}: unknown key(s) {', '.join(map(repr, unknown))}{hint}"
-    if kind == "required":
-        return f"{where}: {error.message}; add it"
-    if kind == "type":
-        wanted = error.validator_value if isinstance(error.validator_value, str) else " or ".join(error.validator_value)
-        return f"{where}: {instance!r} is a {type(instance).__name__}, expected {wanted}"
-    return f"{where}: {error.message}"
-
-
-def check_with_schema(config: dict, schema: dict) -> None:
-    """Raise one UserError that lists every problem, a line each, naming its key."""
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        lines = [describe_error(error, schema) for error in errors]
-        raise UserError("invalid configuration:\n  " + "\n  ".join(lines))
-
-
-def fill_defaults(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dict:
-    """A copy of a valid config with the schema's defaults filled in, the way Snakemake fills them."""
-    from snakemake.utils import validate
-
-    validate(config, str(Path(repo_root).resolve() / SCHEMA_PATH), set_default=True)
-    return copy.deepcopy(config)  # Snakemake inserts the schema's own default objects: unshare them
+# Resolution: merge, validate, cross-field checks, the run matrix
 
 
 def _resolve_dataset_model(config: dict, name: str, dataset: dict) -> None:
@@ -268,9 +149,10 @@ def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> di
     preset = config.get("preset", "demo")
     if not isinstance(preset, str):
         raise UserError(f"config key `preset`: {preset!r} should be the name of a preset")
-    merged = coerce_strings(deep_merge(load_preset(preset, repo_root), config), schema, schema)
-    check_with_schema(merged, schema)
-    merged = fill_defaults(merged, repo_root)
+    merged = load_preset(preset, repo_root)
+    update_config(merged, copy.deepcopy(config))  # mappings merge key by key, anything else (lists too) replaces
+    config_schema.type_command_line_strings(merged, schema)
+    config_schema.validate(merged, schema)  # the one validation: every problem listed, defaults filled in
     _check_cpu_hardware(merged)
     _check_datasets(merged)
     matrix.expand(merged)
@@ -280,7 +162,6 @@ def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> di
             f"config key `speed.dataset`: unknown dataset {merged['speed']['dataset']!r}; allowed "
             f"values: {', '.join(merged['datasets'])}"
         )
-    check_with_schema(merged, schema)  # the expanded result must still fit the schema
     return merged
 
 

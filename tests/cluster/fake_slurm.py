@@ -1,10 +1,11 @@
 """A stand-in for a SLURM cluster's command-line tools: a one-node GPU partition (4 GPUs, MaxNodes
 unlimited) and a CPU partition. `fake_slurm` answers in-process; `install_tools` writes every tool
-that Snakemake's SLURM executor plugin or `phi3v.workflow.resources` probes as an executable, so a
-test behaves the same on a machine with SLURM's packages and on one without them."""
+that Snakemake's SLURM executor plugin, `phi3v.workflow.resources` or `phi3v.launch` probes as an
+executable, so a test behaves the same on a machine with SLURM's packages and on one without them."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,25 @@ SCONTROL_CONFIG = "Configuration data as of 2026-01-01T00:00:00\nMinJobAge      
 TOOLS = ("scontrol", "sinfo", "squeue", "sacct")
 
 
+def hostnames(nodelist: str) -> list[str]:
+    """What `scontrol show hostnames` prints: `gpu[07-09,12],cpu1` -> gpu07, gpu08, gpu09, gpu12, cpu1."""
+    hosts = []
+    for prefix, ranges in re.findall(r"([^,\[]+)(?:\[([^\]]+)\])?,?", nodelist):
+        if not ranges:
+            hosts.append(prefix)
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            hosts += [f"{prefix}{number:0{len(first)}d}" for number in range(int(first), int(last or first) + 1)]
+    return hosts
+
+
 def fake_slurm(*command: str) -> subprocess.CompletedProcess:
     tool, arguments = command[0], command[1:]
     if tool == "scontrol" and arguments[:2] == ("show", "config"):
         return subprocess.CompletedProcess(command, 0, SCONTROL_CONFIG, "")
+    if tool == "scontrol" and arguments[:2] == ("show", "hostnames"):
+        return subprocess.CompletedProcess(command, 0, "".join(f"{host}\n" for host in hostnames(arguments[2])), "")
     if tool == "scontrol":  # scontrol show partition [--oneliner] [NAME]
         names = [argument for argument in arguments[2:] if not argument.startswith("-")]
         name = names[0] if names else None

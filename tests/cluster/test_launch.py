@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from cluster.fake_slurm import install_tools
 from phi3v.errors import UserError
 from phi3v.launch import (claim_gpus, first_node, launch_command, launcher_command, node_address,
                           rendezvous_port, visible_gpus)
 
 SLURM_2_NODES = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+
+
+@pytest.fixture
+def slurm_tools(tmp_path):
+    """PATH with SLURM's command-line tools (the fake cluster's `scontrol show hostnames` expands node lists)."""
+    return str(install_tools(tmp_path / "bin"))
 
 
 def test_single_process_runs_plain_python():
@@ -33,7 +40,8 @@ def test_launcher_command_passes_the_job_shape():
 def test_rendezvous_goes_to_the_node_address_slurm_knows(tmp_path):
     # Where several node names share a host (cluster/local_slurm.sh with NODES > 1), the name is no address.
     scontrol = tmp_path / "scontrol"
-    scontrol.write_text("#!/bin/sh\n[ \"$3 $4\" = '--oneliner node1' ] && echo 'NodeName=node1 Arch=x NodeAddr=127.0.0.1 NodeHostName=vm'\n")
+    scontrol.write_text("#!/bin/sh\n[ \"$2 $3\" = 'hostnames node[1-2]' ] && printf 'node1\\nnode2\\n' && exit\n"
+                        "[ \"$3 $4\" = '--oneliner node1' ] && echo 'NodeName=node1 Arch=x NodeAddr=127.0.0.1 NodeHostName=vm'\n")
     scontrol.chmod(0o755)
     env = {"PATH": str(tmp_path), "SLURM_JOB_ID": "9", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "node[1-2]"}
     assert node_address("node1", env) == "127.0.0.1"
@@ -43,8 +51,9 @@ def test_rendezvous_goes_to_the_node_address_slurm_knows(tmp_path):
     assert "--rdzv-endpoint=127.0.0.1:20009" in command  # the port of job 9
 
 
-def test_several_nodes_use_srun_and_rendezvous_on_the_first_node():
-    command = launch_command(["phi3v.training.train"], processes_per_node=8, nodes=2, python="py", env=SLURM_2_NODES)
+def test_several_nodes_use_srun_and_rendezvous_on_the_first_node(slurm_tools):
+    env = {**SLURM_2_NODES, "PATH": slurm_tools}
+    command = launch_command(["phi3v.training.train"], processes_per_node=8, nodes=2, python="py", env=env)
     assert command[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert "--nnodes=2" in command and "--rdzv-endpoint=gpu07:20042" in command and "--rdzv-id=42" in command
     assert command[-2:] == ["-m", "phi3v.training.train"]
@@ -61,8 +70,13 @@ def test_several_nodes_outside_slurm_or_with_the_wrong_allocation_are_refused():
     "nodelist, head",
     [("node1", "node1"), ("a,b", "a"), ("gpu[07-09,12],cpu1", "gpu07"), ("x[3,5]", "x3"), ("n-1", "n-1")],
 )
-def test_first_node(nodelist, head):
-    assert first_node(nodelist) == head
+def test_first_node_is_the_first_host_scontrol_expands(nodelist, head, slurm_tools):
+    assert first_node(nodelist, {"PATH": slurm_tools}) == head
+
+
+def test_a_node_list_scontrol_cannot_expand_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"cannot expand the SLURM node list 'gpu\[07-08\]' with `scontrol show hostnames`"):
+        first_node("gpu[07-08]", {"PATH": str(tmp_path)})  # no scontrol there
 
 
 def test_concurrent_claims_get_disjoint_gpus(tmp_path):

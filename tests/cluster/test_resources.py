@@ -119,7 +119,8 @@ def test_jobs_their_partition_can_never_run_are_refused(paper):
 
 def test_allocation_is_read_with_scontrol_when_the_job_step_removed_it(tmp_path):
     scontrol = tmp_path / "scontrol"
-    scontrol.write_text("#!/bin/sh\necho 'JobId=77 JobName=x NumNodes=3 NumCPUs=48 NodeList=gpu[03-05] BatchHost=gpu03'\n")
+    scontrol.write_text("#!/bin/sh\n[ \"$2\" = hostnames ] && printf 'gpu03\\ngpu04\\ngpu05\\n' && exit\n"
+                        "echo 'JobId=77 JobName=x NumNodes=3 NumCPUs=48 NodeList=gpu[03-05] BatchHost=gpu03'\n")
     scontrol.chmod(0o755)
     env = {"SLURM_JOB_ID": "77", "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     old_path = os.environ["PATH"]

@@ -1,8 +1,10 @@
 """Config resolution: presets, overrides, schema defaults and errors, cross-field checks."""
 
+import copy
+
 import pytest
 
-from phi3v.workflow import settings
+from phi3v.workflow import config_schema, settings
 from phi3v.errors import UserError
 from phi3v.training.run_config import RunConfig
 
@@ -11,10 +13,16 @@ def resolve(**overrides):
     return settings.resolve_config({"preset": "demo", **overrides})
 
 
-def test_deep_merge_merges_mappings_and_replaces_lists():
-    base = {"a": {"b": 1, "c": 2}, "l": [1, 2]}
-    assert settings.deep_merge(base, {"a": {"c": 3}, "l": [9]}) == {"a": {"b": 1, "c": 3}, "l": [9]}
-    assert base == {"a": {"b": 1, "c": 2}, "l": [1, 2]}
+def test_overrides_merge_mappings_key_by_key_and_replace_lists():
+    nlvr2 = [run for run in settings.load_preset("demo")["runs"] if run["dataset"] == "nlvr2"]
+    overrides = {"preset": "demo", "evaluation": {"batch_size": 2}, "datasets": {"nlvr2": {"sizes": {"test": 8}}},
+                 "runs": nlvr2, "runs_filter": ["nlvr2/*"]}
+    given = copy.deepcopy(overrides)
+    config = settings.resolve_config(overrides)
+    assert (config["evaluation"]["batch_size"], config["evaluation"]["max_new_tokens"]) == (2, 16)
+    assert config["datasets"]["nlvr2"]["sizes"] == {"train": 256, "test": 8}
+    assert {run["dataset"] for run in config["runs"]} == {"nlvr2"} and config["runs_filter"] == ["nlvr2/*"]
+    assert overrides == given  # the overrides are read, not changed
 
 
 def test_preset_switch_and_nested_override_from_command_line_strings():
@@ -23,6 +31,18 @@ def test_preset_switch_and_nested_override_from_command_line_strings():
     assert config["model"]["source"] == "hub" and config["hardware"]["gpus_per_node"] == 4
     assert {run["max_steps"] for run in config["runs"]} == {20}
     assert config["hardware"]["accelerator"] == "cuda"  # untouched keys keep the preset's value
+
+
+@pytest.mark.parametrize("overrides", [
+    {"preset": "demo"},
+    {"preset": "demo", "train": {"seeds": [0, 1]}},
+    {"preset": "paper", "hardware": {"accelerator": "cpu", "gpus_per_node": 1}, "on_unsupported": "skip",
+     "attention_fallback": {"flash_attention_2": "sdpa"}},
+])
+def test_what_resolution_adds_fits_the_schema(overrides):
+    # The schema checks what the user gave, once; the ids, skip reasons and filled-in fields added after must fit it too.
+    resolved = settings.resolve_config(overrides)
+    config_schema.validate(copy.deepcopy(resolved), settings.load_schema())
 
 
 def test_defaults_are_filled_and_run_ids_follow_the_convention():
@@ -54,6 +74,7 @@ def test_demo_runs_every_accuracy_row_and_skips_gpu_speed_rows_with_reasons():
         ({"runs": [{"dataset": "docvqa", "strategy": "full", "precision": "bf16", "attention": "sdpa",
                     "epochs": 1}]}, "config key `runs[0]`: 'learning_rate' is a required property"),
         ({"model": {"source": "demo", "colour": "red"}}, "config key `model`: unknown key(s) 'colour'; allowed keys: cache_dir, id, revision, source"),
+        ({"train": {"colour": "red"}}, "config key `train`: unknown key(s) 'colour'; allowed keys: adapter_dtype, attention, "),
         ({"run_overrides": {"precision": "fp16", "attention": "flash_attention_2"}}, "flash_attention_2 does not support fp16"),
         ({"on_unsupported": "error", "runs_filter": ["docvqa/*"]}, "needs GPU"),
         ({"runs": [{"dataset": "docvqa", "strategy": "full", "precision": "bf16", "attention": "sdpa",
