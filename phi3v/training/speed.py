@@ -92,7 +92,8 @@ def run_speed(row: dict, *, base_model, data_dir, dataset_name: str, num_crops: 
     from accelerate.utils import gather_object
 
     from phi3v import provenance
-    from .train import fit, mfu_entry
+    from .loop import fit
+    from .measurements import mfu_entry
 
     if weights not in WEIGHTS:
         raise UserError(f"speed.weights={weights!r} — choose one of {', '.join(WEIGHTS)}")
