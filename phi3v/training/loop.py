@@ -74,37 +74,36 @@ def fit(run: RunConfig, *, base_model, data_dir, dataset_name: str, checkpoint_d
     checkpoint_dir = Path(checkpoint_dir)
     setup = set_up(run, base_model=base_model, data_dir=Path(data_dir), dataset_name=dataset_name,
                    tracker_dir=tracker_dir)
-    run, accelerator = setup.run, setup.accelerator
+    run, accelerator, total_steps = setup.run, setup.accelerator, setup.total_steps
     start_step, log = 0, []
     resume_from = resume_point(accelerator, checkpoint_dir, setup.fingerprint, run.run)
     if resume_from is not None:
         trainer_state = load_checkpoint(accelerator, resume_from)
         start_step, log = trainer_state["step"], trainer_state["log"]
 
-    loader = make_loader(setup.dataset, run, start=start_step, total=setup.total_steps, accumulation=setup.accumulation,
-                         rank=accelerator.process_index, world_size=accelerator.num_processes,
-                         pad_token_id=setup.pad_token_id)
-    batches = iter(loader)
+    batches = iter(make_loader(setup.dataset, run, start=start_step, total=total_steps,
+                               accumulation=setup.accumulation, rank=accelerator.process_index,
+                               world_size=accelerator.num_processes, pad_token_id=setup.pad_token_id))
     setup.model.train()
     wall_start = time.perf_counter()
     timed = Throughput()
-    bar = tqdm(total=setup.total_steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and accelerator.is_main_process),
                desc=run.run)
-    for step in range(start_step, setup.total_steps):
+    for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(setup.accumulation)]  # kept on the host until their turn
         loss, lr = optimizer_step(setup, micro)
         images, crops, tokens = accelerator.reduce(
             sum(batch_counts(b) for b in micro).to(accelerator.device), "sum").tolist()
         seconds = time.perf_counter() - t0
-        if step > start_step or setup.total_steps - start_step == 1:  # the first step warms up kernels
+        if step > start_step or total_steps - start_step == 1:  # the first step warms up kernels
             timed.add(images, crops, tokens, seconds)
         log.append({"step": step + 1, "epoch": round((step + 1) / setup.steps_per_epoch, 4), "loss": loss,
                     "lr": lr, "tokens": int(tokens), "img_per_s": images / seconds, "step_s": seconds})
         trackers.log_step(accelerator, run, log[-1])
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
-        if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < setup.total_steps:
+        if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < total_steps:
             save_checkpoint(accelerator, checkpoint_dir, step + 1, {"step": step + 1, "log": log}, setup.fingerprint)
     bar.close()
 
