@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from phi3v.errors import UserError, entry_point
+from phi3v.evaluation.inference import EVAL_PRECISIONS
 
-PRECISION_CHOICES = ("bf16", "fp16", "fp32")
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
 
 
@@ -51,14 +51,6 @@ def positive_float(text: str) -> float:
 
 # ---- generate ----------------------------------------------------------------------------------
 
-def torch_dtype(precision: str, device):
-    """Weights in the chosen precision on GPU; on CPU fp32 weights (half-precision CPU kernels are slow or absent)."""
-    import torch
-
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    return dtypes[precision] if device.type == "cuda" else torch.float32
-
-
 def user_prompt(processor, prompt: str, num_images: int) -> str:
     """The chat prompt: as written when it places its own `<|image_k|>` tags, else the images first."""
     from phi3v.processing_phi3v import image_tag_numbers
@@ -73,23 +65,22 @@ def generate(args) -> str:
     """Greedy answer of the model to one prompt with its images."""
     import torch
 
+    from phi3v.evaluation.inference import autocast_dtype, inference_dtype
     from phi3v.modeling_phi3v import Phi3VForCausalLM
     from phi3v.image_files import load_image
     from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
+    from phi3v.training.devices import to_device
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = {} if args.num_crops is None else {"num_crops": args.num_crops}
     processor = Phi3VProcessor.from_pretrained(args.model, revision=args.revision, **settings)
-    model = Phi3VForCausalLM.from_pretrained(args.model, revision=args.revision, dtype=torch_dtype(args.precision, device),
+    model = Phi3VForCausalLM.from_pretrained(args.model, revision=args.revision, dtype=inference_dtype(args.precision, device),
                                              attn_implementation=args.attention)
     check_compatible(model, processor, args.model)
     model.to(device)
     images = [load_image(path) for path in args.image]
-    inputs = processor(user_prompt(processor, args.prompt, len(images)), images)
-    inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    inputs = to_device(processor(user_prompt(processor, args.prompt, len(images)), images), device, model.dtype)
+    autocast = autocast_dtype(args.precision)  # on GPU too, unlike evaluation
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
         output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
                                 eos_token_id=processor.stop_token_ids, pad_token_id=processor.pad_token_id)
@@ -110,8 +101,7 @@ def merge_lora(args) -> str:
     """The adapter merged into the base weights, saved in the release's layout with the processor files."""
     from phi3v.files import atomic_output_dir
     from phi3v.processing_phi3v import Phi3VProcessor
-    from phi3v.training.lora_adapter import adapter_config, check_adapter_base
-    from phi3v.training.train import export_merged_lora
+    from phi3v.training.lora_adapter import adapter_config, check_adapter_base, export_merged_lora
 
     adapter = Path(args.adapter)
     if args.other_base:
@@ -188,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", action="append", default=[], metavar="PATH", help="an image file (repeatable)")
     gen.add_argument("--prompt", required=True, help="the user's text; may place images with <|image_1|> ...")
     gen.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length limit (default 128)")
-    gen.add_argument("--precision", choices=PRECISION_CHOICES, default="bf16",
+    gen.add_argument("--precision", choices=EVAL_PRECISIONS, default="bf16",
                      help="bf16 (default), fp16 or fp32; on CPU fp32 weights with bf16/fp16 autocast")
     gen.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa",
                      help="attention kernel (default sdpa; flash_attention_2 needs a GPU and flash-attn)")

@@ -8,7 +8,8 @@ from common import run_step  # noqa: E402
 
 
 def evaluate():
-    from phi3v.evaluation.evaluate import evaluate as evaluate_model, summary
+    from phi3v.evaluation.evaluate import evaluate as evaluate_model
+    from phi3v.evaluation.scoring import summary
 
     scores = evaluate_model(
         model_dir=snakemake.input.model,

@@ -18,34 +18,25 @@ process writes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
-import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from phi3v.errors import UserError, entry_point
-from phi3v.data.records import normalize_answer
-from phi3v.evaluation.metrics import accuracy, anls_lmms_eval, anls_official, recipe_anls
-from phi3v.evaluation import statistics
 from phi3v.files import write_json_atomic, write_text_atomic
 from phi3v.layout import PREDICTIONS, SCORES
-from phi3v.training.run_config import PRECISIONS, precision_dtype
+from .generation import STOP_TOKENS, generate_answers, yes_no_tokens
+from .inference import EVAL_PRECISIONS, load_model
+from .scoring import METRIC_NAMES, merge_answers, scored_predictions, summarize, summary
 
-METRICS = ("anls", "accuracy")
 # recipe: the recipe's prompt and the configured generation; lmms_eval: lmms-eval's `docvqa_val` (below)
 PROTOCOLS = ("recipe", "lmms_eval")
-# eos: the tokenizer's eos only (the recipe's scripts); end_and_eos: also `<|end|>` (fewer tokens generated)
-STOP_TOKENS = ("eos", "end_and_eos")
-# fp32: how the recipe evaluates an fp16 LoRA run (adapter on the base reloaded in fp32)
-EVAL_PRECISIONS = PRECISIONS + ("fp32",)
 
 # lmms-eval's `docvqa_val` task (lmms_eval/tasks/docvqa/_default_template_docvqa_yaml, 0.7): the
 # question, then this post-prompt; greedy, at most 32 new tokens; one example at a time (its phi3v model).
@@ -56,115 +47,11 @@ LMMS_EVAL_MAX_NEW_TOKENS = 32
 RECIPE_DOCVQA_SUFFIX = "\nAnswer briefly."
 
 
-# ---------------------------------------------------------------------------------------------
-# Scoring
-
-
-def score_prediction(prediction: str, answers: Sequence[str], metric: str) -> float:
-    """The table's metric for one sample, in [0, 1]: the recipe's ANLS for `anls`, exact match otherwise."""
-    if metric == "anls":
-        return recipe_anls(prediction, answers)
-    return accuracy(prediction, answers)
-
-
-def percent(values: Sequence[float]) -> float:
-    return round(100.0 * sum(values) / len(values), 4) if values else 0.0
-
-
-def is_yes(answers: Sequence[str]) -> bool:
-    """The positive class of a yes/no task (Hateful Memes: hateful): the first gold answer is "yes"."""
-    return normalize_answer(answers[0]) == "yes"
-
-
-# Values of a predictions row that `scores.json` keeps under `per_example` (those the rows have),
-# for the tables' bootstrap intervals.
-PER_EXAMPLE = ("id", "score", "anls_official", "p_yes")
-
-
-def summarize(
-    predictions: Sequence[dict], *, metric: str, majority: str | None, dataset: str, run: str, split: str,
-    protocol: str = "recipe",
-) -> dict:
-    """`scores.json` from scored predictions; the majority baseline (when given) goes through the same scoring.
-    Under the lmms_eval protocol `score` is lmms-eval's ANLS (also as `anls_lmms_eval`)."""
-    answers = [p["answers"] for p in predictions]
-    scores = {
-        "dataset": dataset,
-        "run": run,
-        "split": split,
-        "protocol": protocol,
-        "metric": metric,
-        "score": percent([p["score"] for p in predictions]),
-    }
-    if protocol == "lmms_eval":
-        scores["anls_lmms_eval"] = scores["score"]
-    elif metric == "anls":
-        scores["anls_recipe"] = scores["score"]
-        scores["anls_official"] = percent([p["anls_official"] for p in predictions])
-    if predictions and "p_yes" in predictions[0]:
-        value = statistics.auroc([p["p_yes"] for p in predictions], [is_yes(a) for a in answers])
-        scores["auroc"] = None if value is None else round(100.0 * value, 4)
-    scores["accuracy"] = percent([accuracy(p["prediction"], a) for p, a in zip(predictions, answers)])
-    if majority is not None:
-        majority_scores = [round(score_prediction(majority, a, metric), 6) for a in answers]
-        scores["majority_baseline"] = percent(majority_scores)
-        scores["majority_answer"] = majority
-    scores["n"] = len(predictions)
-    scores["per_example"] = {key: [p[key] for p in predictions] for key in PER_EXAMPLE
-                             if predictions and key in predictions[0]}
-    if majority is not None:
-        scores["per_example"]["majority_baseline"] = majority_scores
-    if "p_yes" in scores["per_example"]:
-        scores["per_example"]["is_yes"] = [is_yes(a) for a in answers]
-    return scores
-
-
-def summary(scores: dict) -> dict:
-    """`scores.json` without the per-example lists, for printing."""
-    return {key: value for key, value in scores.items() if key != "per_example"}
-
-
-def scored_predictions(ids: Sequence[str], predictions: Sequence[str], answers: Sequence[Sequence[str]],
-                       metric: str, yes_probabilities: Sequence[float] | None = None,
-                       protocol: str = "recipe") -> list[dict]:
-    """The rows of `predictions.jsonl`, sorted by id: the recipe's score, the official ANLS
-    (anls) and the probability of "yes" (when given); under the lmms_eval protocol lmms-eval's ANLS."""
-    rows = []
-    for index, (i, p, a) in enumerate(zip(ids, predictions, answers)):
-        if protocol == "lmms_eval":
-            rows.append({"id": i, "prediction": p, "answers": list(a), "score": round(anls_lmms_eval(p, a), 6)})
-            continue
-        row = {"id": i, "prediction": p, "answers": list(a), "score": round(score_prediction(p, a, metric), 6)}
-        if metric == "anls":
-            row["anls_official"] = round(anls_official(p, a), 6)
-        if yes_probabilities is not None:
-            row["p_yes"] = round(float(yes_probabilities[index]), 6)
-        rows.append(row)
-    return sorted(rows, key=lambda row: row["id"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Answers from several processes
-
-
-def merge_answers(rows: Sequence[dict]) -> list[dict]:
-    """Every process's rows sorted by id; a repeated id means a sample was answered twice."""
-    rows = sorted(rows, key=lambda row: row["id"])
-    for before, after in zip(rows, rows[1:]):
-        if before["id"] == after["id"]:
-            raise ValueError(f"sample {before['id']!r} was answered twice")
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Model and generation
-
-
 def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tokens: int,
                     max_samples: int | None, protocol: str = "recipe", stop_tokens: str = "eos") -> None:
     """Refuse bad settings before any work (the model checks the attention kernel itself)."""
-    if metric not in METRICS:
-        raise UserError(f"metric = {metric!r} is not known: use one of {', '.join(METRICS)}")
+    if metric not in METRIC_NAMES:
+        raise UserError(f"metric = {metric!r} is not known: use one of {', '.join(METRIC_NAMES)}")
     if protocol not in PROTOCOLS:
         raise UserError(f"protocol = {protocol!r} is not known: use one of {', '.join(PROTOCOLS)}")
     if protocol == "lmms_eval" and metric != "anls":
@@ -182,146 +69,9 @@ def check_arguments(*, metric: str, precision: str, batch_size: int, max_new_tok
         raise UserError(f"max_samples = {max_samples!r} is not valid: give a positive integer or none")
 
 
-def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Half-precision weights on GPU; on CPU fp32 weights under autocast (see `precision_context`)."""
-    return precision_dtype(precision) if device.type == "cuda" and precision != "fp32" else torch.float32
-
-
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """On CPU, compute in the run's precision with autocast (fp16 included) rather than in fp32."""
-    if device.type == "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cpu", dtype=precision_dtype(precision))
-
-
-def load_model(model_dir: str | os.PathLike, precision: str, attention: str, device: torch.device,
-               quantization_config=None):
-    """The model in the evaluation precision; `quantization_config`: 4-bit, as the recipe's QLoRA
-    scripts evaluate the base before training."""
-    from phi3v.modeling_phi3v import Phi3VForCausalLM
-    from phi3v.processing_phi3v import Phi3VProcessor, check_compatible
-
-    if not (Path(model_dir) / "config.json").is_file():
-        raise UserError(f"{model_dir} is not a model folder (no config.json): train the run first")
-    placement = {"quantization_config": quantization_config, "device_map": {"": device}} if quantization_config else {}
-    model = Phi3VForCausalLM.from_pretrained(
-        model_dir, dtype=inference_dtype(precision, device), attn_implementation=attention, **placement
-    )
-    if not quantization_config:  # bitsandbytes placed it already
-        model.to(device)
-    model.eval()
-    processor = Phi3VProcessor.from_pretrained(model_dir)
-    check_compatible(model, processor, str(model_dir))
-    return model, processor
-
-
-def stop_token_ids(processor, stop_tokens: str) -> list[int]:
-    """The ids generation stops at (`STOP_TOKENS`)."""
-    return [processor.tokenizer.eos_token_id] if stop_tokens == "eos" else processor.stop_token_ids
-
-
-def batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-@dataclasses.dataclass(frozen=True)
-class YesNoTokens:
-    """Where the answers "yes" and "no" part: their common leading tokens (none with a whole-word
-    tokenizer such as Phi's, `▁` alone with a tiny one) and the first token of each after them."""
-
-    prefix: tuple[int, ...]
-    yes: int
-    no: int
-
-
-def answer_token_ids(processor, answer: str) -> list[int]:
-    """The tokens of `answer` as training encodes a target (`{answer}<|end|>...`, no BOS)."""
-    return processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
-
-
-def yes_no_tokens(processor, answers: Iterable[str]) -> YesNoTokens:
-    """Where "yes" and "no" part, as the dataset spells them (e.g. `Yes.`, `No.`): `answers` are the
-    evaluation split's gold answers, then the training split's (a small evaluation slice may hold one
-    class only; its AUROC is then undefined, not an error)."""
-    spelled = {}
-    for answer in answers:
-        spelled.setdefault(normalize_answer(answer), answer)
-    missing = [word for word in ("yes", "no") if word not in spelled]
-    if missing:
-        raise UserError(f"auroc needs a yes/no task, but no gold answer of the evaluation or training split is "
-                        f"{' or '.join(map(repr, missing))}: set it only for yes/no datasets (Hateful Memes)")
-    yes, no = answer_token_ids(processor, spelled["yes"]), answer_token_ids(processor, spelled["no"])
-    common = next((i for i, (a, b) in enumerate(zip(yes, no)) if a != b), None)
-    if common is None:
-        raise UserError(f"auroc: the tokenizer encodes {spelled['yes']!r} and {spelled['no']!r} so that one is the "
-                        "start of the other: no token tells them apart")
-    return YesNoTokens(tuple(yes[:common]), yes[common], no[common])
-
-
-@torch.inference_mode()
-def yes_probability_after_prefix(model, inputs: dict, tokens: YesNoTokens) -> list[float]:
-    """P("yes") against P("no") where their tokens part, the common prefix teacher-forced after the
-    left-padded prompts: one forward, positions counted as generation counts them."""
-    batch = inputs["input_ids"].shape[0]
-    prefix = torch.tensor(tokens.prefix, dtype=inputs["input_ids"].dtype, device=inputs["input_ids"].device)
-    prefix = prefix.expand(batch, -1)
-    input_ids = torch.cat([inputs["input_ids"], prefix], dim=1)
-    attention_mask = torch.cat([inputs["attention_mask"], torch.ones_like(prefix)], dim=1)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    rest = {name: tensor for name, tensor in inputs.items() if name not in ("input_ids", "attention_mask")}
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=1, **rest).logits[:, -1]  # (B, vocab)
-    return logits[:, [tokens.yes, tokens.no]].float().softmax(dim=-1)[:, 0].tolist()
-
-
 def lmms_eval_prompt(prompt_user: str) -> str:
     """lmms-eval's DocVQA prompt from the recipe's: the question (after its image tags) and lmms-eval's post-prompt."""
     return prompt_user.removesuffix(RECIPE_DOCVQA_SUFFIX) + LMMS_EVAL_POST_PROMPT
-
-
-@torch.inference_mode()
-def generate_answers(model, processor, examples: Sequence, *, num_crops: int, max_new_tokens: int,
-                     batch_size: int, precision: str, device: torch.device,
-                     progress: bool = True, yes_no_ids: YesNoTokens | None = None, stop_tokens: str = "eos",
-                     ) -> list[str] | tuple[list[str], list[float]]:
-    """Greedy answers (new tokens only, special tokens skipped) for each example, in order.
-
-    With `yes_no_ids`, also each example's probability of "yes" against "no": the softmax over those
-    two tokens of the first generated position's logits (the same forward, no extra pass), or, where
-    the tokenizer starts both with the same tokens, of one forward with that prefix appended.
-    """
-    from phi3v.image_files import load_image
-
-    answers: list[str] = []
-    yes_probabilities: list[float] = []
-    with tqdm(total=len(examples), desc="evaluate", unit="sample", disable=not progress) as bar:
-        for batch in batches(examples, batch_size):
-            prompts = [processor.generation_prompt(example.prompt_user) for example in batch]
-            images = [[load_image(path) for path in example.image_paths] for example in batch]
-            inputs = processor(text=prompts, images=images, padding_side="left", num_crops=num_crops)
-            inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
-            if "pixel_values" in inputs:
-                inputs["pixel_values"] = inputs["pixel_values"].to(inference_dtype(precision, device))
-            with precision_context(precision, device):
-                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                        eos_token_id=stop_token_ids(processor, stop_tokens),
-                                        pad_token_id=processor.pad_token_id,
-                                        return_dict_in_generate=True, output_logits=yes_no_ids is not None and not yes_no_ids.prefix)
-            new_tokens = output.sequences[:, inputs["input_ids"].shape[1]:]  # (B, new) after left-padded prompts
-            answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
-            if yes_no_ids is not None and not yes_no_ids.prefix:
-                first = output.logits[0][:, [yes_no_ids.yes, yes_no_ids.no]].float()  # (B, 2) at the answer's start
-                yes_probabilities += first.softmax(dim=-1)[:, 0].tolist()
-            elif yes_no_ids is not None:
-                with precision_context(precision, device):
-                    yes_probabilities += yes_probability_after_prefix(model, inputs, yes_no_ids)
-            bar.update(len(batch))
-    return (answers, yes_probabilities) if yes_no_ids is not None else answers
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
 
 
 def write_outputs(out_dir: Path, rows: Sequence[dict], scores: dict) -> None:
@@ -416,7 +166,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--dataset", required=True, help="dataset name: files are <name>_<split>.jsonl")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--metric", required=True, choices=METRICS)
+    parser.add_argument("--metric", required=True, choices=METRIC_NAMES)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--run-name", required=True)
     parser.add_argument("--num-crops", type=int, required=True)

@@ -1,4 +1,4 @@
-"""Checks that a LoRA adapter belongs to the base model it is about to be merged into.
+"""A LoRA adapter's files: saving them, checking that they belong to a base model, merging them into it.
 
 peft merges any adapter whose tensors happen to fit, and fails with a bare size-mismatch traceback when
 they do not. Two checks come first, each one clear error:
@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from phi3v.errors import UserError
@@ -115,3 +116,28 @@ def tensor_misfit(key: str, shape: list[int], base: nn.Module) -> str | None:
     if needed is None or len(shape) != 2 or shape[needed[0]] == needed[1]:
         return None
     return f"{key} has shape {shape} but {module_name} is {type(module).__name__}{tuple(module.weight.shape)}"
+
+
+def save_adapter(model, folder: Path) -> None:
+    """The LoRA weights and `adapter_config.json`, the same bytes for the same run."""
+    for config in model.peft_config.values():
+        # peft keeps target_modules as a set and writes list(set): an order that changes with the hash seed
+        for key, value in vars(config).items():
+            if isinstance(value, set):
+                setattr(config, key, sorted(value))
+    model.save_pretrained(folder, save_embedding_layers=False)  # only LoRA weights train
+
+
+def export_merged_lora(base_model: Path, adapter_dir: Path, folder: Path) -> None:
+    """Merge the adapter into a fresh full-precision base (every CLIP layer back) and save it."""
+    from peft import PeftModel
+
+    from phi3v.modeling_phi3v import Phi3VForCausalLM
+
+    base = Phi3VForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    saved_dtype = base.config.dtype or torch.float32  # the base checkpoint's own dtype
+    base.drop_unused_vision_layers()  # as in training: the adapter has nothing there; saving restores them
+    check_adapter_fits(adapter_dir, base, str(base_model))
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.to(getattr(torch, str(saved_dtype).removeprefix("torch.")))
+    merged.save_pretrained(folder)

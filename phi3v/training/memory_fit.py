@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from .devices import to_device
 from .memory_plan import GIB, candidate_batches, training_state_bytes
 from .run_config import RunConfig
 
@@ -101,10 +102,8 @@ def saved_tensor_bytes(exclude=()):
 
 def probe_step_gib(model, batch: dict, device: torch.device, dtype: torch.dtype, extra_bytes: int) -> float:
     """GiB one forward + backward of `batch` needs (plus `extra_bytes`); inf when it runs out."""
-    from .train import to_device
-
     model.zero_grad(set_to_none=True)
-    batch = to_device(batch, device, None)
+    batch = to_device(batch, device)
     try:
         if device.type == "cuda":
             torch.cuda.synchronize(device)

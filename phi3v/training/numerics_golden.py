@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from phi3v import numerics
 from phi3v.errors import UserError, entry_point
+from .run_config import precision_dtype
 
 REGENERATE = "python -m phi3v.training.numerics_golden --write tests/numerics/golden.json"
 # Long enough that the CPU flash-attention kernel takes its blocked path (MKL's bf16 GEMM); short enough for seconds.
@@ -130,7 +131,7 @@ def tiny_training(precision: str, attention: str) -> dict:
         labels = torch.cat([torch.full((2, image_tokens), -100), text], dim=1)
         pixel_values = torch.randn(4, 3, config.crop_size, config.crop_size, generator=generator)  # 2 images x 2 crops
         image_sizes = torch.full((2, 2), config.crop_size)
-        with torch.autocast("cpu", dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[precision])):
+        with torch.autocast("cpu", dtype=precision_dtype(precision)):
             loss = model(input_ids=input_ids, labels=labels, pixel_values=pixel_values, image_sizes=image_sizes).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from pathlib import Path
 from dataclasses import dataclass
 
 from phi3v.data import TRAIN_TURNS
@@ -354,3 +355,14 @@ def speed_run(row: dict, speed: dict) -> RunConfig:
         deepspeed=row["deepspeed"],  # resolved by the workflow: the preset's `train.deepspeed`
         **{key: row[key] for key in ROW_SETTINGS if row.get(key) is not None},  # beyond the recipe
     )
+
+
+def read_run_json(text: str) -> RunConfig:
+    """`--run-json`: the run config as JSON text, or the path of a .json file holding it."""
+    source = Path(text) if not text.lstrip().startswith("{") else None
+    try:
+        data = json.loads(source.read_text() if source else text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"--run-json: cannot read a run config from {text[:80]!r} ({exc}) — give JSON "
+                        "text or a path to a .json file") from exc
+    return RunConfig.from_dict(data)

@@ -91,7 +91,8 @@ def run_speed(row: str, run: RunConfig, *, base_model, data_dir, weights: str, w
     from accelerate.utils import gather_object
 
     from phi3v import provenance
-    from .train import fit, mfu_entry
+    from .loop import fit
+    from .measurements import mfu_entry
 
     if weights not in WEIGHTS:
         raise UserError(f"speed.weights={weights!r} — choose one of {', '.join(WEIGHTS)}")
@@ -164,7 +165,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .train import read_run_json
+    from .run_config import read_run_json
 
     result = run_speed(args.row, read_run_json(args.run_json), base_model=args.base_model, data_dir=args.data_dir,
                        weights=args.weights, warmup=args.warmup, out_json=args.out)

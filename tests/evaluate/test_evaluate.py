@@ -10,15 +10,9 @@ import torch
 from PIL import Image
 
 from phi3v.errors import UserError
-from phi3v.evaluation.evaluate import (
-    check_arguments,
-    evaluate,
-    main,
-    merge_answers,
-    precision_context,
-    scored_predictions,
-    summarize,
-)
+from phi3v.evaluation.evaluate import check_arguments, evaluate, main
+from phi3v.evaluation.inference import autocast_dtype, inference_dtype, precision_context
+from phi3v.evaluation.scoring import merge_answers, scored_predictions, summarize
 
 SCORES_FIELDS = {"dataset", "run", "split", "metric", "score", "accuracy", "majority_baseline", "n"}
 
@@ -88,6 +82,14 @@ def test_cpu_generation_runs_in_the_requested_precision(precision, dtype):
     with precision_context(precision, torch.device("cpu")):
         product = torch.ones(2, 2) @ torch.ones(2, 2)
     assert product.dtype == dtype
+
+
+@pytest.mark.parametrize("precision, on_gpu, autocast", [
+    ("bf16", torch.bfloat16, torch.bfloat16), ("fp16", torch.float16, torch.float16), ("fp32", torch.float32, None)])
+def test_weights_take_the_precisions_dtype_on_gpu_and_fp32_on_cpu(precision, on_gpu, autocast):
+    assert inference_dtype(precision, torch.device("cuda", 0)) == on_gpu
+    assert inference_dtype(precision, torch.device("cpu")) == torch.float32
+    assert autocast_dtype(precision) == autocast
 
 
 def test_cli_prints_user_errors_without_traceback(tmp_path, capsys):
@@ -259,7 +261,8 @@ def test_yes_probability_after_a_shared_prefix_equals_the_first_generated_positi
     """The teacher-forced forward (for tokenizers that start "Yes." and "No." alike) reads the same
     distribution as generation's first step when there is nothing to force: padding and positions agree."""
     from phi3v.data.dataset import load_eval_examples
-    from phi3v.evaluation.evaluate import generate_answers, load_model, yes_no_tokens, yes_probability_after_prefix
+    from phi3v.evaluation.generation import generate_answers, yes_no_tokens, yes_probability_after_prefix
+    from phi3v.evaluation.inference import load_model
     from phi3v.image_files import load_image
 
     data = tmp_path / "data"
@@ -281,7 +284,7 @@ def test_yes_probability_after_a_shared_prefix_equals_the_first_generated_positi
 
 
 def test_yes_no_tokens_part_after_a_shared_prefix():
-    from phi3v.evaluation.evaluate import yes_no_tokens
+    from phi3v.evaluation.generation import yes_no_tokens
 
     class Tokenizer:  # a tiny BPE: "▁" first, then the word
         table = {"Yes.": [3, 7, 9], "No.": [3, 8, 9], "Yes": [3]}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from phi3v.data.collate import collate_packed
-from phi3v.training.train import loss_items
+from phi3v.training.loop import loss_items
 from .phi3v_inputs import make_sample, pad_batch
 
 # answers of very different lengths, so the two reductions differ clearly

@@ -88,7 +88,7 @@ def test_config_fields_given_at_load_apply_before_the_checks(release_folder, tmp
 
 
 def test_image_token_mismatch_is_refused_where_model_and_processor_load(release_folder, tmp_path):
-    from phi3v.evaluation.evaluate import load_model
+    from phi3v.evaluation.inference import load_model
 
     folder = tmp_path / "model"
     shutil.copytree(release_folder, folder)

@@ -14,8 +14,11 @@ import torch
 from phi3v.data.records import read_records
 from phi3v.errors import UserError
 from phi3v.modeling_phi3v import Phi3VForCausalLM
-from phi3v.training import devices
+from phi3v.training import devices, optimizer
 from phi3v.training import train as train_module
+from phi3v.training.data_order import collate_for
+from phi3v.training.distributed import ddp_finds_unused_parameters
+from phi3v.training.loop import FitResult
 from phi3v.training.model_setup import build_model, check_run, load_model
 
 from .conftest import DATASET, base_run
@@ -105,10 +108,10 @@ def test_an_ampere_card_passes_both_checks(v100, monkeypatch):
 
 def test_adamw_is_fused_on_cuda_and_torch_default_elsewhere():
     on_gpu = [SimpleNamespace(is_cuda=True)] * 2
-    assert train_module.fused_adamw(on_gpu) is True
-    assert train_module.fused_adamw([torch.nn.Parameter(torch.ones(2))]) is None  # CPU demo: bits unchanged
-    optimizer = train_module.make_optimizer(torch.nn.Linear(2, 2), base_run())
-    assert optimizer.defaults["fused"] is None and optimizer.defaults["foreach"] is None
+    assert optimizer.fused_adamw(on_gpu) is True
+    assert optimizer.fused_adamw([torch.nn.Parameter(torch.ones(2))]) is None  # CPU demo: bits unchanged
+    adamw = optimizer.make_optimizer(torch.nn.Linear(2, 2), base_run())
+    assert adamw.defaults["fused"] is None and adamw.defaults["foreach"] is None
 
 
 def write_records(folder, with_images: list[bool]):
@@ -130,7 +133,7 @@ def test_ddp_searches_for_unused_parameters_only_when_a_batch_can_leave_some_out
     rank = dict(lora_rank=4, lora_alpha=8) if strategy_name == "lora" else {}
     model = build_model(base_run(strategy=strategy_name, **rank), str(tiny_base), torch.device("cpu"))
     dataset = write_records(tmp_path, [True, not image_less_sample, True])
-    assert train_module.ddp_finds_unused_parameters(model, dataset) is searches
+    assert ddp_finds_unused_parameters(model, dataset) is searches
 
 
 def test_the_process_group_ends_before_the_main_process_writes_the_outputs(monkeypatch, tmp_path):
@@ -139,8 +142,7 @@ def test_the_process_group_ends_before_the_main_process_writes_the_outputs(monke
     accelerator = SimpleNamespace(is_main_process=True, unwrap_model=lambda model: model,
                                   end_training=lambda: events.append("end_training"),
                                   wait_for_everyone=lambda: events.append("barrier"))
-    result = train_module.FitResult(model="model", accelerator=accelerator, log=[], metrics={"m": 1},
-                                    timed=None, run=base_run())
+    result = FitResult(model="model", accelerator=accelerator, log=[], metrics={"m": 1}, timed=None, run=base_run())
     monkeypatch.setattr(train_module, "fit", lambda run, **kw: result)
     monkeypatch.setattr(train_module, "write_outputs", lambda model, run, **kw: events.append("write_outputs"))
     assert train_module.train(base_run(), base_model=tmp_path, data_dir=tmp_path, dataset_name=DATASET,
@@ -153,15 +155,24 @@ def text_examples(lengths):
 
 
 def test_packed_batches_carry_the_flash_kernels_sample_boundaries_only_under_flash_attention():
-    flash = train_module.collate_for(base_run(attention="flash_attention_2", packing=True), pad_token_id=0)
+    flash = collate_for(base_run(attention="flash_attention_2", packing=True), pad_token_id=0)
     batch = flash(text_examples([3, 5, 2]))
     assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [0, 3, 8, 10]
     assert batch["cu_seq_lens_q"].dtype == torch.int32
     assert batch["max_length_q"] == batch["max_length_k"] == 5 and isinstance(batch["max_length_q"], int)
-    sdpa = train_module.collate_for(base_run(attention="sdpa", packing=True), pad_token_id=0)
+    sdpa = collate_for(base_run(attention="sdpa", packing=True), pad_token_id=0)
     assert not {"cu_seq_lens_q", "max_length_q"} & set(sdpa(text_examples([3, 5, 2])))
-    moved = train_module.to_device(batch, torch.device("cpu"), None)  # plain ints pass through
+    moved = devices.to_device(batch, torch.device("cpu"))  # plain ints pass through
     assert moved["max_length_k"] == 5
+
+
+def test_a_batch_moves_with_its_floating_tensors_cast_and_the_rest_as_they_are():
+    batch = {"input_ids": torch.tensor([[1, 2]]), "pixel_values": torch.ones(1, 3, 2, 2), "image_sizes": None,
+             "max_length_q": 2}
+    moved = devices.to_device(batch, torch.device("cpu"), torch.bfloat16)
+    assert moved["pixel_values"].dtype == torch.bfloat16 and moved["input_ids"].dtype == torch.long
+    assert "image_sizes" not in moved and moved["max_length_q"] == 2  # None entries go, plain values stay
+    assert devices.to_device(batch, torch.device("cpu"))["pixel_values"].dtype == torch.float32
 
 
 def test_the_sample_boundaries_reach_every_language_model_attention_layer(monkeypatch):
@@ -179,8 +190,8 @@ def test_the_sample_boundaries_reach_every_language_model_attention_layer(monkey
         return sdpa(module, *args, **kwargs)
 
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", recording)
-    batch = train_module.collate_for(base_run(attention="flash_attention_2", packing=True), 0)(text_examples([3, 5]))
-    model(**train_module.to_device(batch, torch.device("cpu"), None))
+    batch = collate_for(base_run(attention="flash_attention_2", packing=True), 0)(text_examples([3, 5]))
+    model(**devices.to_device(batch, torch.device("cpu")))
     language = [entry for entry in seen if entry[0] == "Phi3Attention"]
     assert len(language) == config.num_hidden_layers
     assert all(cu.tolist() == [0, 3, 8] and longest == 5 for _, cu, longest in language)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from phi3v.training.train import linear_schedule_with_warmup
+from phi3v.training.optimizer import linear_schedule_with_warmup
 
 
 @pytest.mark.parametrize("warmup, total", [(10, 37), (0, 5), (50, 30), (3, 3)])

@@ -8,7 +8,8 @@ import pytest
 
 from phi3v.errors import UserError
 from phi3v.training.memory_fit import candidate_batches, choose_micro_batch
-from phi3v.training.train import fit, train
+from phi3v.training.loop import fit
+from phi3v.training.train import train
 
 from .conftest import DATASET, base_run
 

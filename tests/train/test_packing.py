@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from phi3v.training.train import micro_batches, train
+from phi3v.training.data_order import micro_batches
+from phi3v.training.train import train
 
 from .conftest import DATASET, base_run
 

@@ -88,7 +88,7 @@ def test_qlora_keeps_unquantised_weights_as_loaded(tiny_base):
 
 def test_loader_keys_samples_by_epoch_so_draws_follow_the_step():
     """A resumed run (start > 0) asks for the same (index, epoch) keys the first run would have."""
-    from phi3v.training.train import make_loader
+    from phi3v.training.data_order import make_loader
 
     run = base_run(batch_size=4, per_device_batch_size=2, max_steps=6)
     dataset = list(range(8))  # 2 steps an epoch
@@ -121,7 +121,7 @@ def test_qlora_adapters_stay_fp32_over_4bit_weights(tiny_base):
 def test_weight_decay_groups_are_the_recipes_transformers(tiny_base):
     """transformers 4.38-4.43 (the recipe's): decay all but biases and nn.LayerNorm weights, so Phi-3's
     RMSNorm weights, CLIP's class_embedding and the separators are decayed."""
-    from phi3v.training.train import make_optimizer
+    from phi3v.training.optimizer import make_optimizer
 
     model = build_model(base_run(), str(tiny_base))
     decay, no_decay = make_optimizer(model, base_run()).param_groups
