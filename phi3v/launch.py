@@ -69,7 +69,7 @@ def launch_command(
     """The command that runs `python -m <module_args...>` on `nodes` x `processes_per_node` processes.
 
     - 1 process on 1 node: plain python (no launcher to get in the way of debuggers; DeepSpeed's
-      group of one is made by the trainer, phi3v.training.train.single_process_rendezvous).
+      group of one is made by the trainer, phi3v.training.distributed.single_process_rendezvous).
     - several processes on 1 node: `torchrun --standalone`.
     - several nodes: `srun` starts one torchrun per node; they meet at the first node of the
       allocation (c10d rendezvous), with the SLURM job id as the rendezvous id.
