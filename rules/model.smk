@@ -40,6 +40,8 @@ if config["model"]["source"] == "demo":
         params:
             steps=config["pretrain"]["steps"],
             seed=config["pretrain"]["seed"],
+        # the critical path (every training waits for it): first, while the speed rows fill the other cores
+        priority: 100
         threads: resources_of("model")["threads"]
         resources:
             **job_resources("model"),

@@ -57,7 +57,7 @@ def write_weightless_base(folder: Path, *, texts: list[str], vocab_size: int) ->
     config = Phi3VConfig.tiny(vocab_size=vocab_size, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                               pad_token_id=tokenizer.pad_token_id)
     # what a model's save_pretrained records beside the config
-    config.architectures, config.torch_dtype = ["Phi3VForCausalLM"], torch.float32
+    config.architectures, config.dtype = ["Phi3VForCausalLM"], torch.float32
     config.save_pretrained(folder)
     image_processor = Phi3VImageProcessor(num_crops=1, crop_size=config.crop_size)
     Phi3VProcessor(image_processor, tokenizer).save_pretrained(folder)
