@@ -1,7 +1,10 @@
 """The demo's base model: tiny Phi-3.5-vision, tiny tokenizer, a short pre-training on the demo corpus.
 
-It goes through the same training code as every fine-tuning run (`phi3v.training.train.train`, strategy
-`full`), so the demo exercises one loop, and the result is a model folder in the official layout.
+Two steps, two workflow jobs: the model without weights (config, tokenizer, processor files:
+`results/model_config/`, all the speed rows need), then its pre-training (`results/base_model/`).
+The pre-training goes through the same training code as every fine-tuning run
+(`phi3v.training.train.train`, strategy `full`), so the demo exercises one loop, and the result is a
+model folder in the official layout.
 """
 
 from __future__ import annotations
@@ -88,6 +91,11 @@ def write_demo_model_config(corpus_dir, text_dirs, out_dir, *, vocab_size: int) 
         write_weightless_base(partial, texts=texts, vocab_size=vocab_size)
 
 
+def check_steps(steps) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise UserError(f"build_demo_base: steps={steps!r} — give a positive integer")
+
+
 def pretrain_demo_base(model_config, corpus_dir, out_dir, *, steps: int, seed: int) -> dict:
     """Pre-train random weights (drawn from `seed`) for the weightless model folder `model_config` on
     the corpus, and write the demo's base model folder at `out_dir`; return the pre-training metrics."""
@@ -95,8 +103,7 @@ def pretrain_demo_base(model_config, corpus_dir, out_dir, *, steps: int, seed: i
     from .train import train
 
     model_config, corpus_dir, out_dir = Path(model_config), Path(corpus_dir), Path(out_dir)
-    if not isinstance(steps, int) or steps < 1:
-        raise UserError(f"build_demo_base: steps={steps!r} — give a positive integer")
+    check_steps(steps)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".base-build-", dir=out_dir.parent) as work:
         work = Path(work)
@@ -121,6 +128,7 @@ def pretrain_demo_base(model_config, corpus_dir, out_dir, *, steps: int, seed: i
 def build_demo_base(corpus_dir, text_dirs, out_dir, *, steps: int, seed: int, vocab_size: int) -> dict:
     """Both steps at once (the command line): the demo's base model folder at `out_dir`."""
     out_dir = Path(out_dir)
+    check_steps(steps)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".base-config-", dir=out_dir.parent) as work:
         model_config = Path(work) / "model_config"
