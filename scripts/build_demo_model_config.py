@@ -1,7 +1,9 @@
 """The demo model without weights: tiny config, tokenizer learned from the demo texts, processor files."""
 
+import os
 import sys
 
+os.environ["PHI3V_AUTO_CLASSES"] = "0"  # no model is loaded: the config and processor classes are used directly
 sys.path.insert(0, snakemake.scriptdir)
 from common import run_step  # noqa: E402
 
