@@ -26,38 +26,6 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
-# The demo's base model on every dataset in one job: with the tiny model an evaluation is ~1 s of
-# work beside ~3.5 s of imports. A run's evaluation stays a job of its own (`evaluate`).
-BASE_EVALUATED = [dataset for dataset, run in settings.evaluations(config) if run == settings.BASE_RUN]
-
-if config["model"]["source"] == "demo" and BASE_EVALUATED:
-
-    ruleorder: evaluate_base > evaluate
-
-    rule evaluate_base:
-        input:
-            model=layout.base_model,  # the demo's one base model (a dataset's own `model` needs the hub)
-            data=[layout.data(dataset) for dataset in BASE_EVALUATED],
-        output:
-            predictions=[layout.predictions(dataset, settings.BASE_RUN) for dataset in BASE_EVALUATED],
-            scores=[layout.scores(dataset, settings.BASE_RUN) for dataset in BASE_EVALUATED],
-        log:
-            layout.log("evaluate_base"),
-        benchmark:
-            layout.benchmark("evaluate_base")
-        params:
-            datasets=BASE_EVALUATED,
-            options=[settings.evaluation_options(config, dataset, settings.BASE_RUN) for dataset in BASE_EVALUATED],
-            out_dirs=[layout.eval_dir(dataset, settings.BASE_RUN) for dataset in BASE_EVALUATED],
-        threads: resources_of("evaluate")["threads"]
-        resources:
-            **job_resources("evaluate", gpus_per_job()),
-        conda:
-            "../envs/evaluate.yaml"
-        script:
-            "../scripts/evaluate.py"
-
-
 rule evaluate_lmms_eval:
     input:
         model=model_to_evaluate,
