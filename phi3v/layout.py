@@ -67,7 +67,7 @@ class ResultsLayout:
 
     @property
     def model_config(self) -> Path:
-        """The hub model's config and tokenizer without weights (speed rows with random weights)."""
+        """The model's config and tokenizer without weights (speed rows with random weights)."""
         return self.root / "model_config"
 
     # Training runs

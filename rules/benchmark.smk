@@ -3,12 +3,8 @@
 
 rule benchmark_speed:
     input:
-        # random weights from a hub model need only its config and tokenizer, not its weights
-        base_model=(
-            layout.model_config
-            if config["speed"]["weights"] == "random" and config["model"]["source"] == "hub"
-            else layout.base_model
-        ),
+        # random weights need only the model's config and tokenizer, not its (pre-)trained weights
+        base_model=layout.model_config if config["speed"]["weights"] == "random" else layout.base_model,
         data=layout.data(config["speed"]["dataset"]),
     output:
         layout.speed("{row}"),

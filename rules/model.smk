@@ -2,12 +2,35 @@
 
 if config["model"]["source"] == "demo":
 
-    rule build_demo_model:
+    # The model without its weights (config, tokenizer, processor files): all the speed rows need
+    # when they measure random weights, so they run beside the pre-training.
+    rule build_demo_model_config:
         input:
             corpus=layout.pretrain_corpus,
             # Every defined dataset, not only the selected ones: the tokenizer's vocabulary, and so
             # every run's weights, must not depend on `runs_filter` (nor on `evaluation.lmms_eval`).
             datasets=[layout.data(dataset) for dataset in settings.tokenizer_datasets(config)],
+        output:
+            directory(layout.model_config),
+        log:
+            layout.log("build_demo_model_config"),
+        benchmark:
+            layout.benchmark("build_demo_model_config")
+        params:
+            vocab_size=config["pretrain"]["vocab_size"],
+        threads: resources_of("model")["threads"]
+        resources:
+            **job_resources("model"),
+        conda:
+            "../envs/train.yaml"
+        script:
+            "../scripts/build_demo_model_config.py"
+
+
+    rule build_demo_model:
+        input:
+            model_config=layout.model_config,
+            corpus=layout.pretrain_corpus,
         output:
             directory(layout.base_model),
         log:
@@ -17,7 +40,8 @@ if config["model"]["source"] == "demo":
         params:
             steps=config["pretrain"]["steps"],
             seed=config["pretrain"]["seed"],
-            vocab_size=config["pretrain"]["vocab_size"],
+        # the critical path (every training waits for it): first, while the speed rows fill the other cores
+        priority: 100
         threads: resources_of("model")["threads"]
         resources:
             **job_resources("model"),

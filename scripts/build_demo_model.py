@@ -1,4 +1,4 @@
-"""The demo's base model: tiny config and tokenizer, short pre-training, official folder layout."""
+"""The demo's base model: a short pre-training of the weightless demo model, official folder layout."""
 
 import sys
 
@@ -7,15 +7,14 @@ from common import run_step  # noqa: E402
 
 
 def build_demo_model():
-    from phi3v.training.demo_model import build_demo_base
+    from phi3v.training.demo_model import pretrain_demo_base
 
-    build_demo_base(
+    pretrain_demo_base(
+        snakemake.input.model_config,
         snakemake.input.corpus,
-        list(snakemake.input.datasets),
         snakemake.output[0],
         steps=snakemake.params.steps,
         seed=snakemake.params.seed,
-        vocab_size=snakemake.params.vocab_size,
     )
 
 

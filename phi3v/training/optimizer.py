@@ -24,13 +24,13 @@ def make_optimizer(model, run: RunConfig) -> torch.optim.Optimizer:
     # an empty group (frozen_vision trains no bias or LayerNorm) would be dropped by DeepSpeed, not by the scheduler
     groups = [group for group in groups if group["params"]]
     return torch.optim.AdamW(groups, lr=run.learning_rate, betas=(0.9, 0.95), eps=1e-7,
-                             fused=fused_adamw([p for _, p in params]))
+                             **adamw_kernel([p for _, p in params]))
 
 
-def fused_adamw(params) -> bool | None:
-    """AdamW's `fused` flag: the fused kernel (one launch for every tensor) on CUDA; elsewhere None,
-    torch's default (foreach), whose bits the CPU demo is pinned to."""
-    return True if params and all(p.is_cuda for p in params) else None
+def adamw_kernel(params) -> dict:
+    """AdamW's implementation: the fused kernel (one launch for every tensor) on CUDA; elsewhere foreach,
+    the same bits as torch's CPU default (a Python loop over the tensors)."""
+    return {"fused": True} if params and all(p.is_cuda for p in params) else {"foreach": True}
 
 
 def linear_schedule_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int,

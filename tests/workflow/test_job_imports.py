@@ -31,7 +31,8 @@ def test_a_job_that_loads_no_model_imports_no_torch(job):
     assert result.stdout.strip() == "[]", f"{job}: {result.stdout}"
 
 
-@pytest.mark.parametrize("script", ["raw_dataset", "pretrain_corpus", "tables", "figures", "train", "benchmark_speed"])
+@pytest.mark.parametrize("script", ["raw_dataset", "pretrain_corpus", "tables", "figures", "train", "benchmark_speed",
+                                    "build_demo_model_config"])
 def test_scripts_of_jobs_without_a_model_skip_the_auto_class_registration(script):
     """`import phi3v` registers the Auto classes (torch + transformers) unless told not to, before
     scripts/common.py imports it."""
