@@ -7,10 +7,7 @@ size and image-token count (what the processor expands an `<|image_k|>` tag into
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
-from numbers import Integral
 from typing import Sequence
 
 import numpy as np
@@ -25,13 +22,11 @@ from transformers.utils import IMAGE_PROCESSOR_NAME
 from phi3v.errors import UserError
 from phi3v.image_files import image_name, load_image, to_rgb
 from phi3v.model_files import check_source
-from phi3v.model_sizes import CLIP_VIT_L_14_336, MAX_NUM_CROPS, image_token_count
+from phi3v.hd_geometry import hd_geometry, num_image_tokens, tokens_per_side
+from phi3v.model_sizes import MAX_NUM_CROPS, image_token_count
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# CLIP patches are 14 px and the image embedding merges 2x2 patches into one token.
-PATCH_SIZE = CLIP_VIT_L_14_336["patch_size"]
-PATCH_MERGE = 2
 
 IMAGE_PROCESSOR_FILE = IMAGE_PROCESSOR_NAME  # preprocessor_config.json, as in the release
 # Keys of the official preprocessor_config.json that describe the file rather than the transform.
@@ -47,46 +42,6 @@ def check_num_crops(num_crops, where: str = "num_crops") -> int:
             "(the recipe uses 16 for single images and 4 for video frames)."
         )
     return num_crops
-
-
-@dataclass(frozen=True)
-class HDGeometry:
-    """Where an image lands in the HD canvas. Sizes in landscape orientation except `size`."""
-
-    transposed: bool  # the image was taller than wide and is processed transposed
-    resized_height: int
-    resized_width: int  # a multiple of the crop size
-    padded_height: int  # resized_height padded with white to a multiple of the crop size
-    top: int  # white rows above the image
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """The padded HD size (height, width) in the image's own orientation (what `image_sizes` holds)."""
-        if self.transposed:
-            return self.resized_width, self.padded_height
-        return self.padded_height, self.resized_width
-
-
-def hd_geometry(height: int, width: int, num_crops: int, crop_size: int) -> HDGeometry:
-    """The reference HD layout: the most crops `scale * ceil(scale / ratio) <= num_crops` allows."""
-    if not (isinstance(height, Integral) and isinstance(width, Integral) and height > 0 and width > 0):
-        raise UserError(f"image size {width!r}x{height!r} (width x height) is not valid: both must be positive integers.")
-    height, width = int(height), int(width)
-    transposed = width < height
-    if transposed:
-        height, width = width, height
-    # Float arithmetic on purpose: the reference computes ratio, scale and height this way.
-    ratio = width / height
-    scale = 1
-    while scale * math.ceil(scale / ratio) <= num_crops:
-        scale += 1
-    scale -= 1
-    resized_width = scale * crop_size
-    # Extreme ratios (wider than resized_width:1) would round to zero rows; keep one.
-    resized_height = max(1, int(resized_width / ratio))
-    padded_height = -(-resized_height // crop_size) * crop_size
-    top = (padded_height - resized_height) // 2
-    return HDGeometry(transposed, resized_height, resized_width, padded_height, top)
 
 
 class Phi3VImageProcessorKwargs(ImagesKwargs, total=False):
@@ -126,7 +81,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
                 "(CLIP's 14-px patches merged 2x2; 336 for the real model)."
             )
         self.crop_size = crop_size
-        self.tokens_per_side = crop_size // (PATCH_SIZE * PATCH_MERGE)
+        self.tokens_per_side = tokens_per_side(crop_size)
         if num_img_tokens is not None and num_img_tokens != self.tokens_per_side**2:
             raise UserError(
                 f"num_img_tokens = {num_img_tokens!r} does not match crop_size {crop_size} "
@@ -189,7 +144,8 @@ class Phi3VImageProcessor(BaseImageProcessor):
 
     def num_image_tokens(self, height: int, width: int, num_crops: int | None = None) -> int:
         """Image tokens for an image of `height x width` pixels at `num_crops`."""
-        return self.image_token_count(*self.hd_size(height, width, num_crops))
+        num_crops = self.num_crops if num_crops is None else check_num_crops(num_crops)
+        return num_image_tokens(height, width, num_crops, self.crop_size)
 
     def hd_transform(self, image: Image.Image, num_crops: int) -> torch.Tensor:
         """Resize into the HD layout, pad white, normalise: (3, H, W) float32, H and W multiples of S."""

@@ -1,7 +1,9 @@
 """Raw folder -> the recipe's jsonl format + images, then per-split statistics."""
 
+import os
 import sys
 
+os.environ["PHI3V_AUTO_CLASSES"] = "0"  # loads no model: no torch + transformers import (~4 s)
 sys.path.insert(0, snakemake.scriptdir)
 from common import run_step, source_function  # noqa: E402
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from phi3v.data import TRAIN_TURNS
-from phi3v.data.records import normalize_answer, Record, Turn, image_file, image_tags, read_records
+from phi3v.data.records import first_turn_answers, normalize_answer, Record, Turn, image_file, image_tags, read_records
 from phi3v.errors import UserError
 from phi3v.image_files import load_image
 from phi3v.processing_phi3v import image_tag_numbers
@@ -151,11 +151,6 @@ def load_eval_examples(
             answers=list(record.answers) if record.answers is not None else [first.assistant],
         ))
     return examples
-
-
-def first_turn_answers(records: Sequence[Record]) -> list[str]:
-    """Each record's first assistant text, normalised as accuracy compares answers."""
-    return [normalize_answer(record.conversations[0].assistant) for record in records]
 
 
 def majority_answer(train_jsonl: str | os.PathLike) -> str:

@@ -16,7 +16,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from phi3v.data.sources.common import write_jsonl
 from phi3v.errors import UserError
@@ -281,3 +281,8 @@ def duplicate_id(record_id: str, first_seen: dict[str, str]) -> tuple[str, str]:
 def write_records(path: str | os.PathLike, records: Iterable[Record | dict]) -> int:
     """Write records one a line; return how many were written."""
     return write_jsonl(path, (r.to_dict() if isinstance(r, Record) else r for r in records))
+
+
+def first_turn_answers(records: Sequence[Record]) -> list[str]:
+    """Each record's first assistant text, normalised as accuracy compares answers."""
+    return [normalize_answer(record.conversations[0].assistant) for record in records]

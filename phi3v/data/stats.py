@@ -10,9 +10,8 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from phi3v.data.dataset import first_turn_answers
-from phi3v.data.records import image_file, read_records, split_path
-from phi3v.image_processing_phi3v import Phi3VImageProcessor
+from phi3v.data.records import first_turn_answers, image_file, read_records, split_path
+from phi3v.hd_geometry import num_image_tokens
 
 ImageTokenCounter = Callable[[int, int, int], int]  # (height, width, num_crops) -> tokens
 TOP_ANSWERS = 20
@@ -65,8 +64,8 @@ def split_stats(
 
 
 def default_image_token_counter() -> ImageTokenCounter:
-    """The real model's count (336-pixel crops), from the processor's own image processor."""
-    return Phi3VImageProcessor().num_image_tokens
+    """The real model's count (336-pixel crops), the arithmetic its image processor uses."""
+    return num_image_tokens
 
 
 def write_stats(

@@ -12,7 +12,7 @@ PACKAGE = Path(phi3v.__file__).resolve().parent
 # Bottom to top; a module may import its own layer and those below. The package root is left out:
 # Python runs it before any submodule anyway (it pins numerics and registers the Auto classes).
 LAYERS = [
-    ("ground", ["errors", "files", "image_files", "layout", "launch", "lockfile", "model_files", "model_sizes", "numerics",
+    ("ground", ["errors", "files", "hd_geometry", "image_files", "layout", "launch", "lockfile", "model_files", "model_sizes", "numerics",
                 "provenance"]),
     ("model", ["configuration_phi3v", "modeling_phi3v", "image_processing_phi3v", "processing_phi3v"]),
     ("data", ["data"]),

@@ -16,6 +16,9 @@ MODULES = {
               "phi3v.training.run_config", "phi3v.launch"],
     "synthesize_raw": ["phi3v.data.sources.docvqa", "phi3v.data.sources.cauldron", "phi3v.data.sources.ucf101"],
     "pretrain_corpus": ["phi3v.data.sources.pretrain_corpus"],
+    # scripts/convert.py: a source's converter, then the split statistics (image tokens counted without torch)
+    "convert": ["phi3v.data.sources.docvqa", "phi3v.data.sources.cauldron", "phi3v.data.sources.ucf101",
+                "phi3v.data.stats"],
     "tables": ["phi3v.layout", "phi3v.reporting.tables"],
     "figures": ["phi3v.layout", "phi3v.reporting.figures"],
 }
@@ -31,7 +34,7 @@ def test_a_job_that_loads_no_model_imports_no_torch(job):
     assert result.stdout.strip() == "[]", f"{job}: {result.stdout}"
 
 
-@pytest.mark.parametrize("script", ["raw_dataset", "pretrain_corpus", "tables", "figures", "train", "benchmark_speed",
+@pytest.mark.parametrize("script", ["raw_dataset", "convert", "pretrain_corpus", "tables", "figures", "train", "benchmark_speed",
                                     "build_demo_model_config"])
 def test_scripts_of_jobs_without_a_model_skip_the_auto_class_registration(script):
     """`import phi3v` registers the Auto classes (torch + transformers) unless told not to, before
