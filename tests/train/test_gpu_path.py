@@ -109,24 +109,9 @@ def test_an_ampere_card_passes_both_checks(v100, monkeypatch):
 def test_adamw_is_fused_on_cuda_and_foreach_elsewhere():
     on_gpu = [SimpleNamespace(is_cuda=True)] * 2
     assert optimizer.adamw_kernel(on_gpu) == {"fused": True}
-    assert optimizer.adamw_kernel([torch.nn.Parameter(torch.ones(2))]) == {"foreach": True}
+    assert optimizer.adamw_kernel([torch.nn.Parameter(torch.ones(2))]) == {}  # CPU demo: bits unchanged
     adamw = optimizer.make_optimizer(torch.nn.Linear(2, 2), base_run())
-    assert adamw.defaults["fused"] is None and adamw.defaults["foreach"] is True
-
-
-def test_foreach_adamw_gives_the_bits_of_torchs_cpu_default():
-    torch.manual_seed(0)
-    start = [torch.randn(shape) for shape in ((7, 5), (5,), (3, 4, 2))]
-    results = []
-    for kernel in ({}, {"foreach": True}):
-        params = [torch.nn.Parameter(tensor.clone()) for tensor in start]
-        adamw = torch.optim.AdamW(params, lr=3e-3, betas=(0.9, 0.95), eps=1e-7, weight_decay=0.01, **kernel)
-        for step in range(5):
-            for i, param in enumerate(params):
-                param.grad = torch.sin(param.detach() * (step + i + 1))
-            adamw.step()
-        results.append(params)
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert adamw.defaults["fused"] is None and adamw.defaults["foreach"] is None
 
 
 def write_records(folder, with_images: list[bool]):
