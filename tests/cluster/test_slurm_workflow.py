@@ -24,7 +24,7 @@ from workflow.helpers import REPO, SNAKEMAKE, demo_slice_config
 RUN = "full-bf16-sdpa"
 TARGETS = [f"eval/docvqa/{RUN}/scores.json", f"runs/docvqa/{RUN}/metrics.json"]
 RULES = ["train", "evaluate"]  # through SLURM; the data and the base model come from the local run
-PREPARED = ["raw", "data", "pretrain", "base_model"]
+PREPARED = ["raw", "data", "pretrain", "model_config", "base_model"]
 SLURM_TOOLS = ["munged", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue"]
 
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 # rule group -> the scripts its rules run
 GROUPS = {
     "data": ["raw_dataset", "convert", "validate", "pretrain_corpus", "download_model"],
-    "train": ["build_demo_model", "train", "benchmark_speed"],
+    "train": ["build_demo_model_config", "build_demo_model", "train", "benchmark_speed"],
     "evaluate": ["evaluate"],
     "tables": ["tables", "figures"],
 }

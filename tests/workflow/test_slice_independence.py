@@ -7,10 +7,11 @@ from .helpers import run_snakemake as snakemake
 
 
 def base_model_job(tmp_path, *config):
-    """The build_demo_model job of a dry run, as Snakemake prints it (input:, output:, ...)."""
+    """The build_demo_model_config job of a dry run (the tokenizer's texts), as Snakemake prints it (input:,
+    output:, ...)."""
     result = snakemake("-n", "--cores", "1", "--config", f"results_dir={tmp_path}", *config)
     assert result.returncode == 0, result.stderr
-    job = re.search(r"^rule build_demo_model:\n((?:    .*\n)+)", result.stdout, re.MULTILINE)
+    job = re.search(r"^rule build_demo_model_config:\n((?:    .*\n)+)", result.stdout, re.MULTILINE)
     assert job, result.stdout
     return {key: value for key, value in re.findall(r"^    (\w+): (.*)$", job.group(1), re.MULTILINE)
             if key in ("input", "output")}
