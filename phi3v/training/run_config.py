@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from phi3v.data import TRAIN_TURNS
 from phi3v.errors import UserError
 from phi3v.layout import BASE_RUN  # no training run may take the name of the model before fine-tuning
+from phi3v.model_sizes import MAX_NUM_CROPS
 
 PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype name
 PRECISIONS = tuple(PRECISION_DTYPES)
@@ -121,7 +122,7 @@ class RunConfig:
     attention: str = setting(choices=ATTENTIONS)
     learning_rate: float = setting(above=0)
     epochs: float = setting(above=0)
-    num_crops: int = setting(minimum=1, maximum=16)  # the recipe's scripts allow 1 to 16
+    num_crops: int = setting(minimum=1, maximum=MAX_NUM_CROPS)  # the recipe's scripts allow 1 to 16
     batch_size: int = setting(64, minimum=1, about="effective batch: over processes and accumulation")
     per_device_batch_size: int = setting(1, minimum=1, speed_row=True)
     lora_rank: int | None = setting(None, minimum=1)
