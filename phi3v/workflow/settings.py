@@ -143,6 +143,20 @@ def _check_cpu_hardware(config: dict) -> None:
         )
 
 
+def _refuse_empty_mappings_over_values(preset: dict, overrides: dict, path: tuple = ()) -> None:
+    """`update_config` merges a mapping into what it overrides, so an empty one (`--config 'runs={}'`)
+    would silently keep the preset's list or value: name the key instead."""
+    for key, value in overrides.items():
+        if not isinstance(value, dict):
+            continue
+        current = preset.get(key) if isinstance(preset, dict) else None
+        if not value and current is not None and not isinstance(current, dict):
+            raise UserError(f"config key `{config_schema.key_path((*path, key))}`: `{{}}` (an empty mapping) cannot "
+                            f"replace the preset's {type(current).__name__}; give a "
+                            f"{type(current).__name__}, or leave the key out to keep the preset's value")
+        _refuse_empty_mappings_over_values(current if isinstance(current, dict) else {}, value, (*path, key))
+
+
 def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> dict:
     """Snakemake's config (config.yaml + --config) -> the resolved, validated configuration."""
     schema = load_schema(repo_root)
@@ -150,6 +164,7 @@ def resolve_config(config: dict, repo_root: str | os.PathLike = REPO_ROOT) -> di
     if not isinstance(preset, str):
         raise UserError(f"config key `preset`: {preset!r} should be the name of a preset")
     merged = load_preset(preset, repo_root)
+    _refuse_empty_mappings_over_values(merged, config)
     update_config(merged, copy.deepcopy(config))  # mappings merge key by key, anything else (lists too) replaces
     config_schema.type_command_line_strings(merged, schema)
     config_schema.validate(merged, schema)  # the one validation: every problem listed, defaults filled in

@@ -1,6 +1,7 @@
 """Config resolution: presets, overrides, schema defaults and errors, cross-field checks."""
 
 import copy
+import re
 
 import pytest
 
@@ -23,6 +24,13 @@ def test_overrides_merge_mappings_key_by_key_and_replace_lists():
     assert config["datasets"]["nlvr2"]["sizes"] == {"train": 256, "test": 8}
     assert {run["dataset"] for run in config["runs"]} == {"nlvr2"} and config["runs_filter"] == ["nlvr2/*"]
     assert overrides == given  # the overrides are read, not changed
+
+
+@pytest.mark.parametrize("overrides, key", [({"runs": {}}, "`runs`"),
+                                            ({"evaluation": {"batch_size": {}}}, "`evaluation.batch_size`")])
+def test_an_empty_mapping_over_a_value_is_refused_not_ignored(overrides, key):
+    with pytest.raises(UserError, match=f"config key {re.escape(key)}: `{{}}` \\(an empty mapping\\) cannot replace"):
+        settings.resolve_config({"preset": "demo", **overrides})
 
 
 def test_preset_switch_and_nested_override_from_command_line_strings():
