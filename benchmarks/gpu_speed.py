@@ -246,8 +246,9 @@ def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, ste
     # the workflow's speed defaults: learning rate 1e-5, LoRA rank 64 (schemas/config.schema.yaml `speed`)
     speed = {"dataset": DATASET, "num_crops": num_crops, "steps": steps, "warmup": warmup,
              "learning_rate": 1e-5, "lora_rank": 64}
-    command = launch_command(["phi3v.training.speed", "--row", row["row"], "--run-json",
-                              speed_run(row, speed).to_json(), "--base-model", str(base), "--data-dir", str(data),
+    run = speed_run(row, speed)
+    command = launch_command(["phi3v.training.speed", "--row", row["row"], "--run-json", run.to_json(),
+                              "--base-model", str(base), "--data-dir", str(data),
                               "--weights", "pretrained", "--warmup", str(warmup), "--out", str(result_json)],
                              processes_per_node=1)
     start = time.perf_counter()
@@ -259,8 +260,20 @@ def measure(row: dict, *, base: Path, data: Path, out: Path, num_crops: int, ste
         lines = (completed.stderr or completed.stdout).strip().splitlines()
         raise RuntimeError(lines[-1] if lines else f"exit status {completed.returncode}")
     result = json.loads(result_json.read_text())
+    # the plan models the recipe's settings; a best row's fitted batch and partial recomputation it does not
+    plan = {"planned_peak_gib": planned_peak_gib(run, base, num_crops)} if row["settings"] == "recipe" else {}
     return {**result, "row": row["row"], "settings_kind": row["settings"], "card": result["device"],
-            "row_wall_s": round(time.perf_counter() - start, 1), **extra}
+            "row_wall_s": round(time.perf_counter() - start, 1), **plan, **extra}
+
+
+def planned_peak_gib(run, base: Path, num_crops: int) -> float:
+    """The per-GPU peak `phi3v plan` gives this row (phi3v.training.memory_plan, from the model's config.json),
+    to set beside the measured one."""
+    from phi3v.model_sizes import ModelSizes
+    from phi3v.training.memory_plan import GIB, SampleShape, estimate
+
+    sizes = ModelSizes.from_config(json.loads((base / "config.json").read_text()))
+    return round(estimate(sizes, run, SampleShape.of(sizes, num_crops, images=1), world_size=1).peak / GIB, 2)
 
 
 def markdown(results: list[dict], notes: list[str]) -> str:
@@ -361,12 +374,16 @@ def main(argv=None) -> int:
     unused = {key: reason for key, reason in extra["not_used"].items() if reason}
     failed = [f"{r['row']}: {r['error']}" for r in results if "error" in r]
     out_of_time = [f"{r['row']} ({r['not_measured']})" for r in results if "not_measured" in r]
+    planned = [f"{r['row']} {r['planned_peak_gib']:.2f} planned, {r['peak_mem_gib']:.2f} measured" for r in results
+               if "planned_peak_gib" in r and "peak_mem_gib" in r]
     notes = [f"Shape: num_crops {num_crops}, effective batch {args.effective_batch}, {args.steps} measured "
              f"steps after {args.warmup} warm-up; random weights; {time.time() - called:.0f} s in all "
              f"(install and start {started_wall - called:.0f} s, model and pages {inputs_s:.0f} s, "
              f"rows {wall - inputs_s:.0f} s)"
              + (f", {at_once} rows at a time (a CPU check: the rows share the cores)." if at_once > 1 else "."),
              "Not used here: " + ("; ".join(f"{k}: {v}" for k, v in unused.items()) or "nothing") + ".",
+             *([f"Memory plan (`phi3v plan`'s arithmetic) vs measured peak, GiB a GPU: {'; '.join(planned)}."]
+               if planned else []),
              *([f"Failed rows: {'; '.join(failed)}."] if failed else []),
              *([f"Not measured within the time limit: {'; '.join(out_of_time)}."] if out_of_time else [])]
     table = markdown([r for r in results if "error" not in r and "not_measured" not in r], notes)

@@ -38,6 +38,8 @@ def test_tiny_benchmark_writes_a_row_per_setting_and_the_table(tmp_path, capsys)
         assert row["versions"]["torch"] and row["card"].startswith("cpu")
         assert row["mfu"] is None and row["mfu_reason"]  # no peak FLOP/s for a CPU
     assert recipe["settings"]["per_device_batch_size"] == 1 and recipe["settings"]["gradient_checkpointing"]
+    # the memory plan's figure beside the measured peak, for the rows at the recipe's settings it models
+    assert recipe["planned_peak_gib"] > 0 and "planned_peak_gib" not in best
     assert recipe["settings"]["checkpointed_layers"] is None and not recipe["settings"]["packing"]
     # the memory fit chose the whole effective batch a step (2) and, with room to spare, no recomputation
     assert best["memory_fit"]["per_device_batch_size"] == 2 and best["settings"]["checkpointed_layers"] == 0
@@ -49,6 +51,7 @@ def test_tiny_benchmark_writes_a_row_per_setting_and_the_table(tmp_path, capsys)
     assert "## The recipe's settings" in table and "## This project's best settings" in table
     assert "`frozen_vision-best`" in table and "batch 2/GPU, 0 layers checkpointed" in table
     assert "packed" not in table
+    assert f"frozen_vision-recipe {recipe['planned_peak_gib']:.2f} planned, {recipe['peak_mem_gib']:.2f} measured" in table
 
 
 @pytest.mark.slow
