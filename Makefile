@@ -33,7 +33,7 @@ lock: $(PYTHON)
 	$(VENV)/bin/pip-compile --quiet --no-build-isolation --allow-unsafe --strip-extras --no-emit-index-url \
 	  --no-emit-find-links --extra $(subst $(comma), --extra ,$(EXTRAS)) --constraint $(VENV)/torch.in \
 	  --output-file $(LOCK) pyproject.toml
-	sed -i -E 's/^(torch==[^+]+)\+[a-z0-9]+$$/\1/; s#--constraint=$(VENV)/torch.in#--constraint=torch.in#' $(LOCK)
+	sed -i -E 's/^(torch==[^+]+)\+[a-z0-9]+$$/\1/; s#(-c |--constraint=)$(VENV)/torch.in#\1torch.in#' $(LOCK)
 	$(PYTHON) -m phi3v.lockfile --write-envs
 	$(MAKE) install
 

@@ -22,7 +22,7 @@ from transformers.utils import IMAGE_PROCESSOR_NAME
 from phi3v.errors import UserError
 from phi3v.image_files import image_name, load_image, to_rgb
 from phi3v.model_files import check_source
-from phi3v.hd_geometry import hd_geometry, num_image_tokens, tokens_per_side
+from phi3v.hd_geometry import hd_geometry, tokens_per_side
 from phi3v.model_sizes import MAX_NUM_CROPS, image_token_count
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -144,8 +144,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
 
     def num_image_tokens(self, height: int, width: int, num_crops: int | None = None) -> int:
         """Image tokens for an image of `height x width` pixels at `num_crops`."""
-        num_crops = self.num_crops if num_crops is None else check_num_crops(num_crops)
-        return num_image_tokens(height, width, num_crops, self.crop_size)
+        return self.image_token_count(*self.hd_size(height, width, num_crops))
 
     def hd_transform(self, image: Image.Image, num_crops: int) -> torch.Tensor:
         """Resize into the HD layout, pad white, normalise: (3, H, W) float32, H and W multiples of S."""

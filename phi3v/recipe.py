@@ -152,7 +152,7 @@ def flags_to_run(task: str, args: argparse.Namespace, world_size: int = 1) -> Ru
     runs under DeepSpeed ZeRO-2, LoRA under DDP; per-device batch 1 unless the script has
     --batch_size_per_gpu; 50 warm-up steps, gradient clipping 1.0, gradient checkpointing, no
     intermediate checkpoints; DocVQA trains one random Q/A pair (one random gold answer) a visit. The scripts load weights in bf16 exactly when flash attention is on;
-    this project's loading rule is `phi3v.training.model_setup.load_dtype`.
+    this project's loading rule is `phi3v.training.run_config.load_precision`.
     """
     script = SCRIPTS[task]
     if args.lora_alpha is not None:

@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from phi3v import launch
 from phi3v.layout import ResultsLayout, report_inputs
+from phi3v.reporting.results import skipped_lines  # the runs `on_unsupported: skip` leaves out, a console line each
 from phi3v.workflow import preflight, resources
 from phi3v.workflow import plan as memory_plan
 from phi3v.workflow import settings
@@ -67,7 +68,7 @@ except UserError as error:
     raise WorkflowError(str(error)) from None
 
 if workflow.is_main_process:
-    for line in preflight.skipped_lines(config):
+    for line in skipped_lines(config):
         print(line, file=sys.stderr)
 
 if machine_gpus() is not None:
@@ -152,6 +153,3 @@ def result_files(wildcards):
     return report_inputs(layout, settings.evaluations(config), trained, settings.speed_rows(config),
                          settings.lmms_eval_evaluations(config))
 
-def lmms_eval_data(wildcards):
-    """The split lmms-eval's protocol answers (`evaluation.lmms_eval_dataset`: DocVQA validation)."""
-    return layout.data(config["evaluation"]["lmms_eval_dataset"])

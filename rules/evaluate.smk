@@ -29,7 +29,7 @@ rule evaluate:
 rule evaluate_lmms_eval:
     input:
         model=model_to_evaluate,
-        data=lmms_eval_data,
+        data=layout.data(config["evaluation"]["lmms_eval_dataset"]),  # DocVQA validation
     output:
         predictions=layout.lmms_eval_predictions("{dataset}", "{run}"),
         scores=layout.lmms_eval_scores("{dataset}", "{run}"),

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from phi3v.data import TRAIN_TURNS
-from phi3v.data.records import first_turn_answers, normalize_answer, Record, Turn, image_file, image_tags, read_records
+from phi3v.data.records import first_turn_answers, Record, Turn, image_file, image_tags, read_records
 from phi3v.errors import UserError
 from phi3v.image_files import load_image
 from phi3v.processing_phi3v import image_tag_numbers

@@ -16,7 +16,7 @@ ANLS_THRESHOLD = 0.5
 
 
 def strip_answer(text: str) -> str:
-    """Strip surrounding whitespace and trailing dots, as the recipe does before ANLS."""
+    """Strip surrounding whitespace and trailing dots (`anls`'s normalisation)."""
     return text.strip().rstrip(".").strip()
 
 
@@ -35,9 +35,9 @@ def anls(
 ) -> float:
     """ANLS of one prediction: the best similarity over the gold answers, 0 below the threshold.
 
-    similarity = 1 - NL when NL < threshold, else 0, with NL the normalised Levenshtein distance.
-    `case_sensitive=True` is the recipe's definition; `False` is the official DocVQA one.
-    An empty prediction scores 0.
+    similarity = 1 - NL when NL < threshold, else 0, with NL the normalised Levenshtein distance, on
+    prediction and gold answers stripped of whitespace and trailing dots. An empty prediction scores 0.
+    Not the tables' metrics: those are `recipe_anls` (the recipe's) and `anls_official` (DocVQA's).
     """
     if isinstance(answers, str):
         answers = [answers]

@@ -87,8 +87,7 @@ def save_checkpoint(accelerator, checkpoint_dir: str | Path, step: int, trainer_
     if accelerator.is_main_process:
         (tmp / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state))  # last: marks the folder complete
-        remove_dir(final)
-        tmp.rename(final)
+        replace_dir(tmp, final)
         prune_checkpoints(checkpoint_dir, keep)
     accelerator.wait_for_everyone()
     return final

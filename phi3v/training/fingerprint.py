@@ -4,7 +4,8 @@ A checkpoint may only be resumed by the run that wrote it: the same resolved run
 training data, training code, numerical packages, CPU numerics and process count. Each part is hashed
 cheaply:
 
-- run config: `RunConfig.to_dict()` less the fields that only say when to save (`checkpoint_every`).
+- run config: `RunConfig.to_dict()` less the fields declared not to change the weights
+  (`run_config.NOT_TRAJECTORY`: when to save, trackers, loader workers).
 - base model: every file's sha256, except `*.safetensors` weights, which record their header (every
   tensor's name, dtype, shape and byte range), their size, and the first and last bytes of every
   tensor. Any other architecture, vocabulary, dtype or tensor set changes the header; any other set
@@ -24,7 +25,6 @@ cheaply:
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import phi3v
@@ -37,7 +37,7 @@ from .run_config import NOT_TRAJECTORY, RunConfig
 PACKAGE_ROOT = Path(phi3v.__file__).resolve().parent
 # Folders (their *.py, not sub-folders) and modules whose code computes a run's weights.
 CODE = ("training", "data", "modeling_phi3v.py", "configuration_phi3v.py", "processing_phi3v.py",
-        "image_processing_phi3v.py", "image_files.py")
+        "image_processing_phi3v.py", "image_files.py", "hd_geometry.py", "model_sizes.py")
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "flash-attn")
 TENSOR_SAMPLE_BYTES = 4096  # read at each end of every tensor
 

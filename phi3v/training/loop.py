@@ -224,19 +224,15 @@ def fit_metrics(setup: Training, log: list, timed: Throughput, wall_s: float) ->
     }
 
 
-def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
-    """Tokens the loss counts: labels shift by one, so position 0 is never a target."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum()
-
-
 def loss_items(batch: dict, loss_reduction: str) -> torch.Tensor:
     """What the loss averages over in a collated batch: supervised tokens (`token_mean`) or samples
-    with at least one supervised token (`sample_mean`; packed rows hold several samples)."""
-    if loss_reduction == "token_mean":
-        return supervised_tokens(batch["labels"])
-    from phi3v.modeling_phi3v import sample_segments
-
+    with at least one supervised token (`sample_mean`; packed rows hold several samples). Labels shift
+    by one, so position 0 is never a target."""
     labels = batch["labels"]
     supervised = labels[:, 1:] != IGNORE_INDEX
+    if loss_reduction == "token_mean":
+        return supervised.sum()
+    from phi3v.modeling_phi3v import sample_segments
+
     samples = sample_segments(labels, batch.get("position_ids"))[:, 1:][supervised].unique()
     return torch.tensor(samples.numel())

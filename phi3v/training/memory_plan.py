@@ -5,10 +5,12 @@ Bytes per GPU, with P the parameters of the model as it trains, T the trainable 
 
 - weights: DeepSpeed casts the whole module to 16 bits (2P); runs without it keep what `load_dtype`
   loads (LoRA: 2 bytes with flash attention in bf16, else 4; full/frozen without DeepSpeed: 4), QLoRA's
-  Linear weights are NF4 (half a byte plus an fp32 absmax per 64), LoRA adapters are fp32 (peft upcasts them).
+  Linear weights are NF4 (half a byte plus an fp32 absmax per 64), LoRA adapters counted as fp32 (an
+  upper bound: `adapter_dtype: base` keeps them in the base weights' dtype).
 - ZeRO-2 (DeepSpeed, full-parameter runs): the 16-bit gradient partition (2T/N), the fp32 master weights
   and AdamW's two moments, partitioned (12T/N); at the optimiser step the fp32 gradient partition (4T/N)
-  and the foreach AdamW's one temporary, sqrt(exp_avg_sq) (4T/N); the reduce buckets: two of
+  and one AdamW temporary of the moments' size, sqrt(exp_avg_sq) (4T/N; the foreach kernel's, a margin
+  for CUDA's fused one); the reduce buckets: two of
   `reduce_bucket_size` 16-bit elements with `overlap_comm` (DeepSpeed's double buffer), 1.86 GiB at 5e8.
 - without DeepSpeed: gradients (T in the parameters' dtype), AdamW's two moments and the foreach
   temporary in the same dtype, and DDP's gradient buckets (one more copy of the gradients) over several processes.
@@ -32,7 +34,7 @@ from phi3v.model_sizes import NF4_BLOCK, ModelSizes
 from .run_config import RunConfig, Strategy, load_precision
 
 GIB = 2**30
-# DeepSpeed ZeRO-2's bucket sizes in elements (the recipe's config; `strategy.deepspeed_config` uses them)
+# DeepSpeed ZeRO-2's bucket sizes in elements (the recipe's config; `model_setup.deepspeed_config` uses them)
 ZERO2_BUCKET_ELEMENTS = int(5e8)
 ZERO2_OVERLAP_COMM = True  # the recipe's; DeepSpeed then double-buffers the reduce bucket
 # The CUDA context, cuBLAS/flash workspaces and allocator fragmentation a card does not give to tensors

@@ -31,7 +31,7 @@ from filelock import FileLock
 from phi3v.errors import UserError, entry_point
 from phi3v.files import atomic_output_dir, write_json_atomic
 from .devices import local_device, local_rank
-from .run_config import RunConfig
+from .run_config import RunConfig, read_run_json
 
 WEIGHTS = ("random", "pretrained")
 
@@ -165,8 +165,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 @entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .run_config import read_run_json
-
     result = run_speed(args.row, read_run_json(args.run_json), base_model=args.base_model, data_dir=args.data_dir,
                        weights=args.weights, warmup=args.warmup, out_json=args.out)
     if int(os.environ.get("RANK", 0)) == 0:

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from phi3v.errors import UserError, entry_point
+from phi3v.errors import entry_point
 from phi3v.files import atomic_output_dir, write_json_atomic, write_text_atomic
 from phi3v.layout import ADAPTER, METRICS_FILE, MODEL, PROVENANCE, TRACKERS_DIR, TRAIN_LOG
 from .loop import fit

@@ -121,7 +121,7 @@ def expand_seeds(config: dict, index: int, row: dict) -> list[dict]:
     for seed in seeds:
         run = expand_run(config, index, {**row, "seed": seed})
         if grouped:
-            group = run_id(run["strategy"], run["precision"], run["attention"])
+            group = run["run"]  # the plain run id expand_run gave it
             run.update(run=f"{group}-seed{seed}", seed_group=group, seeds=[seed])
         runs.append(run)
     return runs

@@ -1,6 +1,5 @@
 """What the configuration alone shows, said before any job starts: YAML syntax errors with their
-line and column, custom dataset folders that are missing or not folders, and the runs that
-`on_unsupported: skip` leaves out (one console line each, so none vanishes from the plan unnoticed).
+line and column, and custom dataset folders that are missing or not folders.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from pathlib import Path
 import yaml
 
 from phi3v.errors import UserError
-from phi3v.reporting.results import skipped_lines  # noqa: F401  (the console's lines; the figures' too)
 
 
 def yaml_error_message(path: str | os.PathLike, error: yaml.YAMLError) -> str:
