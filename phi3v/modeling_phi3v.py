@@ -215,7 +215,7 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         cache = cache if cache is not None else past_key_values
         if use_cache is None and labels is not None:
             use_cache = False  # training: no KV cache, which also lets packed position_ids separate the samples
-        numerics.pin_attention_kernel(self.lm_head.weight.device)  # the same bits on every CPU vendor
+        numerics.pin_cpu_kernels(self.lm_head.weight.device)  # the same bits on every CPU vendor
         if inputs_embeds is None:
             prefill = cache is None or cache.get_seq_length() == 0
             inputs_embeds = self.model.embed(input_ids, pixel_values, image_sizes, prefill)

@@ -74,20 +74,70 @@ def pin(env: MutableMapping[str, str] = os.environ) -> None:
         set_threads(int(env[THREADS_VARIABLE]))
 
 
-def pin_attention_kernel(device) -> None:
-    """Under pinned numerics, a process computing on the CPU runs scaled-dot-product attention
-    through its math kernel (the model's forward calls this). The CPU flash kernel's bf16 GEMM takes
-    MKL's vendor-dependent path, which no MKL setting pins; the math kernel computes in fp32 through
-    MKL's SGEMM, which `MKL_CBWR=AVX2,STRICT` pins. The switch is process-wide, not a context, so
-    gradient checkpointing's recomputation in the backward takes the same kernel; it also turns off
-    CUDA's flash kernel, which a process computing on the CPU does not use. GPUs and
-    `PHI3V_NUMERICS=native` keep the fastest kernel."""
+def pin_cpu_kernels(device) -> None:
+    """Under pinned numerics, a process computing on the CPU takes kernels whose bits do not depend on
+    the CPU vendor (the model's forward calls this). Process-wide, not a context, so the backward and
+    gradient checkpointing's recomputation take the same kernels. GPUs and `PHI3V_NUMERICS=native`
+    keep the fastest kernels.
+    - Attention runs through SDPA's math kernel: the CPU flash kernel's bf16 GEMM takes MKL's
+      vendor-dependent path, which no MKL setting pins; the math kernel computes in fp32 through MKL's
+      SGEMM, which `MKL_CBWR=AVX2,STRICT` pins. (It also turns off CUDA's flash kernel, which a process
+      computing on the CPU does not use.)
+    - Matmuls and convolutions under CPU autocast compute in fp32: see `_autocast_through_fp32`."""
     if getattr(device, "type", device) != "cpu" or mode() == NATIVE:
         return
     import torch
 
     if torch.backends.cuda.flash_sdp_enabled():  # the flag both CPU and CUDA kernel choices read
         torch.backends.cuda.enable_flash_sdp(False)
+    if _autocast_library is None:
+        _autocast_through_fp32()
+
+
+# The CPU autocast ops the model computes in bf16/fp16 (linear, eager attention's matmul, CLIP's patch
+# convolution), and the matmuls they decompose into, which other code may call under autocast directly.
+AUTOCAST_FP32_OPS = ("linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "conv2d", "conv2d.padding")
+_autocast_library = None  # the registration; kept alive, as torch.library requires
+
+
+def _autocast_through_fp32() -> None:
+    """Compute CPU autocast's bf16/fp16 matmuls and convolutions as fp32 kernels on inputs rounded to
+    the autocast dtype, rounding the result to it: a GPU's tensor-core arithmetic (reduced-precision
+    inputs, exact products, fp32 sums, a reduced-precision result), in the backward too, since the
+    roundings are casts autograd differentiates.
+
+    Why: with oneDNN capped at AVX2 (the pin), ATen runs bf16/fp16 GEMMs through its reference
+    loops, which were about two thirds of a demo training step (a 2.5-MFLOP GEMM in 1.4 ms); MKL's
+    SGEMM on the same values is pinned by `MKL_CBWR` and about 3x faster per training step. CPU
+    autocast's kernels cannot be chosen through any setting, so these ops get their own AutocastCPU
+    kernel (`torch.library`), which replaces the built-in cast-and-call one."""
+    global _autocast_library
+    import warnings
+
+    import torch
+
+    def through_fp32(op):
+        def kernel(*args, **kwargs):
+            dtype = torch.get_autocast_dtype("cpu")
+
+            def rounded(value):
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    return value.to(dtype).float()
+                return value
+
+            with torch.autocast("cpu", enabled=False):
+                result = op(*map(rounded, args), **{key: rounded(value) for key, value in kwargs.items()})
+            return result.to(dtype)
+        return kernel
+
+    library = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():  # "Overriding a previously registered kernel": the point
+        warnings.simplefilter("ignore")
+        for name in AUTOCAST_FP32_OPS:
+            packet, _, overload = name.partition(".")
+            library.impl(name, through_fp32(getattr(getattr(torch.ops.aten, packet), overload or "default")),
+                         "AutocastCPU")
+    _autocast_library = library
 
 
 def set_threads(threads: int) -> None:

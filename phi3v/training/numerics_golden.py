@@ -52,7 +52,7 @@ def probes() -> dict[str, str]:
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         n = str(dtype).removeprefix("torch.")
         a, b = seeded(64, 96, dtype=dtype, seed=1), seeded(96, 80, dtype=dtype, seed=2)
-        out[f"mm.{n}"] = a @ b  # fp32: MKL sgemm; bf16: ATen's gemm; fp16: converted to fp32, MKL sgemm
+        out[f"mm.{n}"] = a @ b  # fp32: MKL's SGEMM; bf16, fp16: ATen's reference loops (outside autocast)
         w, x = seeded(80, 96, dtype=dtype, seed=3), seeded(2, 37, 96, dtype=dtype, seed=4)
         out[f"linear.{n}"] = F.linear(x, w, seeded(80, dtype=dtype, seed=5))
         out[f"bmm.{n}"] = torch.bmm(seeded(4, 33, 24, dtype=dtype, seed=6), seeded(4, 24, 33, dtype=dtype, seed=7))
@@ -63,7 +63,7 @@ def probes() -> dict[str, str]:
         # the flash kernel's blocked path at demo lengths: MKL's bf16/fp16 GEMM (not covered by 50 tokens)
         q, k, v = (seeded(1, 4, 600, 16, dtype=dtype, seed=s) for s in (40, 41, 42))
         out[f"sdpa_causal_600.{n}"] = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        with sdpa_kernel(SDPBackend.MATH):  # what the model's forward runs (numerics.pin_attention_kernel)
+        with sdpa_kernel(SDPBackend.MATH):  # what the model's forward runs (numerics.pin_cpu_kernels)
             out[f"sdpa_model_600.{n}"] = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         out[f"softmax.{n}"] = torch.softmax(seeded(8, 300, dtype=dtype, seed=13), dim=-1)
         h = seeded(4, 50, 96, dtype=dtype, seed=14)
@@ -98,10 +98,7 @@ def probes() -> dict[str, str]:
             optimizer.step()
             optimizer.zero_grad()
         out[f"adamw_3_steps.foreach_{foreach}"] = torch.cat([p.detach().flatten() for p in model.parameters()])
-    for dtype in (torch.bfloat16, torch.float16):
-        with torch.autocast("cpu", dtype=dtype):
-            out[f"autocast_linear.{str(dtype).removeprefix('torch.')}"] = F.linear(seeded(2, 37, 96, seed=30),
-                                                                                   seeded(80, 96, seed=31))
+    out.update(autocast_probes())
     torch.manual_seed(123)
     out["randn_global.float32"] = torch.randn(1000)
     out["dropout.float32"] = F.dropout(torch.ones(1000), 0.1, training=True)
@@ -110,6 +107,20 @@ def probes() -> dict[str, str]:
     embedding(torch.randint(0, 100, (4, 50), generator=torch.Generator().manual_seed(41))).pow(2).sum().backward()
     out["embedding_backward.float32"] = embedding.weight.grad
     return {name: digest(tensor) for name, tensor in sorted(out.items())}
+
+
+def autocast_probes(prefix: str = "") -> dict[str, torch.Tensor]:
+    """CPU autocast's reduced-precision matmuls and convolution: torch's own kernels, or after
+    `numerics.pin_cpu_kernels` (process-wide) the ones the model computes with (`prefix` "pinned_")."""
+    out = {}
+    for dtype in (torch.bfloat16, torch.float16):
+        n = str(dtype).removeprefix("torch.")
+        with torch.autocast("cpu", dtype=dtype):
+            out[f"{prefix}autocast_linear.{n}"] = F.linear(seeded(2, 37, 96, seed=30), seeded(80, 96, seed=31))
+            out[f"{prefix}autocast_matmul.{n}"] = seeded(2, 4, 33, 24, seed=32) @ seeded(2, 4, 24, 33, seed=33)
+            out[f"{prefix}autocast_conv2d_patch.{n}"] = F.conv2d(seeded(2, 3, 56, 56, seed=34),
+                                                                 seeded(32, 3, 14, 14, seed=35), stride=14)
+    return out
 
 
 def tiny_training(precision: str, attention: str) -> dict:
@@ -149,10 +160,13 @@ def measure() -> dict:
     if numerics.mode() != numerics.PINNED:
         raise UserError(f"{numerics.MODE_VARIABLE}=native: the golden is for pinned numerics — unset it")
     numerics.set_threads(1)
+    library_kernels = probes()  # torch's own kernels, before the model's forward pins some (process-wide)
+    numerics.pin_cpu_kernels("cpu")
+    pinned = {name: digest(tensor) for name, tensor in autocast_probes("pinned_").items()}
     return {
         "machine": {"cpu_model": numerics.cpu_model(), "platform": platform.platform(), "torch": torch.__version__,
                     **numerics.settings()},
-        "probes": probes(),
+        "probes": dict(sorted({**library_kernels, **pinned}.items())),
         "training": {"bf16-sdpa": tiny_training("bf16", "sdpa"), "fp16-eager": tiny_training("fp16", "eager")},
     }
 

@@ -13,6 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+import torch.nn.functional as F
+
+from phi3v import numerics
 from phi3v.training.numerics_golden import REGENERATE, differences, report, vendor_notes
 
 GOLDEN = Path(__file__).with_name("golden.json")
@@ -64,21 +69,62 @@ import phi3v
 from phi3v.configuration_phi3v import Phi3VConfig
 from phi3v.modeling_phi3v import Phi3VForCausalLM
 
-assert torch.backends.cuda.flash_sdp_enabled()
+from phi3v import numerics
+
+assert torch.backends.cuda.flash_sdp_enabled() and numerics._autocast_library is None
 model = Phi3VForCausalLM.random_init(Phi3VConfig.tiny(vocab_size=64), attn_implementation="sdpa")
 model(input_ids=torch.tensor([[5, 6, 7]]))
-print(torch.backends.cuda.flash_sdp_enabled())
+print(torch.backends.cuda.flash_sdp_enabled(), numerics._autocast_library is not None)
 """
 
 
-def test_a_pinned_cpu_process_runs_attention_through_the_math_kernel():
-    """The CPU flash kernel's bf16 GEMM is MKL's vendor-dependent path: pinned, the forward turns it off."""
-    def flash_after_forward(mode: str) -> str:
+def test_a_pinned_cpu_process_runs_attention_and_autocast_matmuls_through_pinned_kernels():
+    """The CPU flash kernel's bf16 GEMM is MKL's vendor-dependent path: pinned, the forward turns it
+    off, and CPU autocast's matmuls take the fp32 kernels; native keeps torch's own."""
+    def kernels_after_forward(mode: str) -> str:
         env = {**os.environ, "PHI3V_NUMERICS": mode}
         done = subprocess.run([sys.executable, "-c", ATTENTION_KERNEL_AFTER_A_FORWARD], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout.strip()
 
-    assert flash_after_forward("pinned") == "False"
-    assert flash_after_forward("native") == "True"
+    assert kernels_after_forward("pinned") == "False True"
+    assert kernels_after_forward("native") == "True False"
+
+
+def _pinned_cpu_kernels():
+    if numerics.mode() == numerics.NATIVE:
+        pytest.skip("PHI3V_NUMERICS=native: torch's own kernels")
+    numerics.pin_cpu_kernels("cpu")  # process-wide; every CPU forward of the suite takes it anyway
+
+
+def _seeded(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("op", ["linear", "matmul", "conv2d"])
+def test_pinned_autocast_rounds_inputs_and_result_and_sums_in_fp32(op, dtype):
+    """A GPU's reduced-precision GEMM: inputs rounded to bf16/fp16, an fp32 product, the result
+    rounded; the backward's GEMMs the same way, through the casts. (Sums of 256 or more terms, so
+    that torch's own kernels, which sum in another order, give other bits: checked.)"""
+    _pinned_cpu_kernels()
+    compute, shapes = {
+        "linear": (lambda x, w, b: F.linear(x, w, b), [(4, 64, 256), (64, 256), (64,)]),
+        "matmul": (lambda x, w, b: x @ w, [(2, 4, 40, 256), (256, 40), None]),
+        "conv2d": (lambda x, w, b: F.conv2d(x, w, b, stride=8), [(2, 16, 64, 64), (32, 16, 8, 8), (32,)]),
+    }[op]
+    x, w, b = (_seeded(*shape, seed=seed) if shape else None for seed, shape in enumerate(shapes))
+    with torch.autocast("cpu", dtype=dtype):
+        result = compute(x, w, b)
+    weights = torch.linspace(-1, 1, result.numel()).reshape(result.shape)
+    (result.float() * weights).sum().backward()
+
+    def rounded(tensor):
+        return tensor.detach().to(dtype).float().requires_grad_() if tensor is not None else None
+
+    x32, w32, b32 = rounded(x), rounded(w), rounded(b)
+    expected = compute(x32, w32, b32).to(dtype)
+    expected_x_grad = torch.autograd.grad(expected.float(), x32, weights.to(dtype).float())[0].to(dtype).float()
+    assert result.dtype == dtype and torch.equal(result, expected)
+    assert x.grad.dtype == torch.float32 and torch.equal(x.grad, expected_x_grad)

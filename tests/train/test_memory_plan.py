@@ -169,7 +169,7 @@ def tiny_step(config, strategy, attention, checkpointing):
 def test_saved_activations_match_the_tiny_model(tiny_config, strategy, monkeypatch):
     """What autograd saves in the forward (SDPA: the flash-like kernel that keeps q, k, v, out, lse): within 10 %.
     A GPU's kernel, not the math kernel that pinned CPU numerics choose (it keeps the score matrix)."""
-    monkeypatch.setattr(numerics, "pin_attention_kernel", lambda device: None)
+    monkeypatch.setattr(numerics, "pin_cpu_kernels", lambda device: None)
     model, batch, sample, run = tiny_step(tiny_config, strategy, "sdpa", checkpointing=False)
     with saved_tensor_bytes(model.parameters()) as saved, sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         model(**batch)
