@@ -13,16 +13,18 @@ on the CPU and is not set.
 Across CPU vendors (an Intel Xeon with AMX against an AMD EPYC's kernel probe and demo losses) the
 kernels that still part them are MKL's: MKL picks its code path by vendor as well as by ISA, while
 every probe of an ATen or oneDNN kernel agrees under the caps. What differed, and what pins it:
-- fp32 GEMM (matmul, linear, bmm, fp32 SDPA, and fp16 matmuls, which ATen converts to fp32 for MKL):
-  `MKL_CBWR=AVX2,STRICT` gives on the Intel machine exactly the AMD machine's `MKL_CBWR=AVX2` bits.
+- fp32 GEMM (matmul, linear, bmm, fp32 SDPA): `MKL_CBWR=AVX2,STRICT` gives on the Intel machine
+  exactly the AMD machine's `MKL_CBWR=AVX2` bits.
 - not pinnable with MKL's knobs: its vector math (fp32 exp, log, erf: `torch.exp`...) takes a generic
   path on AMD that Intel takes only under `MKL_CBWR=COMPATIBLE` or an AVX cap, both of which move the
   GEMMs off the AMD path; and its bf16xbf16->fp32 GEMM inside the CPU flash-attention kernel (bf16
   SDPA), which no MKL setting on the Intel machine makes match (the demo's pre-training first
   differs at step 16). A 3-step MLP + AdamW probe (MKL GEMMs, oneDNN's fp32 GELU) differs too.
-The model's forward therefore runs attention through SDPA's math kernel on a pinned CPU
-(`pin_attention_kernel`): it computes in fp32 through MKL's SGEMM, which the pin covers, and the
-golden's trainings then call no other MKL function (`MKL_VERBOSE=1`).
+So a process computing on a pinned CPU takes other kernels (`pin_cpu_kernels`, from the model's
+forward): attention through SDPA's math kernel, which computes in fp32 through MKL's SGEMM, and
+CPU autocast's bf16/fp16 matmuls and convolutions as fp32 kernels on rounded inputs (ATen's own are
+reference loops once oneDNN is capped; the same arithmetic as a GPU's, and faster). The golden's
+trainings then call no MKL function but SGEMM (`MKL_VERBOSE=1`).
 `python -m phi3v.training.numerics_golden --compare tests/numerics/golden.json` checks a machine
 against the committed golden and names the kernels that differ.
 

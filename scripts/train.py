@@ -24,13 +24,15 @@ def remove_adapter():
 def announce_resume():
     """Say on the console, not only in the log, whether the run resumes or sets old checkpoints aside."""
     from phi3v.data.records import split_path
-    from phi3v.training.checkpoint import ResumePlan
+    from phi3v.training.checkpoint import latest_checkpoint, ResumePlan
     from phi3v.training.fingerprint import run_fingerprint
     from phi3v.training.run_config import RunConfig
 
     train_jsonl = split_path(snakemake.input.data, snakemake.wildcards.dataset, "train")
     if not train_jsonl.is_file():
         return  # training itself says what is missing
+    if latest_checkpoint(snakemake.params.checkpoint_dir) is None:
+        return  # nothing to resume or set aside; the fingerprint would cost a torch import (~1 s)
     run = RunConfig.from_dict(json.loads(snakemake.params.run_json))
     launch = snakemake.params.launch
     fingerprint = run_fingerprint(run, base_model=snakemake.input.base_model, train_jsonl=train_jsonl,

@@ -37,7 +37,7 @@ from .run_config import NOT_TRAJECTORY, RunConfig
 PACKAGE_ROOT = Path(phi3v.__file__).resolve().parent
 # Folders (their *.py, not sub-folders) and modules whose code computes a run's weights.
 CODE = ("training", "data", "modeling_phi3v.py", "configuration_phi3v.py", "processing_phi3v.py",
-        "image_processing_phi3v.py", "image_files.py", "hd_geometry.py", "model_sizes.py")
+        "image_processing_phi3v.py", "image_files.py", "hd_geometry.py", "model_sizes.py", "numerics.py")
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "flash-attn")
 TENSOR_SAMPLE_BYTES = 4096  # read at each end of every tensor
 
