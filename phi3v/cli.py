@@ -18,8 +18,7 @@ from typing import Sequence
 
 from phi3v.errors import UserError, entry_point
 from phi3v.evaluation.inference import EVAL_PRECISIONS
-
-ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
+from phi3v.training.run_config import ATTENTIONS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -180,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length limit (default 128)")
     gen.add_argument("--precision", choices=EVAL_PRECISIONS, default="bf16",
                      help="bf16 (default), fp16 or fp32; on CPU fp32 weights with bf16/fp16 autocast")
-    gen.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa",
+    gen.add_argument("--attention", choices=ATTENTIONS, default="sdpa",
                      help="attention kernel (default sdpa; flash_attention_2 needs a GPU and flash-attn)")
     gen.add_argument("--num-crops", type=positive_int, help="HD crops per image (1-16; default: the folder's)")
     gen.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub id")

@@ -103,6 +103,11 @@ class ModelSizes:
         """Patches + CLS of one crop (577 in the release)."""
         return (self.clip_image_size // self.clip_patch) ** 2 + 1
 
+    @property
+    def image_tokens_per_crop(self) -> int:
+        """Merged image tokens one crop contributes to the LM (144 in the release)."""
+        return self.tokens_per_crop_side ** 2
+
     def image_tokens(self, num_crops: int) -> tuple[int, int]:
         """(LM tokens, CLIP crops) of the largest image at `num_crops`: (2509, 17) at 16 in the release."""
         rows, cols = largest_image_grid(num_crops, self.tokens_per_crop_side)
@@ -125,6 +130,19 @@ class ModelSizes:
 
     def projector_linears(self) -> list[tuple[str, int, int]]:
         return [("img_projection.0", 4 * self.clip_hidden, self.hidden), ("img_projection.2", self.hidden, self.hidden)]
+
+    # ---- weights every token multiplies by (FLOP counts) ---------------------------------------------
+
+    def lm_matmul_params(self) -> int:
+        """Weights every LM token multiplies by: attention, MLP, lm_head (not the embedding)."""
+        return self.layers * sum(i * o for _, i, o in self.lm_linears()) + self.hidden * self.vocab
+
+    def clip_matmul_params(self) -> int:
+        """Weights of the CLIP layers that run (q, k, v, out, fc1, fc2), per patch."""
+        return self.clip_layers_used * sum(i * o for _, i, o in self.clip_linears())
+
+    def projector_matmul_params(self) -> int:
+        return sum(i * o for _, i, o in self.projector_linears())
 
     @property
     def embedding_params(self) -> int:

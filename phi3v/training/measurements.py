@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from phi3v.model_sizes import ModelSizes
 from . import flops
 from .run_config import RunConfig
 
@@ -53,7 +54,7 @@ def mfu_entry(run: RunConfig, model_config, device: torch.device, timed: Through
     samples = timed.steps * run.batch_size
     samples_per_s = samples_per_s if samples_per_s is not None else timed.per_second(samples)
     per_sample = flops.training_flops_per_sample(
-        flops.ModelShape.from_config(model_config), seq_len=timed.tokens / samples,
+        ModelSizes.from_config(model_config.to_dict()), seq_len=timed.tokens / samples,
         num_crops=timed.crops / samples, strategy=run.strategy)
     return {"mfu": flops.mfu(per_sample, samples_per_s, num_devices=num_devices,
                              peak_flops_per_device=peak), "mfu_reason": None}
