@@ -122,14 +122,14 @@ def _autocast_through_fp32() -> None:
         def kernel(*args, **kwargs):
             dtype = torch.get_autocast_dtype("cpu")
 
-            def rounded(value):
-                if isinstance(value, torch.Tensor) and value.is_floating_point():
+            def rounded(value):  # what autocast casts (floating tensors but float64), rounded, then fp32
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64:
                     return value.to(dtype).float()
                 return value
 
             with torch.autocast("cpu", enabled=False):
                 result = op(*map(rounded, args), **{key: rounded(value) for key, value in kwargs.items()})
-            return result.to(dtype)
+            return result.to(dtype) if result.dtype == torch.float32 else result
         return kernel
 
     library = torch.library.Library("aten", "IMPL")

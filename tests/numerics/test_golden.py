@@ -128,3 +128,13 @@ def test_pinned_autocast_rounds_inputs_and_result_and_sums_in_fp32(op, dtype):
     expected_x_grad = torch.autograd.grad(expected.float(), x32, weights.to(dtype).float())[0].to(dtype).float()
     assert result.dtype == dtype and torch.equal(result, expected)
     assert x.grad.dtype == torch.float32 and torch.equal(x.grad, expected_x_grad)
+
+
+def test_pinned_autocast_leaves_integer_and_float64_matmuls_as_autocast_does():
+    _pinned_cpu_kernels()
+    integers = torch.arange(6).reshape(2, 3)
+    doubles = torch.randn(2, 3, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(integers @ integers.T, torch.tensor([[5, 14], [14, 50]]))
+        product = doubles @ doubles.T
+    assert product.dtype == torch.float64 and torch.equal(product, doubles @ doubles.T)
