@@ -34,6 +34,7 @@ from .devices import local_device, local_rank
 from .run_config import RunConfig, read_run_json
 
 WEIGHTS = ("random", "pretrained")
+RANDOM_WEIGHTS_SEED = 0
 
 
 def write_random_weights(base_model: Path, folder: Path) -> Path:
@@ -48,6 +49,7 @@ def write_random_weights(base_model: Path, folder: Path) -> Path:
     config = Phi3VConfig.from_pretrained(base_model)
     device = local_device()
     on_gpu = device.type == "cuda"
+    torch.manual_seed(RANDOM_WEIGHTS_SEED)  # the same weights every time: a rerun's losses match too
     model = Phi3VForCausalLM.random_init(config, device=device, dtype=torch.bfloat16 if on_gpu else torch.float32)
     model.save_pretrained(folder)
     Phi3VProcessor.from_pretrained(base_model).save_pretrained(folder)

@@ -89,6 +89,14 @@ def test_run_speed_measures_the_training_step(tiny_base, tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_random_weights_are_the_same_every_time(tiny_base, tmp_path):
+    from phi3v.training.speed import write_random_weights
+
+    first, second = (write_random_weights(tiny_base, tmp_path / name) for name in ("first", "second"))
+    weights = [(folder / "model.safetensors").read_bytes() for folder in (first, second)]
+    assert weights[0] == weights[1]
+
+
 def test_a_speed_row_on_two_processes_starts_through_the_launcher(tiny_base, tiny_data, tmp_path):
     # As the workflow starts it: phi3v.launch -> torchrun (2 CPU processes over gloo) -> phi3v.training.speed
     from phi3v.launch import launcher_command
