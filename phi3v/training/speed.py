@@ -10,8 +10,9 @@ run's: the recipe's settings, under DeepSpeed ZeRO-2 where the row says so, over
 `phi3v.training.run_config.speed_run`). The first `warmup` of its `max_steps` optimiser steps are
 excluded; img/s and tokens/s are the medians over the others. The result
 records what was measured (processes, nodes, GPUs, DeepSpeed), not what the row asks for.
-`weights: random` needs no download: on a GPU the full-size model of the base folder's config gets
-random weights (speed does not depend on weight values); on a CPU the tiny base model is used as it is.
+`weights: random` needs no download: the base folder's config (the full-size model on a GPU, in bf16;
+the demo's tiny model on a CPU, in fp32) gets seeded random weights (speed does not depend on weight
+values); `pretrained` trains the base folder's own weights.
 """
 
 from __future__ import annotations
